@@ -1,0 +1,223 @@
+//! The configuration model. Field docs double as the config reference in
+//! README.md; keep both in step.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The whole RegionGuard configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub client_tls: ClientTls,
+    #[serde(default)]
+    pub auth: Auth,
+    /// Regions by name (`eu`, `us`, …).
+    pub regions: BTreeMap<String, Region>,
+    /// The region serving sessions that name none.
+    pub default_region: String,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// Where clients connect and the limits that protect the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// `host:port` to accept clients on.
+    pub address: String,
+    /// Connections beyond this are refused with SQLSTATE 53300.
+    pub max_clients: usize,
+    /// Largest single protocol message accepted from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// On SIGTERM, how long open transactions may run before their
+    /// connections are closed.
+    pub shutdown_timeout_secs: u64,
+    /// How long a client may take from connecting to finishing authentication.
+    pub startup_timeout_secs: u64,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            address: "127.0.0.1:6432".into(),
+            max_clients: 1000,
+            max_message_bytes: 1 << 30,
+            shutdown_timeout_secs: 30,
+            startup_timeout_secs: 30,
+        }
+    }
+}
+
+/// Whether clients may, must or cannot use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    /// Answer SSLRequest with 'N'.
+    #[default]
+    Disable,
+    /// Offer TLS; plaintext clients are accepted too.
+    Allow,
+    /// Refuse clients that do not ask for TLS.
+    Require,
+}
+
+/// TLS towards clients.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// How clients authenticate to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    #[default]
+    ScramSha256,
+    /// No password at all: local development only.
+    Trust,
+}
+
+/// Client authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub method: AuthMethod,
+    pub users: Vec<User>,
+}
+
+/// A client user: the name and a SCRAM-SHA-256 verifier as Postgres stores
+/// it in `pg_authid` (`regionguard hash-password` prints one).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub verifier: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS towards a region's Postgres servers, with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    #[default]
+    Disable,
+    /// TLS when the server offers it, plaintext otherwise (no verification).
+    Prefer,
+    /// TLS or fail (no certificate verification, as libpq's `require`).
+    Require,
+    /// TLS with the certificate verified against `ca_file` (or the system
+    /// roots) and the host name checked.
+    VerifyFull,
+}
+
+/// One region: its residency zone and its Postgres hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Residency zone (`eu`, `us`…); failover never leaves it.
+    pub zone: String,
+    #[serde(default)]
+    pub tls: BackendTlsMode,
+    /// CA bundle for `verify-full`; the system roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for a backend connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Tried in order; the first that accepts serves the session.
+    pub hosts: Vec<Host>,
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+/// One Postgres server of a region and the credentials the proxy uses there.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// The admin socket (key rotation and operations).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub socket: Option<PathBuf>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent.
+    pub address: Option<String>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// A `tracing` filter: `info`, `regionguard=debug`, …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Semantic checks the type system cannot express. Each error names the key.
+
+use super::{AuthMethod, ClientTlsMode, Config, ConfigError};
+use std::net::SocketAddr;
+
+pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
+    parse_addr("listen.address", &c.listen.address)?;
+    if c.listen.max_clients == 0 {
+        return Err(ConfigError::invalid("listen.max_clients", "must be at least 1"));
+    }
+    if c.listen.max_message_bytes < 8192 {
+        return Err(ConfigError::invalid(
+            "listen.max_message_bytes",
+            "must be at least 8192 bytes",
+        ));
+    }
+    if c.listen.max_message_bytes > i32::MAX as usize {
+        return Err(ConfigError::invalid(
+            "listen.max_message_bytes",
+            format!("must be at most {} bytes (the protocol's limit)", i32::MAX),
+        ));
+    }
+    if let Some(addr) = &c.metrics.address {
+        parse_addr("metrics.address", addr)?;
+    }
+    validate_tls(c)?;
+    validate_auth(c)?;
+    validate_regions(c)?;
+    if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
+        return Err(ConfigError::invalid(
+            "logging.level",
+            format!("`{}` is not a valid log filter (try `info` or `regionguard=debug`)", c.logging.level),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(key, format!("`{value}` is not an IP:port address"))
+    })
+}
+
+fn validate_tls(c: &Config) -> Result<(), ConfigError> {
+    let tls = &c.client_tls;
+    if tls.mode != ClientTlsMode::Disable {
+        if tls.cert.is_none() {
+            return Err(ConfigError::invalid(
+                "client_tls.cert",
+                "required when client_tls.mode is allow or require",
+            ));
+        }
+        if tls.key.is_none() {
+            return Err(ConfigError::invalid(
+                "client_tls.key",
+                "required when client_tls.mode is allow or require",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_auth(c: &Config) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, user) in c.auth.users.iter().enumerate() {
+        let key = format!("auth.users[{i}]");
+        if user.name.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.name"), "must not be empty"));
+        }
+        if !seen.insert(user.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                format!("user `{}` is listed twice", user.name),
+            ));
+        }
+        if let Err(e) = crate::protocol::scram::Verifier::parse(&user.verifier) {
+            return Err(ConfigError::invalid(format!("{key}.verifier"), e.to_string()));
+        }
+    }
+    if c.auth.method == AuthMethod::ScramSha256 && c.auth.users.is_empty() {
+        return Err(ConfigError::invalid(
+            "auth.users",
+            "no users configured: add one (regionguard hash-password prints a verifier) or set auth.method = \"trust\" for local development",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_regions(c: &Config) -> Result<(), ConfigError> {
+    if c.regions.is_empty() {
+        return Err(ConfigError::invalid("regions", "at least one region is required"));
+    }
+    for (name, region) in &c.regions {
+        let key = format!("regions.{name}");
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-');
+        if !valid_name {
+            return Err(ConfigError::invalid(
+                key,
+                "region names use lowercase letters, digits, `_` and `-` only",
+            ));
+        }
+        if region.zone.is_empty() {
+            return Err(ConfigError::invalid(format!("{key}.zone"), "must not be empty"));
+        }
+        if region.hosts.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.hosts"),
+                "at least one host is required",
+            ));
+        }
+        if region.connect_timeout_secs == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.connect_timeout_secs"),
+                "must be at least 1",
+            ));
+        }
+        for (i, host) in region.hosts.iter().enumerate() {
+            let hkey = format!("{key}.hosts[{i}]");
+            if host.host.is_empty() {
+                return Err(ConfigError::invalid(format!("{hkey}.host"), "must not be empty"));
+            }
+            if host.dbname.is_empty() {
+                return Err(ConfigError::invalid(format!("{hkey}.dbname"), "must not be empty"));
+            }
+            if host.user.is_empty() {
+                return Err(ConfigError::invalid(format!("{hkey}.user"), "must not be empty"));
+            }
+        }
+    }
+    if !c.regions.contains_key(&c.default_region) {
+        return Err(ConfigError::invalid(
+            "default_region",
+            format!(
+                "`{}` is not a configured region (configured: {})",
+                c.default_region,
+                c.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}

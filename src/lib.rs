@@ -1,0 +1,6 @@
+//! RegionGuard: a PostgreSQL proxy that keeps each tenant's data in its
+//! region and encrypted. See README.md and docs/.
+
+pub mod config;
+pub mod protocol;
+pub mod server;

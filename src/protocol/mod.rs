@@ -1,0 +1,2 @@
+//! Wire protocol: framing, startup, SCRAM.
+pub mod scram;
