@@ -1,6 +1,9 @@
 //! RegionGuard: a PostgreSQL proxy that keeps each tenant's data in its
 //! region and encrypted. See README.md and docs/.
 
+pub mod backend;
 pub mod config;
+pub mod frontend;
+pub mod net;
 pub mod protocol;
 pub mod server;
