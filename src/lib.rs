@@ -2,5 +2,6 @@
 //! region and encrypted. See README.md and docs/.
 
 pub mod config;
+pub mod localpg;
 pub mod protocol;
 pub mod server;
