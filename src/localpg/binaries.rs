@@ -3,6 +3,7 @@
 use super::LocalPgError;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// Where `initdb`, `pg_ctl` and `postgres` live, and their version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,8 +17,18 @@ const PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 impl PgBinaries {
     /// The first directory on `PATH` holding all three programs, else the
     /// highest major version under `/usr/lib/postgresql/*/bin` (Debian keeps
-    /// server binaries off `PATH`).
+    /// server binaries off `PATH`). The answer is remembered for the life of
+    /// the process: asking for the version runs `postgres --version`.
     pub fn find() -> Result<PgBinaries, LocalPgError> {
+        static FOUND: OnceLock<PgBinaries> = OnceLock::new();
+        if let Some(found) = FOUND.get() {
+            return Ok(found.clone());
+        }
+        let found = Self::search()?;
+        Ok(FOUND.get_or_init(|| found).clone())
+    }
+
+    fn search() -> Result<PgBinaries, LocalPgError> {
         let on_path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
             .unwrap_or_default();

@@ -44,7 +44,14 @@ impl Cluster {
         superuser_password: &str,
         options: ClusterOptions,
     ) -> Result<Cluster, LocalPgError> {
-        let cluster = Cluster::new(name, dir, superuser_password, &options)?;
+        let cluster = Cluster::new(
+            name,
+            dir,
+            superuser_password,
+            &options,
+            PgBinaries::find()?,
+            RunAs::detect()?,
+        )?;
         let (binaries, run_as, dir) = (
             cluster.binaries.clone(),
             cluster.run_as.clone(),
@@ -71,7 +78,14 @@ impl Cluster {
         let binaries = PgBinaries::find()?;
         let run_as = RunAs::detect()?;
         let template = template::ensure(&binaries, &run_as).await?;
-        let cluster = Cluster::new(name, dir, &template.superuser_password, &options)?;
+        let cluster = Cluster::new(
+            name,
+            dir,
+            &template.superuser_password,
+            &options,
+            binaries,
+            run_as,
+        )?;
         let (run_as, dir) = (cluster.run_as.clone(), cluster.dir.clone());
         tokio::task::spawn_blocking(move || {
             make_cluster_dir(&run_as, &dir)?;
@@ -98,7 +112,14 @@ impl Cluster {
                 source: std::io::ErrorKind::NotFound.into(),
             });
         }
-        Cluster::new(name, dir, superuser_password, &options)
+        Cluster::new(
+            name,
+            dir,
+            superuser_password,
+            &options,
+            PgBinaries::find()?,
+            RunAs::detect()?,
+        )
     }
 
     fn new(
@@ -106,6 +127,8 @@ impl Cluster {
         dir: &Path,
         superuser_password: &str,
         options: &ClusterOptions,
+        binaries: PgBinaries,
+        run_as: RunAs,
     ) -> Result<Cluster, LocalPgError> {
         let dir = std::path::absolute(dir).map_err(LocalPgError::io(format!(
             "cannot resolve {}",
@@ -114,8 +137,8 @@ impl Cluster {
         Ok(Cluster {
             name: name.to_string(),
             dir,
-            binaries: PgBinaries::find()?,
-            run_as: RunAs::detect()?,
+            binaries,
+            run_as,
             port: match options.port {
                 Some(port) => port,
                 None => free_port()?,

@@ -14,14 +14,15 @@ pub(crate) const MANAGED_CONF: &str = "regionguard.conf";
 
 /// Runs `initdb` for `<dir>/data` with SCRAM authentication and the given
 /// superuser password, then points `postgresql.conf` at [`MANAGED_CONF`] and
-/// allows only SCRAM over loopback TCP in `pg_hba.conf`. `no_sync` skips
-/// initdb's final fsync, fine for throwaway clusters.
+/// allows only SCRAM over loopback TCP in `pg_hba.conf`. `throwaway` skips
+/// initdb's final fsync and uses 1 MiB WAL segments instead of 16 MiB, so
+/// the directory is a third smaller and quicker to copy.
 pub(crate) fn initdb(
     binaries: &PgBinaries,
     run_as: &RunAs,
     dir: &Path,
     superuser_password: &str,
-    no_sync: bool,
+    throwaway: bool,
 ) -> Result<(), LocalPgError> {
     let data = dir.join("data");
     let pwfile = dir.join("initdb-password");
@@ -36,8 +37,8 @@ pub(crate) fn initdb(
         .arg(format!("--pwfile={}", pwfile.display()))
         .args(["--auth=scram-sha-256", "-E", "UTF8", "--locale=C"])
         .arg("--no-instructions");
-    if no_sync {
-        cmd.arg("--no-sync");
+    if throwaway {
+        cmd.args(["--no-sync", "--wal-segsize=1"]);
     }
     let result = run(cmd, "initdb");
     std::fs::remove_file(&pwfile).map_err(LocalPgError::io(format!(

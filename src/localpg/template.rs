@@ -2,14 +2,14 @@
 //! from: copying takes milliseconds where `initdb` takes a second or more,
 //! and each test (a separate process under nextest) starts three clusters.
 //!
-//! The cache lives in the system temp dir, keyed by the current uid, the
+//! The cache lives in [`scratch_dir`], keyed by the current uid, the
 //! PostgreSQL version and a layout version. A lock file serializes creation
 //! across processes and the finished template appears by an atomic rename,
 //! so a process killed mid-initdb never leaves a half-made template behind.
 
 use super::fsutil::write_private;
 use super::initdb::initdb;
-use super::{random_password, LocalPgError, PgBinaries, RunAs};
+use super::{random_password, scratch_dir, LocalPgError, PgBinaries, RunAs};
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Uid;
 use std::os::unix::fs::PermissionsExt;
@@ -43,8 +43,7 @@ pub(crate) async fn ensure(
 }
 
 fn create(binaries: &PgBinaries, run_as: &RunAs) -> Result<Template, LocalPgError> {
-    let base =
-        std::env::temp_dir().join(format!("regionguard-localpg-{}", Uid::current().as_raw()));
+    let base = scratch_dir().join(format!("regionguard-localpg-{}", Uid::current().as_raw()));
     let root = base.join(format!("pg{}-v{LAYOUT_VERSION}", binaries.version()));
     make_dir(&base)?;
     make_dir(&root)?;
