@@ -2,6 +2,7 @@
 //! region and encrypted. See README.md and docs/.
 
 pub mod config;
+pub mod demo;
 pub mod localpg;
 pub mod protocol;
 pub mod server;
