@@ -76,3 +76,27 @@ impl State {
 fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(State::load(dir.path()).expect("load").regions.is_empty());
+        let mut state = State::default();
+        state.regions.insert(
+            "eu".into(),
+            RegionState {
+                port: 5433,
+                superuser_password: "su".into(),
+                role_password: "role".into(),
+            },
+        );
+        state.save(dir.path()).expect("save");
+        let loaded = State::load(dir.path()).expect("load again");
+        assert_eq!(loaded.regions["eu"].port, 5433);
+        assert_eq!(loaded.regions["eu"].role_password, "role");
+    }
+}

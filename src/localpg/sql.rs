@@ -136,3 +136,20 @@ fn url_encode(text: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_the_quote_character() {
+        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn url_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(url_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(url_encode("p@ss:w/rd"), "p%40ss%3Aw%2Frd");
+    }
+}
