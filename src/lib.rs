@@ -3,7 +3,9 @@
 
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod frontend;
+pub mod localpg;
 pub mod net;
 pub mod protocol;
 pub mod server;

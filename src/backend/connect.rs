@@ -44,7 +44,10 @@ pub enum ConnectError {
     /// an invalid startup parameter). The raw ErrorResponse is relayed to
     /// the client unchanged.
     #[error("region {region} refused the session")]
-    Refused { region: String, error_response: BytesMut },
+    Refused {
+        region: String,
+        error_response: BytesMut,
+    },
 }
 
 /// TLS settings of a region, built once at start.
@@ -264,7 +267,11 @@ async fn read_message(stream: &mut Stream, inbuf: &mut BytesMut) -> Result<Bytes
     }
 }
 
-async fn negotiate_tls(mut tcp: TcpStream, host: &Host, tls: &RegionTls) -> Result<Stream, HostError> {
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    host: &Host,
+    tls: &RegionTls,
+) -> Result<Stream, HostError> {
     let Some(config) = &tls.config else {
         return Ok(Stream::Plain(tcp));
     };

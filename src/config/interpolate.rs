@@ -26,8 +26,8 @@ pub(crate) fn interpolate_env(
                     ))
                 })?;
                 let name = &body[..end];
-                let valid = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(ConfigError::Interpolate(format!(
                         "line {}: `${{{name}}}` is not a valid environment variable reference",

@@ -85,6 +85,7 @@ pub struct ClientTls {
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     #[default]
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
     /// No password at all: local development only.
     Trust,

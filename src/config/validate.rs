@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     parse_addr("listen.address", &c.listen.address)?;
     if c.listen.max_clients == 0 {
-        return Err(ConfigError::invalid("listen.max_clients", "must be at least 1"));
+        return Err(ConfigError::invalid(
+            "listen.max_clients",
+            "must be at least 1",
+        ));
     }
     if c.listen.max_message_bytes < 8192 {
         return Err(ConfigError::invalid(
@@ -29,16 +32,19 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
         return Err(ConfigError::invalid(
             "logging.level",
-            format!("`{}` is not a valid log filter (try `info` or `regionguard=debug`)", c.logging.level),
+            format!(
+                "`{}` is not a valid log filter (try `info` or `regionguard=debug`)",
+                c.logging.level
+            ),
         ));
     }
     Ok(())
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::invalid(key, format!("`{value}` is not an IP:port address"))
-    })
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
 }
 
 fn validate_tls(c: &Config) -> Result<(), ConfigError> {
@@ -65,7 +71,10 @@ fn validate_auth(c: &Config) -> Result<(), ConfigError> {
     for (i, user) in c.auth.users.iter().enumerate() {
         let key = format!("auth.users[{i}]");
         if user.name.is_empty() {
-            return Err(ConfigError::invalid(format!("{key}.name"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                format!("{key}.name"),
+                "must not be empty",
+            ));
         }
         if !seen.insert(user.name.as_str()) {
             return Err(ConfigError::invalid(
@@ -74,7 +83,10 @@ fn validate_auth(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         if let Err(e) = crate::protocol::scram::Verifier::parse(&user.verifier) {
-            return Err(ConfigError::invalid(format!("{key}.verifier"), e.to_string()));
+            return Err(ConfigError::invalid(
+                format!("{key}.verifier"),
+                e.to_string(),
+            ));
         }
     }
     if c.auth.method == AuthMethod::ScramSha256 && c.auth.users.is_empty() {
@@ -88,7 +100,10 @@ fn validate_auth(c: &Config) -> Result<(), ConfigError> {
 
 fn validate_regions(c: &Config) -> Result<(), ConfigError> {
     if c.regions.is_empty() {
-        return Err(ConfigError::invalid("regions", "at least one region is required"));
+        return Err(ConfigError::invalid(
+            "regions",
+            "at least one region is required",
+        ));
     }
     for (name, region) in &c.regions {
         let key = format!("regions.{name}");
@@ -103,7 +118,10 @@ fn validate_regions(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         if region.zone.is_empty() {
-            return Err(ConfigError::invalid(format!("{key}.zone"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                format!("{key}.zone"),
+                "must not be empty",
+            ));
         }
         if region.hosts.is_empty() {
             return Err(ConfigError::invalid(
@@ -120,13 +138,22 @@ fn validate_regions(c: &Config) -> Result<(), ConfigError> {
         for (i, host) in region.hosts.iter().enumerate() {
             let hkey = format!("{key}.hosts[{i}]");
             if host.host.is_empty() {
-                return Err(ConfigError::invalid(format!("{hkey}.host"), "must not be empty"));
+                return Err(ConfigError::invalid(
+                    format!("{hkey}.host"),
+                    "must not be empty",
+                ));
             }
             if host.dbname.is_empty() {
-                return Err(ConfigError::invalid(format!("{hkey}.dbname"), "must not be empty"));
+                return Err(ConfigError::invalid(
+                    format!("{hkey}.dbname"),
+                    "must not be empty",
+                ));
             }
             if host.user.is_empty() {
-                return Err(ConfigError::invalid(format!("{hkey}.user"), "must not be empty"));
+                return Err(ConfigError::invalid(
+                    format!("{hkey}.user"),
+                    "must not be empty",
+                ));
             }
         }
     }

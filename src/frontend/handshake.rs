@@ -251,7 +251,9 @@ async fn read_password_message(stream: &mut Stream) -> Result<Vec<u8>, AuthFailu
         .await
         .map_err(|e| AuthFailure::Dropped(format!("client closed during authentication: {e}")))?;
     let (tag, total) = framing::peek_header(&header, MAX_AUTH_MESSAGE)
-        .map_err(|e| AuthFailure::Refused(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())))?
+        .map_err(|e| {
+            AuthFailure::Refused(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()))
+        })?
         .ok_or_else(malformed)?;
     if tag != b'p' {
         return Err(AuthFailure::Refused(PgError::fatal(

@@ -80,7 +80,14 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let Some(region) = shared.region(&setup.region) else {
         return;
     };
-    let conn = match backend::connect(&setup.region, &region.config, &region.tls, &setup.backend_params).await {
+    let conn = match backend::connect(
+        &setup.region,
+        &region.config,
+        &region.tls,
+        &setup.backend_params,
+    )
+    .await
+    {
         Ok(conn) => conn,
         Err(ConnectError::Refused { error_response, .. }) => {
             return refuse(stream, &error_response).await;

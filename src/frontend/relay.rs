@@ -247,7 +247,12 @@ async fn shutting_down(client: &mut WriteHalf) -> RelayEnd {
     RelayEnd::Shutdown
 }
 
-async fn lost(client: &mut WriteHalf, label: &BackendLabel<'_>, reason: &str, already_told: bool) -> RelayEnd {
+async fn lost(
+    client: &mut WriteHalf,
+    label: &BackendLabel<'_>,
+    reason: &str,
+    already_told: bool,
+) -> RelayEnd {
     if !already_told {
         let err = PgError::fatal(
             sqlstate::CONNECTION_FAILURE,

@@ -18,7 +18,10 @@ pub struct SessionSetup {
 
 pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetup, PgError> {
     if let Some(r) = req.get("replication") {
-        if !matches!(r.to_ascii_lowercase().as_str(), "false" | "off" | "no" | "0") {
+        if !matches!(
+            r.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ) {
             return Err(PgError::fatal(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "replication connections are not supported through RegionGuard",
@@ -95,7 +98,9 @@ pub fn non_utf8_encoding(value: &str) -> PgError {
         sqlstate::FEATURE_NOT_SUPPORTED,
         format!("client_encoding \"{value}\" is not supported by RegionGuard"),
     )
-    .with_hint("use client_encoding UTF8; RegionGuard must read statement text to keep data in its region")
+    .with_hint(
+        "use client_encoding UTF8; RegionGuard must read statement text to keep data in its region",
+    )
 }
 
 #[cfg(test)]

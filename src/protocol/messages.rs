@@ -37,7 +37,10 @@ pub fn auth_sasl_final(out: &mut BytesMut, data: Vec<u8>) {
 }
 
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
-    put(out, ParameterStatus::new(name.to_string(), value.to_string()));
+    put(
+        out,
+        ParameterStatus::new(name.to_string(), value.to_string()),
+    );
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {

@@ -109,7 +109,8 @@ pub struct ScramServer {
 impl ScramServer {
     /// Handles the client-first message; returns the server-first message.
     pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(Self, Vec<u8>), ScramError> {
-        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (cbind, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("missing gs2 header"))?;
@@ -131,7 +132,11 @@ impl ScramServer {
             }
         }
         let client_nonce = client_nonce.ok_or(ScramError::Malformed("missing nonce"))?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+        {
             return Err(ScramError::Malformed("invalid nonce"));
         }
         let mut server_nonce = [0u8; 18];
@@ -158,7 +163,8 @@ impl ScramServer {
     /// Checks the client-final message; returns the server-final message
     /// (`v=<ServerSignature>`) when the proof is right.
     pub fn finish(self, client_final: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("missing proof"))?;
@@ -245,7 +251,10 @@ mod tests {
         let mut client = ScramSha256::new(b"", ChannelBinding::unsupported());
         let (server, first) = ScramServer::start(v, client.message()).unwrap();
         client.update(&first).unwrap();
-        assert_eq!(server.finish(client.message()), Err(ScramError::InvalidProof));
+        assert_eq!(
+            server.finish(client.message()),
+            Err(ScramError::InvalidProof)
+        );
     }
 
     #[test]

@@ -228,7 +228,11 @@ mod tests {
 
     #[test]
     fn parses_startup_in_client_order() {
-        let p = startup_packet(&[("user", "app"), ("database", "db"), ("application_name", "x")]);
+        let p = startup_packet(&[
+            ("user", "app"),
+            ("database", "db"),
+            ("application_name", "x"),
+        ]);
         match parse_initial(&p).unwrap() {
             InitialPacket::Startup(s) => {
                 assert_eq!(s.get("user"), Some("app"));
@@ -271,7 +275,9 @@ mod tests {
 
     #[test]
     fn options_split_proxy_settings_from_postgres_ones() {
-        let o = parse_options(r"-c regionguard.region=us -c search_path=a\ b --regionguard.tenant=acme -cwork_mem=1MB");
+        let o = parse_options(
+            r"-c regionguard.region=us -c search_path=a\ b --regionguard.tenant=acme -cwork_mem=1MB",
+        );
         assert_eq!(
             o.proxy_settings,
             vec![
@@ -279,7 +285,13 @@ mod tests {
                 ("regionguard.tenant".to_string(), "acme".to_string())
             ]
         );
-        assert_eq!(o.passthrough, vec!["-c", "search_path=a b", "-cwork_mem=1MB"]);
-        assert_eq!(join_options(&o.passthrough), r"-c search_path=a\ b -cwork_mem=1MB");
+        assert_eq!(
+            o.passthrough,
+            vec!["-c", "search_path=a b", "-cwork_mem=1MB"]
+        );
+        assert_eq!(
+            join_options(&o.passthrough),
+            r"-c search_path=a\ b -cwork_mem=1MB"
+        );
     }
 }

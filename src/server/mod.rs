@@ -127,8 +127,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = shared.clients.clone().try_acquire_owned() else {
-            let err = PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-                .with_hint("raise listen.max_clients or use a connection pool in the application");
+            let err = PgError::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            )
+            .with_hint("raise listen.max_clients or use a connection pool in the application");
             tokio::spawn(async move {
                 let _ = tcp.write_all(&err.to_bytes()).await;
             });

@@ -18,11 +18,19 @@ pub fn acceptor(tls: &ClientTls) -> Result<Option<TlsAcceptor>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("client_tls.cert {}: {e}", cert_path.display()))?;
     if certs.is_empty() {
-        return Err(format!("client_tls.cert {}: no certificate found", cert_path.display()));
+        return Err(format!(
+            "client_tls.cert {}: no certificate found",
+            cert_path.display()
+        ));
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| format!("client_tls.key {}: {e}", key_path.display()))?
-        .ok_or_else(|| format!("client_tls.key {}: no private key found", key_path.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "client_tls.key {}: no private key found",
+                key_path.display()
+            )
+        })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -1,0 +1,174 @@
+//! Shared integration-test harness: three regional PostgreSQL clusters
+//! (`eu`, `us`, `apac`) and helpers to run the proxy in front of them.
+//!
+//! Everything panics on failure (these are tests) and tears down on drop,
+//! including when a test panics: clusters stop with `pg_ctl -m immediate`
+//! and their temp directory is removed.
+
+// Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use regionguard::config::Config;
+use regionguard::localpg::{Cluster, ClusterOptions};
+use regionguard::server::Proxy;
+use std::fmt::Write as _;
+use tempfile::TempDir;
+use tokio_postgres::{Client, NoTls};
+
+/// The regions every test gets; each region's residency zone is its name.
+pub const REGIONS: [&str; 3] = ["eu", "us", "apac"];
+/// The role the proxy (and direct test clients) use in every region.
+pub const ROLE: &str = "regionguard";
+pub const ROLE_PASSWORD: &str = "regionguard-password";
+/// The database in every region, owned by [`ROLE`].
+pub const DATABASE: &str = "app";
+/// The user clients authenticate to the proxy as.
+pub const PROXY_USER: &str = "app";
+pub const PROXY_PASSWORD: &str = "app-password";
+
+/// Three running regional clusters. Fields drop in order: clusters stop
+/// before their directory is removed.
+pub struct TestRegions {
+    clusters: Vec<Cluster>,
+    _dir: TempDir,
+}
+
+impl TestRegions {
+    /// Starts `eu`, `us` and `apac` concurrently, each with role
+    /// [`ROLE`] and database [`DATABASE`].
+    pub async fn start() -> TestRegions {
+        let dir = tempfile::Builder::new()
+            .prefix("regionguard-test-")
+            .tempdir_in(regionguard::localpg::scratch_dir())
+            .expect("create temp dir for test clusters");
+        let root = dir.path();
+        let (eu, us, apac) = tokio::try_join!(
+            start_region(root, REGIONS[0]),
+            start_region(root, REGIONS[1]),
+            start_region(root, REGIONS[2]),
+        )
+        .expect("start the test regions");
+        TestRegions {
+            clusters: vec![eu, us, apac],
+            _dir: dir,
+        }
+    }
+
+    /// The cluster of `region`; panics on an unknown region name.
+    pub fn cluster(&self, region: &str) -> &Cluster {
+        self.clusters
+            .iter()
+            .find(|c| c.name() == region)
+            .unwrap_or_else(|| panic!("no test region `{region}` (have {REGIONS:?})"))
+    }
+
+    /// The TCP port of `region`'s server on 127.0.0.1.
+    pub fn port(&self, region: &str) -> u16 {
+        self.cluster(region).port()
+    }
+
+    /// A URL connecting directly (not through the proxy) to `region`'s
+    /// [`DATABASE`] as [`ROLE`].
+    pub fn connection_string(&self, region: &str) -> String {
+        self.cluster(region)
+            .connection_string(ROLE, ROLE_PASSWORD, DATABASE)
+    }
+
+    /// A direct client to `region`'s [`DATABASE`] as [`ROLE`], bypassing the
+    /// proxy: to set up data and to check where rows really landed.
+    pub async fn client(&self, region: &str) -> Client {
+        self.cluster(region)
+            .connect(ROLE, ROLE_PASSWORD, DATABASE)
+            .await
+            .unwrap_or_else(|e| panic!("connect directly to region `{region}`: {e}"))
+    }
+
+    /// A proxy config for the three regions: listen on `127.0.0.1:0`,
+    /// default region `eu`, SCRAM with [`PROXY_USER`]/[`PROXY_PASSWORD`].
+    /// Tweak the returned struct for a test's needs.
+    pub fn proxy_config(&self) -> Config {
+        let verifier = postgres_protocol::password::scram_sha_256(PROXY_PASSWORD.as_bytes());
+        let mut toml = format!(
+            "default_region = \"eu\"\n\
+             [listen]\n\
+             address = \"127.0.0.1:0\"\n\
+             shutdown_timeout_secs = 5\n\
+             [[auth.users]]\n\
+             name = \"{PROXY_USER}\"\n\
+             verifier = \"{verifier}\"\n"
+        );
+        for region in REGIONS {
+            let port = self.port(region);
+            write!(
+                toml,
+                "[regions.{region}]\n\
+                 zone = \"{region}\"\n\
+                 [[regions.{region}.hosts]]\n\
+                 host = \"127.0.0.1\"\n\
+                 port = {port}\n\
+                 dbname = \"{DATABASE}\"\n\
+                 user = \"{ROLE}\"\n\
+                 password = \"{ROLE_PASSWORD}\"\n"
+            )
+            .expect("format into a String");
+        }
+        Config::from_toml_str(&toml, "test harness").expect("test proxy config is valid")
+    }
+}
+
+async fn start_region(
+    root: &std::path::Path,
+    name: &str,
+) -> Result<Cluster, regionguard::localpg::LocalPgError> {
+    let options = ClusterOptions {
+        port: None,
+        fast: true,
+    };
+    let mut cluster = Cluster::from_template(name, &root.join(name), options).await?;
+    cluster.start().await?;
+    cluster.ensure_login_role(ROLE, ROLE_PASSWORD).await?;
+    cluster.ensure_database(DATABASE, ROLE).await?;
+    Ok(cluster)
+}
+
+/// Starts the proxy with `config`. Stop it with `proxy.shutdown().await`;
+/// if a test panics first, its tasks end with the test's runtime.
+pub async fn start_proxy(config: Config) -> Proxy {
+    Proxy::start(config).await.expect("start the proxy")
+}
+
+/// Connection settings for a client of `proxy` as [`PROXY_USER`] on
+/// [`DATABASE`], naming `region` with the `regionguard.region` startup
+/// option when given. Tweak it to test other startups.
+pub fn proxy_pg_config(proxy: &Proxy, region: Option<&str>) -> tokio_postgres::Config {
+    let addr = proxy.local_addr();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user(PROXY_USER)
+        .password(PROXY_PASSWORD)
+        .dbname(DATABASE)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(region) = region {
+        config.options(format!("-c regionguard.region={region}"));
+    }
+    config
+}
+
+/// A client connected through `proxy` to `region`.
+pub async fn proxy_client(proxy: &Proxy, region: &str) -> Client {
+    connect(&proxy_pg_config(proxy, Some(region)))
+        .await
+        .unwrap_or_else(|e| panic!("connect through the proxy to region `{region}`: {e}"))
+}
+
+/// Connects with `config` and drives the connection on a spawned task.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        // The error, if any, surfaces on the client's next call.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
