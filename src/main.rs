@@ -25,6 +25,16 @@ enum Command {
     },
     /// Validate a config file; exits non-zero with the reason when invalid.
     CheckConfig { file: PathBuf },
+    /// Start three local regional Postgres clusters (eu, us, apac) with
+    /// example data and the proxy in front of them; prints the URLs.
+    Demo {
+        /// Where the clusters live; reused on the next run.
+        #[arg(long, default_value = "regionguard-demo")]
+        data_dir: PathBuf,
+        /// The proxy's port on 127.0.0.1.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
     /// Print a SCRAM-SHA-256 verifier for a client user's password (read
     /// from standard input, one line).
     HashPassword,
@@ -44,6 +54,20 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Demo { data_dir, port } => {
+            init_logging("warn,regionguard=info", LogFormat::Text);
+            run_async(async move {
+                match regionguard::demo::run(regionguard::demo::DemoOptions { data_dir, port })
+                    .await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("demo: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
         Command::Serve { config } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,

@@ -9,6 +9,7 @@ mod validate;
 
 pub use model::*;
 
+use serde::Deserialize;
 use std::path::Path;
 
 /// Why a configuration could not be used. Every message names the key or the
@@ -50,11 +51,13 @@ impl Config {
 
     /// Parses config text; `origin` names the source in error messages.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let text = interpolate::interpolate_env(text, |name| std::env::var(name).ok())?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let mut value: toml::Value = toml::from_str(text).map_err(parse_error)?;
+        interpolate::interpolate_value(&mut value, "", &|name| std::env::var(name).ok())?;
+        let config = Config::deserialize(value).map_err(parse_error)?;
         validate::validate(&config)?;
         Ok(config)
     }
