@@ -8,4 +8,5 @@ pub mod frontend;
 pub mod localpg;
 pub mod net;
 pub mod protocol;
+pub mod routing;
 pub mod server;

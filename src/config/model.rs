@@ -19,6 +19,15 @@ pub struct Config {
     pub regions: BTreeMap<String, Region>,
     /// The region serving sessions that name none.
     pub default_region: String,
+    /// Which tables hold tenant data and how the tenant is found.
+    #[serde(default)]
+    pub tenancy: Tenancy,
+    /// Static directory: tenant id → region name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
+    /// Optional directory table in a control database, for large fleets.
+    #[serde(default)]
+    pub directory: Option<Directory>,
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
@@ -221,4 +230,81 @@ impl Default for Logging {
             format: LogFormat::Text,
         }
     }
+}
+
+/// Tenant-scoped and global tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tenancy {
+    /// The column holding the tenant id in tenant-scoped tables.
+    pub column: String,
+    /// Tenant-scoped tables (bare or schema-qualified names).
+    pub tables: Vec<String>,
+    /// Per-table tenant column where it differs from `column`.
+    pub columns: BTreeMap<String, String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// discovered from each region's catalog.
+    pub discover: bool,
+    /// Reference tables present in every region (`countries`, `plans`,
+    /// `schema_migrations`): reads go to one region, writes to all.
+    pub global_tables: Vec<String>,
+}
+
+impl Default for Tenancy {
+    fn default() -> Self {
+        Tenancy {
+            column: "tenant_id".into(),
+            tables: Vec::new(),
+            columns: BTreeMap::new(),
+            discover: false,
+            global_tables: Vec::new(),
+        }
+    }
+}
+
+/// A directory table `(tenant_id text primary key, region text not null)`
+/// in a control database. Changes are picked up by LISTEN/NOTIFY on
+/// `channel` and by a periodic refresh.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Schema-qualified table name.
+    #[serde(default = "default_directory_table")]
+    pub table: String,
+    /// NOTIFY channel announcing changes.
+    #[serde(default = "default_directory_channel")]
+    pub channel: String,
+    /// Full reload interval, the backstop for missed notifications.
+    #[serde(default = "default_directory_refresh")]
+    pub refresh_secs: u64,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_directory_table() -> String {
+    "regionguard.tenant_directory".into()
+}
+
+fn default_directory_channel() -> String {
+    "regionguard_directory".into()
+}
+
+fn default_directory_refresh() -> u64 {
+    60
 }

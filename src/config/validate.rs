@@ -29,6 +29,7 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_tls(c)?;
     validate_auth(c)?;
     validate_regions(c)?;
+    validate_tenancy(c)?;
     if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
         return Err(ConfigError::invalid(
             "logging.level",
@@ -168,4 +169,73 @@ fn validate_regions(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+fn validate_tenancy(c: &Config) -> Result<(), ConfigError> {
+    let t = &c.tenancy;
+    if !is_identifier(&t.column) {
+        return Err(ConfigError::invalid(
+            "tenancy.column",
+            format!("`{}` is not a column name", t.column),
+        ));
+    }
+    for (table, column) in &t.columns {
+        if !is_identifier(column) {
+            return Err(ConfigError::invalid(
+                format!("tenancy.columns.{table}"),
+                format!("`{column}` is not a column name"),
+            ));
+        }
+    }
+    for (i, table) in t.tables.iter().enumerate() {
+        if t.global_tables
+            .iter()
+            .any(|g| g.eq_ignore_ascii_case(table))
+        {
+            return Err(ConfigError::invalid(
+                format!("tenancy.tables[{i}]"),
+                format!("`{table}` is also listed in tenancy.global_tables; a table is one or the other"),
+            ));
+        }
+    }
+    for (tenant, region) in &c.tenants {
+        if !c.regions.contains_key(region) {
+            return Err(ConfigError::invalid(
+                format!("tenants.{tenant}"),
+                format!(
+                    "region `{region}` is not configured (configured: {})",
+                    c.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(d) = &c.directory {
+        if d.refresh_secs == 0 {
+            return Err(ConfigError::invalid(
+                "directory.refresh_secs",
+                "must be at least 1",
+            ));
+        }
+        if !d.table.split('.').all(is_identifier) {
+            return Err(ConfigError::invalid(
+                "directory.table",
+                format!("`{}` is not a table name", d.table),
+            ));
+        }
+        if !is_identifier(&d.channel) {
+            return Err(ConfigError::invalid(
+                "directory.channel",
+                format!("`{}` is not a channel name", d.channel),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plain SQL identifier: the proxy interpolates these into catalog and
+/// directory queries, so nothing else is accepted.
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod framing;
+pub mod frontend_msg;
 pub mod messages;
 pub mod scram;
 pub mod startup;

@@ -1,0 +1,3 @@
+//! Tenant resolution and the tenant directory.
+
+pub mod directory;
