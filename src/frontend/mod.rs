@@ -1,6 +1,8 @@
 //! One client session: handshake, backend session, relay.
 
 mod cancel;
+mod expect;
+mod responses;
 mod handshake;
 mod relay;
 mod setup;

@@ -61,3 +61,64 @@ pub fn ready_for_query(out: &mut BytesMut, status: u8) {
 pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported: Vec<String>) {
     put(out, NegotiateProtocolVersion::new(0, unsupported));
 }
+
+pub fn parse_complete(out: &mut BytesMut) {
+    put(out, pgwire::messages::extendedquery::ParseComplete::new());
+}
+
+pub fn bind_complete(out: &mut BytesMut) {
+    put(out, pgwire::messages::extendedquery::BindComplete::new());
+}
+
+pub fn close_complete(out: &mut BytesMut) {
+    put(out, pgwire::messages::extendedquery::CloseComplete::new());
+}
+
+pub fn no_data(out: &mut BytesMut) {
+    put(out, pgwire::messages::data::NoData::new());
+}
+
+pub fn empty_parameter_description(out: &mut BytesMut) {
+    put(out, pgwire::messages::data::ParameterDescription::new(Vec::new()));
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    put(out, pgwire::messages::response::CommandComplete::new(tag.to_string()));
+}
+
+pub fn empty_query(out: &mut BytesMut) {
+    put(out, pgwire::messages::response::EmptyQueryResponse::new());
+}
+
+/// RowDescription of one text column, as `SHOW name` returns it.
+pub fn text_row_description(out: &mut BytesMut, column: &str) {
+    use pgwire::messages::data::{FieldDescription, RowDescription};
+    const TEXT_OID: u32 = 25;
+    let field = FieldDescription::new(column.to_string(), 0, 0, TEXT_OID, -1, -1, 0);
+    put(out, RowDescription::new(vec![field]));
+}
+
+/// A DataRow of one text value (NULL when `None`).
+pub fn text_data_row(out: &mut BytesMut, value: Option<&str>) {
+    use bytes::BufMut;
+    let mut data = BytesMut::new();
+    match value {
+        Some(v) => {
+            data.put_i32(v.len() as i32);
+            data.put_slice(v.as_bytes());
+        }
+        None => data.put_i32(-1),
+    }
+    put(out, pgwire::messages::data::DataRow::new(data, 1));
+}
+
+/// A NoticeResponse with severity WARNING.
+pub fn warning(out: &mut BytesMut, code: &str, message: &str) {
+    let fields = vec![
+        (b'S', "WARNING".to_string()),
+        (b'V', "WARNING".to_string()),
+        (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ];
+    put(out, pgwire::messages::response::NoticeResponse::new(fields));
+}

@@ -87,6 +87,18 @@ impl Directory {
         Ok(found)
     }
 
+    /// The region of `tenant` if known without asking the control database.
+    pub fn cached_region(&self, tenant: &str) -> Option<Arc<str>> {
+        let key = normalize(tenant);
+        if let Some(r) = self.fixed.get(&key) {
+            return Some(r.clone());
+        }
+        match self.cache.get(&key).as_deref() {
+            Some(Cached::Region(r)) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
     /// Keeps the cache in step with the control table: LISTEN for changes,
     /// full reload on start and every `refresh_secs`. Returns immediately
     /// when there is no control database.

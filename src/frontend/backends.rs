@@ -1,0 +1,189 @@
+//! The request side's view of a session's backend sessions: one per region,
+//! opened lazily with the client's startup parameters and the session state
+//! replayed, written in coalesced batches.
+
+use super::expect::{BackendShared, Expect};
+use crate::backend::{self, ConnectError};
+use crate::net::WriteHalf;
+use crate::protocol::error::{sqlstate, PgError};
+use crate::server::state::Shared;
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// One backend session as the request side sees it.
+pub struct Backend {
+    writer: WriteHalf,
+    pub shared: Arc<BackendShared>,
+    /// Batches sent so far (Query, Sync, FunctionCall, injected ones too):
+    /// the index of the batch being written now.
+    pub batches: u64,
+    out: BytesMut,
+    /// Statements prepared here (`""` is the unnamed one).
+    pub prepared: HashSet<String>,
+}
+
+impl Backend {
+    /// Queues bytes for this backend; written at the next flush.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Queues a message and records that it ends a batch.
+    pub fn push_batch_end(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+        self.batches += 1;
+    }
+
+    /// Queues a simple Query the proxy injects (its answer is discarded).
+    pub fn push_query(&mut self, sql: &str) {
+        let mut b = BytesMut::new();
+        if frontend::query(sql, &mut b).is_ok() {
+            self.push_batch_end(&b);
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = self.writer.write_all(&self.out).await;
+        self.out.clear();
+        r
+    }
+}
+
+/// All backend sessions of one client session.
+pub struct Backends {
+    map: HashMap<Arc<str>, Backend>,
+    /// Startup parameters every backend session is opened with.
+    params: Vec<(String, String)>,
+    /// Session-state statements (SET, PREPARE, LISTEN…) to replay on a
+    /// backend opened later, so every region sees the same session.
+    replay: Vec<String>,
+    /// The client's cancel key, to register each backend's cancel target.
+    cancel_pid: i32,
+}
+
+impl Backends {
+    pub fn new(params: Vec<(String, String)>, cancel_pid: i32) -> Self {
+        Backends {
+            map: HashMap::new(),
+            params,
+            replay: Vec::new(),
+            cancel_pid,
+        }
+    }
+
+    /// Adopts the backend opened during startup.
+    pub fn adopt(&mut self, region: Arc<str>, writer: WriteHalf, shared: Arc<BackendShared>) {
+        self.map.insert(region, new_backend(writer, shared));
+    }
+
+    pub fn contains(&self, region: &str) -> bool {
+        self.map.contains_key(region)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Backend)> {
+        self.map.iter_mut()
+    }
+
+    /// Records a session-state statement for regions opened later.
+    pub fn remember(&mut self, sql: &str) {
+        self.replay.push(sql.to_string());
+    }
+
+    /// `DISCARD ALL` / `RESET ALL`: nothing older needs replaying.
+    pub fn forget_replay(&mut self) {
+        self.replay.clear();
+    }
+
+    /// The backend of `region`, opened now if the session has none there.
+    pub async fn get(
+        &mut self,
+        region: &Arc<str>,
+        shared: &Shared,
+        expect: &mpsc::UnboundedSender<Expect>,
+    ) -> Result<&mut Backend, PgError> {
+        if !self.map.contains_key(region) {
+            let b = self.open(region, shared, expect).await?;
+            self.map.insert(region.clone(), b);
+        }
+        self.map
+            .get_mut(region)
+            .ok_or_else(|| PgError::error(sqlstate::INTERNAL_ERROR, "backend vanished"))
+    }
+
+    async fn open(
+        &mut self,
+        region: &Arc<str>,
+        shared: &Shared,
+        expect: &mpsc::UnboundedSender<Expect>,
+    ) -> Result<Backend, PgError> {
+        let rt = shared
+            .region(region)
+            .ok_or_else(|| PgError::error(sqlstate::INTERNAL_ERROR, format!("region {region} is not configured")))?;
+        let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Unavailable { .. } => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
+                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working"),
+                ConnectError::Refused { region, .. } => PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("region {region} refused a session with this session's parameters"),
+                )
+                .with_hint("check the startup parameters (options, search_path) against that region"),
+            })?;
+        tracing::debug!(region = %region, backend = %conn.addr, "opened backend session");
+        if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
+            entry.targets.push(conn.cancel.clone());
+        }
+        let (reader, writer) = conn.stream.split();
+        let bshared = Arc::new(BackendShared::default());
+        let _ = expect.send(Expect::Attach {
+            region: region.clone(),
+            addr: conn.addr.clone(),
+            reader,
+            shared: bshared.clone(),
+        });
+        let mut b = new_backend(writer, bshared);
+        if !self.replay.is_empty() {
+            b.push_query(&self.replay.join(";\n"));
+            let _ = expect.send(Expect::Discard { region: region.clone() });
+        }
+        Ok(b)
+    }
+
+    /// Writes every backend's queued bytes.
+    pub async fn flush(&mut self) -> Result<(), Arc<str>> {
+        for (region, b) in self.map.iter_mut() {
+            if b.flush().await.is_err() {
+                return Err(region.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends Terminate to every backend, for a clean goodbye.
+    pub async fn terminate(&mut self) {
+        let mut t = BytesMut::new();
+        frontend::terminate(&mut t);
+        for b in self.map.values_mut() {
+            b.push(&t);
+            let _ = b.flush().await;
+        }
+    }
+}
+
+fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
+    Backend {
+        writer,
+        shared,
+        batches: 0,
+        out: BytesMut::with_capacity(16 * 1024),
+        prepared: HashSet::new(),
+    }
+}

@@ -1,0 +1,200 @@
+//! What the request side tells the response side, in request order.
+//!
+//! A session may hold one backend session per region. The client→backend
+//! pump decides where each batch (everything up to a Sync, a simple Query,
+//! a FunctionCall) goes and queues an [`Expect`] for it; the
+//! backend→client pump works through the queue, so the client sees answers
+//! in the order it asked, whichever region produced them.
+
+use crate::net::ReadHalf;
+use crate::protocol::error::PgError;
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+/// One entry of the response plan.
+pub enum Expect {
+    /// A backend session opened for `region`; its responses come from `reader`.
+    Attach {
+        region: Arc<str>,
+        addr: String,
+        reader: ReadHalf,
+        shared: Arc<BackendShared>,
+    },
+    /// Relay `region`'s responses up to and including its next ReadyForQuery.
+    Relay { region: Arc<str> },
+    /// Read `region`'s responses up to its next ReadyForQuery and drop them:
+    /// statements the proxy injected (a held BEGIN, session-state replay).
+    Discard { region: Arc<str> },
+    /// Messages the proxy answers itself.
+    Local(BytesMut),
+    /// Write the error (if any) and end the session.
+    End(Option<PgError>),
+}
+
+/// Completion messages of injected Parse/Close requests to swallow, and
+/// proxy errors to show instead of a backend's, shared by both pumps.
+///
+/// Entries are tagged with the backend batch they belong to: after an error
+/// Postgres skips the rest of the batch, so entries of a finished batch that
+/// never got their completion are dropped when its ReadyForQuery arrives.
+#[derive(Default)]
+pub struct BackendShared {
+    completions: Mutex<VecDeque<(u64, bool)>>,
+    overrides: Mutex<VecDeque<(u64, PgError)>>,
+    /// Statement names whose Describe is in flight, so the response side
+    /// can file the ParameterDescription under the right statement.
+    describes: Mutex<VecDeque<(u64, String)>>,
+    /// Parameter types the server inferred, by statement name: needed to
+    /// read a tenant id sent in binary format by drivers that let the
+    /// server infer types (tokio-postgres, JDBC).
+    param_types: Mutex<std::collections::HashMap<String, Vec<u32>>>,
+}
+
+impl BackendShared {
+    /// Records a Parse or Close sent in `batch`; `forward` is false for the
+    /// ones the proxy injected.
+    pub fn expect_completion(&self, batch: u64, forward: bool) {
+        if let Ok(mut q) = self.completions.lock() {
+            q.push_back((batch, forward));
+        }
+    }
+
+    /// Whether the next ParseComplete/CloseComplete of `batch` goes to the
+    /// client.
+    pub fn take_completion(&self, batch: u64) -> bool {
+        let Ok(mut q) = self.completions.lock() else {
+            return true;
+        };
+        while let Some(&(b, forward)) = q.front() {
+            q.pop_front();
+            if b == batch {
+                return forward;
+            }
+        }
+        true
+    }
+
+    /// The backend will fail `batch` on purpose (the proxy refused a
+    /// statement inside it); its first ErrorResponse is replaced by `error`.
+    pub fn override_error(&self, batch: u64, error: PgError) {
+        if let Ok(mut q) = self.overrides.lock() {
+            q.push_back((batch, error));
+        }
+    }
+
+    /// The replacement for the first ErrorResponse of `batch`, if any.
+    pub fn take_override(&self, batch: u64) -> Option<PgError> {
+        let mut q = self.overrides.lock().ok()?;
+        while let Some((b, _)) = q.front() {
+            if *b < batch {
+                q.pop_front();
+            } else {
+                break;
+            }
+        }
+        if q.front().is_some_and(|(b, _)| *b == batch) {
+            return q.pop_front().map(|(_, e)| e);
+        }
+        None
+    }
+
+    /// A Describe of statement `name` was sent in `batch`.
+    pub fn expect_describe(&self, batch: u64, name: &str) {
+        if let Ok(mut q) = self.describes.lock() {
+            q.push_back((batch, name.to_string()));
+        }
+    }
+
+    /// Files a ParameterDescription body under the statement whose Describe
+    /// it answers.
+    pub fn parameter_description(&self, batch: u64, body: &[u8]) {
+        let name = {
+            let Ok(mut q) = self.describes.lock() else {
+                return;
+            };
+            loop {
+                match q.pop_front() {
+                    Some((b, name)) if b == batch => break name,
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+        };
+        let mut pos = 0;
+        let Some(n) = body.get(0..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+            return;
+        };
+        pos += 2;
+        let mut types = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n.max(0) {
+            match crate::protocol::framing::read_i32(body, &mut pos) {
+                Some(t) => types.push(t as u32),
+                None => return,
+            }
+        }
+        if let Ok(mut m) = self.param_types.lock() {
+            m.insert(name, types);
+        }
+    }
+
+    /// The server-inferred type of parameter `n` (1-based) of `statement`.
+    pub fn param_type(&self, statement: &str, n: usize) -> Option<u32> {
+        let m = self.param_types.lock().ok()?;
+        m.get(statement)?.get(n.checked_sub(1)?).copied()
+    }
+
+    /// Forgets inferred types when a statement name is re-prepared or closed.
+    pub fn forget_statement(&self, statement: &str) {
+        if let Ok(mut m) = self.param_types.lock() {
+            m.remove(statement);
+        }
+    }
+
+    /// Drops what belonged to `batch` once its ReadyForQuery arrived.
+    pub fn batch_done(&self, batch: u64) {
+        if let Ok(mut q) = self.completions.lock() {
+            while q.front().is_some_and(|(b, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+        if let Ok(mut q) = self.overrides.lock() {
+            while q.front().is_some_and(|(b, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+        if let Ok(mut q) = self.describes.lock() {
+            while q.front().is_some_and(|(b, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::error::sqlstate;
+
+    #[test]
+    fn completions_of_failed_batches_are_skipped() {
+        let s = BackendShared::default();
+        s.expect_completion(0, false);
+        s.expect_completion(0, true);
+        s.expect_completion(1, false);
+        // Batch 0 failed after its first Parse: only one completion came.
+        assert!(!s.take_completion(0));
+        s.batch_done(0);
+        assert!(!s.take_completion(1));
+        assert!(s.take_completion(2));
+    }
+
+    #[test]
+    fn overrides_apply_to_their_batch_only() {
+        let s = BackendShared::default();
+        s.override_error(3, PgError::error(sqlstate::INTERNAL_ERROR, "x"));
+        assert!(s.take_override(2).is_none());
+        assert!(s.take_override(3).is_some());
+        assert!(s.take_override(3).is_none());
+    }
+}

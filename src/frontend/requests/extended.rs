@@ -1,0 +1,549 @@
+//! The extended query protocol: Parse, Bind, Describe, Execute, Close,
+//! Flush and Sync, in batches that each run in one region.
+
+use super::{aborted, apply_set, Batch, PortalTarget, Quit, Requests, Stmt, Txn, FAIL_PORTAL};
+use crate::frontend::route::{self, Params, Placement};
+use crate::frontend::tenant_value;
+use crate::protocol::error::PgError;
+use crate::protocol::framing::HEADER_LEN;
+use crate::protocol::frontend_msg;
+use crate::protocol::messages;
+use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::frontend;
+use std::sync::Arc;
+
+/// What a locally answered portal does when executed.
+#[derive(Clone)]
+pub(super) enum LocalAction {
+    Begin(String),
+    End { commit: bool },
+    SetTenant { local: bool, value: Option<String> },
+    ShowTenant,
+}
+
+/// The one statement of a prepared statement text (`None` when empty).
+fn single(analysis: &Analysis) -> Option<&StatementPlan> {
+    match analysis.statements.as_slice() {
+        [plan] => Some(plan),
+        _ => None,
+    }
+}
+
+impl Requests {
+    /// Whether this batch can still be answered by the proxy alone: nothing
+    /// of it went to, or waits for, a backend.
+    fn batch_is_local(&self) -> bool {
+        self.batch.region.is_none() && self.batch.held.is_empty()
+    }
+
+    fn is_local_statement(&self, analysis: &Analysis) -> bool {
+        let Some(plan) = single(analysis) else {
+            return false;
+        };
+        match plan.kind {
+            StatementKind::SetTenant { .. } | StatementKind::ShowTenant => true,
+            StatementKind::Begin => self.txn == Txn::Idle,
+            StatementKind::Commit | StatementKind::Rollback => {
+                matches!(self.txn, Txn::Held { .. } | Txn::FailedHeld)
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) async fn parse(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
+        let analysis = self.shared.analysis.get_or_analyze(p.query, &self.shared.tenancy);
+        let name = p.name.to_string();
+        for (_, b) in self.backends.iter_mut() {
+            b.prepared.remove(&name);
+            b.shared.forget_statement(&name);
+        }
+        let local = self.batch_is_local() && self.is_local_statement(&analysis);
+        self.statements.insert(
+            name.clone(),
+            Stmt {
+                parse: msg.clone(),
+                analysis,
+                types: p.param_types,
+                local,
+            },
+        );
+        if local {
+            let mut out = BytesMut::new();
+            messages::parse_complete(&mut out);
+            self.local(out);
+            return Ok(());
+        }
+        self.send_or_hold(msg.clone(), Some(name), None).await
+    }
+
+    /// Sends a message to the batch's region, or holds it until the region
+    /// is known. `parse` / `describe` name the statement the message
+    /// prepares or describes, for bookkeeping.
+    async fn send_or_hold(&mut self, msg: Bytes, parse: Option<String>, describe: Option<String>) -> Result<(), Quit> {
+        match self.batch.region.clone() {
+            Some(region) => {
+                let b = self.backend(&region).await?;
+                note_sent(b, &msg, parse.as_deref(), describe.as_deref());
+                b.push(&msg);
+                Ok(())
+            }
+            None => {
+                self.batch.held.push((msg, parse, describe));
+                Ok(())
+            }
+        }
+    }
+
+    /// Fixes the batch's region: a held BEGIN goes first, then the held
+    /// messages, and the response side is told to relay this region.
+    async fn set_batch_region(&mut self, region: &Arc<str>) -> Result<(), Quit> {
+        if self.batch.region.is_some() {
+            return Ok(());
+        }
+        self.backend(region).await?;
+        self.pin_held(region).await?;
+        let _ = self.expect.send(crate::frontend::expect::Expect::Relay { region: region.clone() });
+        let held = std::mem::take(&mut self.batch.held);
+        let b = self.backend(region).await?;
+        for (msg, parse, describe) in held {
+            note_sent(b, &msg, parse.as_deref(), describe.as_deref());
+            b.push(&msg);
+        }
+        self.batch.region = Some(region.clone());
+        self.last_region = region.clone();
+        Ok(())
+    }
+
+    /// Makes sure `name` is prepared in `region`, preparing it there now
+    /// (answer swallowed) if it was prepared elsewhere.
+    async fn ensure_prepared(&mut self, region: &Arc<str>, name: &str) -> Result<(), Quit> {
+        let Some(parse) = self.statements.get(name).map(|s| s.parse.clone()) else {
+            return Ok(());
+        };
+        let b = self.backend(region).await?;
+        if !b.prepared.contains(name) {
+            b.shared.expect_completion(b.batches, false);
+            b.prepared.insert(name.to_string());
+            b.push(&parse);
+        }
+        Ok(())
+    }
+
+    /// Refuses the statement being bound: the rest of the batch is dropped
+    /// until Sync and the client sees `err`, the transaction (implicit or
+    /// explicit) failing as Postgres would fail it.
+    async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
+        tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.batch.skipping = true;
+        if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
+            if matches!(self.txn, Txn::Held { .. }) {
+                self.txn = Txn::FailedHeld;
+            }
+            self.local(err.to_bytes());
+            return Ok(());
+        }
+        let region = match (&self.batch.region, &self.txn) {
+            (Some(r), _) | (None, Txn::Pinned(r)) => r.clone(),
+            _ => self.neutral_region(&self.tenant.clone()),
+        };
+        self.set_batch_region(&region).await?;
+        let b = self.backend(&region).await?;
+        b.shared.override_error(b.batches, err);
+        let mut exec = BytesMut::new();
+        if frontend::execute(FAIL_PORTAL, 0, &mut exec).is_ok() {
+            b.push(&exec);
+        }
+        Ok(())
+    }
+
+    /// Parameter types of `name`: as prepared, or as the server inferred.
+    fn param_types(&mut self, name: &str, stmt_types: &[u32], count: usize) -> Vec<u32> {
+        let mut types: Vec<u32> = (0..count).map(|i| stmt_types.get(i).copied().unwrap_or(0)).collect();
+        for (i, t) in types.iter_mut().enumerate() {
+            if *t == 0 {
+                for (_, b) in self.backends.iter_mut() {
+                    if let Some(inferred) = b.shared.param_type(name, i + 1) {
+                        *t = inferred;
+                        break;
+                    }
+                }
+            }
+        }
+        types
+    }
+
+    pub(super) async fn bind(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
+        let name = bind.statement.to_string();
+        let portal = bind.portal.to_string();
+        let Some((analysis, stmt_types)) = self.statements.get(&name).map(|s| (s.analysis.clone(), s.types.clone())) else {
+            // Unknown to the proxy: Postgres reports it.
+            return self.send_or_hold(msg.clone(), None, None).await;
+        };
+        let types = self.param_types(&name, &stmt_types, bind.params.len());
+        let params = Params { bind: &bind, types: &types };
+        if self.txn == Txn::FailedHeld && !self.is_local_statement(&analysis) {
+            return self.fail_batch(aborted()).await;
+        }
+        if self.batch_is_local() && self.is_local_statement(&analysis) {
+            let text = self
+                .statements
+                .get(&name)
+                .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok().map(|p| p.query.to_string()))
+                .unwrap_or_default();
+            let action = match self.local_action(&analysis, &params, text).await {
+                Ok(a) => a,
+                Err(e) => return self.fail_batch(e).await,
+            };
+            self.portals.insert(portal, PortalTarget::Local(action));
+            let mut out = BytesMut::new();
+            messages::bind_complete(&mut out);
+            self.local(out);
+            return Ok(());
+        }
+        let plan = single(&analysis);
+        let placement = match plan {
+            Some(plan) => {
+                if let Some(e) = super::refuse_kind(&plan.kind) {
+                    return self.fail_batch(e).await;
+                }
+                route::place(&self.shared, plan, Some(&params), self.tenant.effective()).await
+            }
+            None => Ok(Placement::Neutral),
+        };
+        let region = match placement {
+            Ok(Placement::Region(r)) => r,
+            Ok(Placement::Neutral) => match &self.batch.region {
+                Some(r) => r.clone(),
+                None => self.neutral_region(&self.tenant.clone()),
+            },
+            Err(e) => return self.fail_batch(e).await,
+        };
+        if let Some(err) = self.conflict(&region) {
+            return self.fail_batch(err).await;
+        }
+        if let Some(plan) = plan {
+            if let Err(e) = self.track_forwarded(plan, &params, &region).await {
+                return self.fail_batch(e).await;
+            }
+        }
+        drop(params);
+        self.set_batch_region(&region).await?;
+        self.ensure_prepared(&region, &name).await?;
+        let b = self.backend(&region).await?;
+        b.push(msg);
+        self.portals.insert(portal, PortalTarget::Region(region));
+        Ok(())
+    }
+
+    /// A region that the batch or the transaction cannot use.
+    fn conflict(&self, region: &Arc<str>) -> Option<PgError> {
+        if let Some(b) = &self.batch.region {
+            if b != region {
+                return Some(route::refusal(
+                    format!("one pipeline batch needs two regions ({b} and {region})"),
+                    "end the batch with Sync before switching to a tenant of another region",
+                ));
+            }
+        }
+        if let Txn::Pinned(p) = &self.txn {
+            if p != region {
+                return Some(route::refusal(
+                    format!("the transaction runs in region {p}; this statement belongs in region {region}"),
+                    "a transaction may only touch one region's tenants: commit it, then start one for the other region",
+                ));
+            }
+        }
+        None
+    }
+
+    /// Keeps the proxy's view of the session in step with statements that
+    /// change it and go to a backend.
+    async fn track_forwarded(&mut self, plan: &StatementPlan, params: &Params<'_>, region: &Arc<str>) -> Result<(), PgError> {
+        match &plan.kind {
+            StatementKind::SetTenant { local, value } => {
+                let v = self.tenant_value(value.as_ref(), Some(params))?;
+                if let Some(t) = &v {
+                    if route::region_of(&self.shared, t).await? != *region {
+                        return Err(route::refusal(
+                            format!("the session runs in region {region}; that tenant lives elsewhere"),
+                            "finish the transaction before switching to a tenant of another region",
+                        ));
+                    }
+                }
+                apply_set(&mut self.tenant, *local, v, self.txn != Txn::Idle);
+            }
+            StatementKind::Begin => {
+                if self.txn == Txn::Idle {
+                    self.txn = Txn::Pinned(region.clone());
+                }
+            }
+            StatementKind::Commit | StatementKind::Rollback => {
+                self.txn = Txn::Idle;
+                self.tenant.local = None;
+            }
+            StatementKind::SessionState { resets_tenant } => {
+                if *resets_tenant {
+                    self.tenant.session = None;
+                    self.tenant.local = None;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tenant_value(&self, value: Option<&TenantSource>, params: Option<&Params<'_>>) -> Result<Option<String>, PgError> {
+        Ok(match value {
+            Some(TenantSource::Literal(t)) => Some(t.clone()),
+            Some(TenantSource::Param(n)) => {
+                let Some(p) = params else {
+                    return Err(route::refusal(
+                        "regionguard.tenant cannot come from a parameter here",
+                        "use a literal: SET regionguard.tenant = '<tenant>'",
+                    ));
+                };
+                let ty = p.types.get(n.saturating_sub(1)).copied().unwrap_or(0);
+                Some(tenant_value::from_param(p.bind, *n, ty)?)
+            }
+            None => None,
+        })
+    }
+
+    async fn local_action(&mut self, analysis: &Analysis, params: &Params<'_>, text: String) -> Result<LocalAction, PgError> {
+        let Some(plan) = single(analysis) else {
+            return Err(aborted());
+        };
+        Ok(match &plan.kind {
+            StatementKind::SetTenant { local, value } => {
+                let v = self.tenant_value(value.as_ref(), Some(params))?;
+                if let Some(t) = &v {
+                    route::region_of(&self.shared, t).await?;
+                }
+                LocalAction::SetTenant { local: *local, value: v }
+            }
+            StatementKind::ShowTenant => LocalAction::ShowTenant,
+            StatementKind::Begin => LocalAction::Begin(text),
+            StatementKind::Commit => LocalAction::End { commit: true },
+            _ => LocalAction::End { commit: false },
+        })
+    }
+
+    pub(super) async fn describe(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        let (kind, name) = frontend_msg::target(body, "Describe").map_err(|e| self.malformed(e))?;
+        let name = name.to_string();
+        if kind == b'P' {
+            return match self.portals.get(&name).cloned() {
+                Some(PortalTarget::Local(action)) => {
+                    let mut out = BytesMut::new();
+                    match action {
+                        LocalAction::ShowTenant => messages::text_row_description(&mut out, crate::sql::TENANT_KEY),
+                        _ => messages::no_data(&mut out),
+                    }
+                    self.local(out);
+                    Ok(())
+                }
+                Some(PortalTarget::Region(r)) => {
+                    if let Some(err) = self.conflict(&r) {
+                        return self.fail_batch(err).await;
+                    }
+                    self.set_batch_region(&r).await?;
+                    self.send_or_hold(msg.clone(), None, None).await
+                }
+                None => self.send_or_hold(msg.clone(), None, None).await,
+            };
+        }
+        let stmt_local = self.statements.get(&name).map(|s| (s.local, s.analysis.clone()));
+        if let Some((true, analysis)) = &stmt_local {
+            if self.batch_is_local() {
+                let mut out = BytesMut::new();
+                messages::empty_parameter_description(&mut out);
+                match single(analysis).map(|p| &p.kind) {
+                    Some(StatementKind::ShowTenant) => messages::text_row_description(&mut out, crate::sql::TENANT_KEY),
+                    _ => messages::no_data(&mut out),
+                }
+                self.local(out);
+                return Ok(());
+            }
+        }
+        if let Some(region) = self.batch.region.clone() {
+            self.ensure_prepared(&region, &name).await?;
+        }
+        self.send_or_hold(msg.clone(), None, Some(name)).await
+    }
+
+    pub(super) async fn execute(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        let portal = frontend_msg::execute(body).map_err(|e| self.malformed(e))?.to_string();
+        match self.portals.get(&portal).cloned() {
+            Some(PortalTarget::Local(action)) => {
+                let mut out = BytesMut::new();
+                self.run_local(action, &mut out);
+                self.local(out);
+                Ok(())
+            }
+            Some(PortalTarget::Region(r)) => {
+                if let Some(err) = self.conflict(&r) {
+                    return self.fail_batch(err).await;
+                }
+                self.set_batch_region(&r).await?;
+                self.send_or_hold(msg.clone(), None, None).await
+            }
+            None => self.send_or_hold(msg.clone(), None, None).await,
+        }
+    }
+
+    fn run_local(&mut self, action: LocalAction, out: &mut BytesMut) {
+        match action {
+            LocalAction::Begin(text) => {
+                if self.txn == Txn::Idle {
+                    self.txn = Txn::Held { begin: text };
+                }
+                messages::command_complete(out, "BEGIN");
+            }
+            LocalAction::End { commit } => {
+                let tag = if commit && self.txn != Txn::FailedHeld { "COMMIT" } else { "ROLLBACK" };
+                self.txn = Txn::Idle;
+                self.tenant.local = None;
+                messages::command_complete(out, tag);
+            }
+            LocalAction::SetTenant { local, value } => {
+                let in_txn = self.txn != Txn::Idle;
+                if local && !in_txn {
+                    messages::warning(out, "25P01", "SET LOCAL can only be used in transaction blocks");
+                }
+                let tag = if value.is_some() { "SET" } else { "RESET" };
+                apply_set(&mut self.tenant, local, value, in_txn);
+                messages::command_complete(out, tag);
+            }
+            LocalAction::ShowTenant => {
+                messages::text_data_row(out, Some(self.tenant.effective().unwrap_or("")));
+                messages::command_complete(out, "SHOW");
+            }
+        }
+    }
+
+    pub(super) async fn close(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        let (kind, name) = frontend_msg::target(body, "Close").map_err(|e| self.malformed(e))?;
+        let name = name.to_string();
+        if kind == b'P' {
+            return match self.portals.remove(&name) {
+                Some(PortalTarget::Region(r)) if self.batch.region.as_ref().is_none_or(|b| *b == r) => {
+                    self.set_batch_region(&r).await?;
+                    self.send_or_hold(msg.clone(), None, None).await
+                }
+                Some(PortalTarget::Region(_)) | Some(PortalTarget::Local(_)) | None if self.batch_is_local() => {
+                    let mut out = BytesMut::new();
+                    messages::close_complete(&mut out);
+                    self.local(out);
+                    Ok(())
+                }
+                _ => self.send_or_hold(msg.clone(), None, None).await,
+            };
+        }
+        self.statements.remove(&name);
+        let target = self.batch.region.clone();
+        // Close it everywhere it is prepared; only the batch's own Close is answered.
+        for (region, b) in self.backends.iter_mut() {
+            b.shared.forget_statement(&name);
+            if b.prepared.remove(&name) && target.as_ref() != Some(region) {
+                b.shared.expect_completion(b.batches, false);
+                b.push(msg);
+            }
+        }
+        if self.batch_is_local() {
+            let mut out = BytesMut::new();
+            messages::close_complete(&mut out);
+            self.local(out);
+            return Ok(());
+        }
+        self.send_or_hold(msg.clone(), None, None).await
+    }
+
+    pub(super) async fn flush_request(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        if self.batch.skipping {
+            return Ok(());
+        }
+        if self.batch.region.is_none() && !self.batch.held.is_empty() {
+            let region = self.neutral_region(&self.tenant.clone());
+            self.set_batch_region(&region).await?;
+        }
+        match self.batch.region.clone() {
+            Some(region) => {
+                let b = self.backend(&region).await?;
+                b.push(msg);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn sync(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        if self.batch.region.is_none() && !self.batch.held.is_empty() && !self.batch.skipping {
+            let region = self.neutral_region(&self.tenant.clone());
+            self.set_batch_region(&region).await?;
+        }
+        match self.batch.region.clone() {
+            Some(region) => {
+                let b = self.backend(&region).await?;
+                b.push_batch_end(msg);
+            }
+            None => {
+                let mut out = BytesMut::new();
+                messages::ready_for_query(&mut out, self.status());
+                self.local(out);
+            }
+        }
+        self.batch = Batch::default();
+        if self.txn == Txn::Idle {
+            self.tenant.local = None;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn function_call(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        let region = self.neutral_region(&self.tenant.clone());
+        self.backend(&region).await?;
+        self.pin_held(&region).await?;
+        let b = self.backend(&region).await?;
+        b.push_batch_end(msg);
+        let _ = self.expect.send(crate::frontend::expect::Expect::Relay { region: region.clone() });
+        self.last_region = region;
+        Ok(())
+    }
+}
+
+/// Bookkeeping for a message as it is written to a backend.
+fn note_sent(b: &mut crate::frontend::backends::Backend, msg: &[u8], parse: Option<&str>, describe: Option<&str>) {
+    match msg.first() {
+        Some(b'P') => {
+            b.shared.expect_completion(b.batches, true);
+            if let Some(name) = parse {
+                b.prepared.insert(name.to_string());
+            }
+        }
+        Some(b'C') => b.shared.expect_completion(b.batches, true),
+        Some(b'D') => {
+            if let Some(name) = describe {
+                b.shared.expect_describe(b.batches, name);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,602 @@
+//! Client → backends: reads the client's messages, decides per statement
+//! which region runs it, answers what the proxy owns (`regionguard.tenant`,
+//! a held BEGIN) and queues the response plan for the other direction.
+//!
+//! Extended-protocol messages are grouped in batches ending at Sync. A batch
+//! runs in one region: messages before the first one that decides the region
+//! are held, then sent there together. A statement prepared in one region
+//! and executed in another is prepared there on the fly (the extra
+//! ParseComplete is swallowed). A refusal inside a batch that already reached
+//! a backend makes that backend fail the batch on purpose (an Execute of a
+//! portal that does not exist) and shows the proxy's error instead of the
+//! backend's, so the batch's implicit transaction — or the explicit one —
+//! fails exactly as Postgres would fail it.
+
+use super::backends::Backends;
+use super::expect::Expect;
+use super::route::{self, Params, Placement};
+use crate::net::ReadHalf;
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::framing::{self, Frame};
+use crate::protocol::frontend_msg;
+use crate::protocol::messages;
+use crate::server::state::Shared;
+use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
+
+mod extended;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// A portal name no client uses: executing it makes a backend fail the
+/// current batch on purpose.
+const FAIL_PORTAL: &str = "regionguard: refused";
+/// A statement that fails to parse without side effects, for simple queries.
+const FAIL_QUERY: &str = "regionguard refused statement";
+
+/// The session's `regionguard.tenant`, with Postgres GUC semantics.
+#[derive(Debug, Default, Clone)]
+pub struct TenantSetting {
+    pub startup: Option<String>,
+    pub session: Option<String>,
+    /// `SET LOCAL`: until the transaction ends.
+    pub local: Option<String>,
+    /// `RESET` went back to the startup value; `session` then mirrors it.
+    reset: bool,
+}
+
+impl TenantSetting {
+    pub fn effective(&self) -> Option<&str> {
+        self.local
+            .as_deref()
+            .or(self.session.as_deref())
+            .or(if self.reset { None } else { self.startup.as_deref() })
+            .or(if self.reset { self.startup.as_deref() } else { None })
+    }
+}
+
+/// Transaction state as seen from the requests the client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Txn {
+    Idle,
+    /// BEGIN answered by the proxy, not yet sent: it goes to the region of
+    /// the first statement that needs one.
+    Held { begin: String },
+    /// A refusal failed a held transaction before it reached any backend.
+    FailedHeld,
+    /// The transaction runs in this region.
+    Pinned(Arc<str>),
+}
+
+/// A statement prepared by the client (extended protocol).
+struct Stmt {
+    parse: Bytes,
+    analysis: Arc<Analysis>,
+    types: Vec<u32>,
+    /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
+    local: bool,
+}
+
+/// What a portal was bound from.
+#[derive(Clone)]
+enum PortalTarget {
+    Region(Arc<str>),
+    Local(String),
+}
+
+#[derive(Default)]
+struct Batch {
+    region: Option<Arc<str>>,
+    /// Messages waiting for the batch's region, with the statement name of
+    /// held Parses (so they count as prepared there once sent).
+    held: Vec<(Bytes, Option<String>, Option<String>)>,
+    /// A refusal happened: drop messages until Sync.
+    skipping: bool,
+    /// The proxy answered this batch itself so far.
+    local_only: bool,
+}
+
+pub struct Requests {
+    shared: Arc<Shared>,
+    expect: mpsc::UnboundedSender<Expect>,
+    client_gone: watch::Sender<bool>,
+    backends: Backends,
+    tenant: TenantSetting,
+    /// The session's region for statements that touch no tenant data: the
+    /// startup option `regionguard.region`, else the default region.
+    home: Arc<str>,
+    txn: Txn,
+    statements: HashMap<String, Stmt>,
+    portals: HashMap<String, PortalTarget>,
+    batch: Batch,
+    /// Where COPY data goes: the region of the last statement sent.
+    last_region: Arc<str>,
+    max_message: usize,
+}
+
+/// Ends the pump: the response side learns why through the queue.
+struct Quit;
+
+impl Requests {
+    pub fn new(
+        shared: Arc<Shared>,
+        expect: mpsc::UnboundedSender<Expect>,
+        client_gone: watch::Sender<bool>,
+        backends: Backends,
+        tenant: TenantSetting,
+        home: Arc<str>,
+    ) -> Self {
+        let max_message = shared.config.listen.max_message_bytes;
+        Requests {
+            shared,
+            expect,
+            client_gone,
+            backends,
+            tenant,
+            last_region: home.clone(),
+            home,
+            txn: Txn::Idle,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            batch: Batch::default(),
+            max_message,
+        }
+    }
+
+    pub async fn run(mut self, mut client: ReadHalf) {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut frames: Vec<Frame> = Vec::with_capacity(64);
+        loop {
+            let need = match framing::needed(&buf, self.max_message) {
+                Ok(n) => n,
+                Err(e) => return self.fatal(frame_error(e)),
+            };
+            if buf.capacity() - buf.len() < need.max(READ_CHUNK / 4) {
+                buf.reserve(need.max(READ_CHUNK));
+            }
+            match client.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return self.gone().await,
+                Ok(_) => {}
+            }
+            let used = match framing::scan(&buf, self.max_message, &mut frames) {
+                Ok(used) => used,
+                Err(e) => return self.fatal(frame_error(e)),
+            };
+            let chunk = buf.split_to(used).freeze();
+            for f in &frames {
+                let msg = chunk.slice(f.start..f.end);
+                if self.handle(f.tag, msg).await.is_err() {
+                    let _ = self.backends.flush().await;
+                    return;
+                }
+            }
+            if self.backends.flush().await.is_err() {
+                // The response side notices the broken backend and reports it.
+                return;
+            }
+        }
+    }
+
+    fn fatal(&self, err: PgError) {
+        let _ = self.expect.send(Expect::End(Some(err)));
+    }
+
+    async fn gone(&mut self) {
+        let _ = self.client_gone.send(true);
+        let _ = self.expect.send(Expect::End(None));
+    }
+
+    fn local(&self, out: BytesMut) {
+        if !out.is_empty() {
+            let _ = self.expect.send(Expect::Local(out));
+        }
+    }
+
+    fn status(&self) -> u8 {
+        match self.txn {
+            Txn::Idle => b'I',
+            Txn::Held { .. } | Txn::Pinned(_) => b'T',
+            Txn::FailedHeld => b'E',
+        }
+    }
+
+    async fn handle(&mut self, tag: u8, msg: Bytes) -> Result<(), Quit> {
+        let body = &msg[framing::HEADER_LEN..];
+        match tag {
+            b'Q' => self.query(&msg, body).await,
+            b'P' => self.parse(&msg, body).await,
+            b'B' => self.bind(&msg, body).await,
+            b'D' => self.describe(&msg, body).await,
+            b'E' => self.execute(&msg, body).await,
+            b'C' => self.close(&msg, body).await,
+            b'H' => self.flush_request(&msg).await,
+            b'S' => self.sync(&msg).await,
+            b'F' => self.function_call(&msg).await,
+            b'd' | b'c' | b'f' => {
+                let region = self.last_region.clone();
+                let b = self.backend(&region).await?;
+                b.push(&msg);
+                Ok(())
+            }
+            b'X' => {
+                self.backends.terminate().await;
+                self.gone().await;
+                Err(Quit)
+            }
+            other => {
+                self.fatal(PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {other}"),
+                ));
+                Err(Quit)
+            }
+        }
+    }
+
+    /// The backend of `region`; a region that cannot be reached ends the
+    /// session only if the session cannot go on without it.
+    async fn backend(&mut self, region: &Arc<str>) -> Result<&mut super::backends::Backend, Quit> {
+        match self.backends.get(region, &self.shared, &self.expect).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                self.fatal(PgError { severity: crate::protocol::error::Severity::Fatal, ..e });
+                Err(Quit)
+            }
+        }
+    }
+
+    fn malformed(&self, e: frontend_msg::Malformed) -> Quit {
+        self.fatal(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
+        Quit
+    }
+
+    // ---- simple query -------------------------------------------------
+
+    async fn query(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
+        let sql = frontend_msg::query(body).map_err(|e| self.malformed(e))?;
+        let analysis = self.shared.analysis.get_or_analyze(sql, &self.shared.tenancy);
+        if analysis.statements.is_empty() {
+            let mut out = BytesMut::new();
+            messages::empty_query(&mut out);
+            messages::ready_for_query(&mut out, self.status());
+            self.local(out);
+            return Ok(());
+        }
+        if let Some(out) = self.answer_locally(&analysis.statements, sql).await {
+            let mut out = out;
+            messages::ready_for_query(&mut out, self.status());
+            self.local(out);
+            return Ok(());
+        }
+        match self.place_query(&analysis.statements).await {
+            Ok((region, after)) => {
+                self.send_query(region, msg, after).await
+            }
+            Err(err) => self.refuse_query(err).await,
+        }
+    }
+
+    /// Places every statement of a simple query; they must agree on one
+    /// region. Returns the region and the session state after the query.
+    async fn place_query(&self, plans: &[StatementPlan]) -> Result<(Arc<str>, After), PgError> {
+        let mut after = After {
+            tenant: self.tenant.clone(),
+            txn: self.txn.clone(),
+            session_state: false,
+            resets: false,
+        };
+        let mut region: Option<Arc<str>> = match &self.txn {
+            Txn::Pinned(r) => Some(r.clone()),
+            _ => None,
+        };
+        for plan in plans {
+            if let Some(e) = refuse_kind(&plan.kind) {
+                return Err(e);
+            }
+            match &plan.kind {
+                StatementKind::SetTenant { local, value } => {
+                    let v = match value {
+                        Some(TenantSource::Literal(t)) => Some(t.clone()),
+                        Some(TenantSource::Param(_)) => {
+                            return Err(route::refusal(
+                                "regionguard.tenant cannot come from a parameter in a simple query",
+                                "use a literal: SET regionguard.tenant = '<tenant>'",
+                            ))
+                        }
+                        None => None,
+                    };
+                    if let Some(t) = &v {
+                        route::region_of(&self.shared, t).await?;
+                    }
+                    apply_set(&mut after.tenant, *local, v, after.txn != Txn::Idle);
+                    continue;
+                }
+                StatementKind::SessionState { resets_tenant } => {
+                    after.session_state = true;
+                    if *resets_tenant {
+                        after.resets = true;
+                        after.tenant.session = None;
+                        after.tenant.local = None;
+                        after.tenant.reset = true;
+                    }
+                }
+                StatementKind::Begin => {
+                    if after.txn == Txn::Idle {
+                        after.txn = Txn::Held { begin: String::new() };
+                    }
+                }
+                StatementKind::Commit | StatementKind::Rollback => {
+                    after.txn = Txn::Idle;
+                    after.tenant.local = None;
+                }
+                _ => {}
+            }
+            let placement = route::place(&self.shared, plan, None, after.tenant.effective()).await?;
+            if let Placement::Region(r) = placement {
+                match &region {
+                    Some(prev) if *prev != r => {
+                        return Err(route::refusal(
+                            format!("the query needs two regions ({prev} and {r})"),
+                            "send statements for different regions separately, outside a transaction",
+                        ))
+                    }
+                    _ => region = Some(r),
+                }
+            }
+        }
+        let region = region.unwrap_or_else(|| self.neutral_region(&after.tenant));
+        Ok((region, after))
+    }
+
+    /// Where statements without tenant data go.
+    fn neutral_region(&self, tenant: &TenantSetting) -> Arc<str> {
+        if let Txn::Pinned(r) = &self.txn {
+            return r.clone();
+        }
+        if let Some(t) = tenant.effective() {
+            if let Some(r) = self.shared.directory.cached_region(t) {
+                if let Some((name, _)) = self.shared.regions.get_key_value(&*r) {
+                    return name.clone();
+                }
+            }
+        }
+        self.home.clone()
+    }
+
+    async fn send_query(&mut self, region: Arc<str>, msg: &Bytes, after: After) -> Result<(), Quit> {
+        self.pin_held(&region).await?;
+        let b = self.backend(&region).await?;
+        b.push_batch_end(msg);
+        let _ = self.expect.send(Expect::Relay { region: region.clone() });
+        if after.session_state {
+            let sql = frontend_msg::query(&msg[framing::HEADER_LEN..]).unwrap_or("").to_string();
+            self.share_session_state(&region, &sql, after.resets).await?;
+        }
+        self.tenant = after.tenant;
+        self.txn = match after.txn {
+            Txn::Held { .. } => Txn::Pinned(region.clone()),
+            Txn::Pinned(_) => Txn::Pinned(region.clone()),
+            other => other,
+        };
+        if self.txn == Txn::Idle {
+            self.tenant.local = None;
+        }
+        self.last_region = region;
+        Ok(())
+    }
+
+    /// Sends session state (SET, LISTEN, PREPARE…) to the session's other
+    /// open backends too, and remembers it for backends opened later.
+    async fn share_session_state(&mut self, sent_to: &Arc<str>, sql: &str, resets: bool) -> Result<(), Quit> {
+        if resets {
+            self.backends.forget_replay();
+        }
+        self.backends.remember(sql);
+        let mut others = Vec::new();
+        for (region, b) in self.backends.iter_mut() {
+            if region != sent_to {
+                b.push_query(sql);
+                others.push(region.clone());
+            }
+        }
+        for region in others {
+            let _ = self.expect.send(Expect::Discard { region });
+        }
+        Ok(())
+    }
+
+    /// A held BEGIN goes to the region of the first statement that needs
+    /// one, ahead of it; its answer was already given.
+    async fn pin_held(&mut self, region: &Arc<str>) -> Result<(), Quit> {
+        if let Txn::Held { begin } = &self.txn {
+            let begin = begin.clone();
+            let b = self.backend(region).await?;
+            b.push_query(if begin.is_empty() { "BEGIN" } else { &begin });
+            let _ = self.expect.send(Expect::Discard { region: region.clone() });
+            self.txn = Txn::Pinned(region.clone());
+        }
+        Ok(())
+    }
+
+    async fn refuse_query(&mut self, err: PgError) -> Result<(), Quit> {
+        tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        match self.txn.clone() {
+            Txn::Pinned(region) => {
+                let b = self.backend(&region).await?;
+                b.shared.override_error(b.batches, err);
+                b.push_query(FAIL_QUERY);
+                let _ = self.expect.send(Expect::Relay { region });
+            }
+            Txn::Held { .. } | Txn::FailedHeld => {
+                self.txn = Txn::FailedHeld;
+                let mut out = err.to_bytes();
+                messages::ready_for_query(&mut out, b'E');
+                self.local(out);
+            }
+            Txn::Idle => {
+                let mut out = err.to_bytes();
+                messages::ready_for_query(&mut out, b'I');
+                self.local(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Statements the proxy answers itself when the whole query is made of
+    /// them: `regionguard.tenant` settings, and BEGIN/COMMIT/ROLLBACK of a
+    /// transaction that has not reached a backend yet.
+    async fn answer_locally(&mut self, plans: &[StatementPlan], sql: &str) -> Option<BytesMut> {
+        let all_tenant = plans
+            .iter()
+            .all(|p| matches!(p.kind, StatementKind::SetTenant { .. } | StatementKind::ShowTenant));
+        let mut out = BytesMut::new();
+        if all_tenant {
+            for plan in plans {
+                if let Err(e) = self.tenant_statement(plan, None, &mut out).await {
+                    e.encode(&mut out);
+                    if matches!(self.txn, Txn::Held { .. }) {
+                        self.txn = Txn::FailedHeld;
+                    }
+                    break;
+                }
+            }
+            return Some(out);
+        }
+        let [plan] = plans else { return None };
+        let text = sql.trim().trim_end_matches(';').trim().to_string();
+        match (&plan.kind, &self.txn) {
+            (StatementKind::Begin, Txn::Idle) => {
+                self.txn = Txn::Held { begin: text };
+                messages::command_complete(&mut out, "BEGIN");
+            }
+            (StatementKind::Commit | StatementKind::Rollback, Txn::Held { .. } | Txn::FailedHeld) => {
+                let tag = if plan.kind == StatementKind::Commit && self.txn != Txn::FailedHeld {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                self.txn = Txn::Idle;
+                self.tenant.local = None;
+                messages::command_complete(&mut out, tag);
+            }
+            (_, Txn::FailedHeld) => {
+                aborted().encode(&mut out);
+            }
+            _ => return None,
+        }
+        Some(out)
+    }
+
+    /// SET/RESET/SHOW regionguard.tenant, answered by the proxy.
+    async fn tenant_statement(
+        &mut self,
+        plan: &StatementPlan,
+        bind: Option<&Params<'_>>,
+        out: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        match &plan.kind {
+            StatementKind::SetTenant { local, value } => {
+                let v = match value {
+                    Some(TenantSource::Literal(t)) => Some(t.clone()),
+                    Some(TenantSource::Param(n)) => match bind {
+                        Some(p) => {
+                            let ty = p.types.get(n.saturating_sub(1)).copied().unwrap_or(0);
+                            Some(super::tenant_value::from_param(p.bind, *n, ty)?)
+                        }
+                        None => {
+                            return Err(route::refusal(
+                                "regionguard.tenant cannot come from a parameter in a simple query",
+                                "use a literal: SET regionguard.tenant = '<tenant>'",
+                            ))
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(t) = &v {
+                    let region = route::region_of(&self.shared, t).await?;
+                    if let Txn::Pinned(p) = &self.txn {
+                        if *p != region {
+                            return Err(route::refusal(
+                                format!("the transaction runs in region {p}; that tenant lives in region {region}"),
+                                "finish the transaction before switching to a tenant of another region",
+                            ));
+                        }
+                    }
+                }
+                let in_txn = self.txn != Txn::Idle;
+                if *local && !in_txn {
+                    messages::warning(out, "25P01", "SET LOCAL can only be used in transaction blocks");
+                }
+                apply_set(&mut self.tenant, *local, v, in_txn);
+                messages::command_complete(out, if value.is_some() { "SET" } else { "RESET" });
+            }
+            StatementKind::ShowTenant => {
+                messages::text_row_description(out, crate::sql::TENANT_KEY);
+                messages::text_data_row(out, Some(self.tenant.effective().unwrap_or("")));
+                messages::command_complete(out, "SHOW");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The session state a simple query leaves behind, applied once it is sent.
+struct After {
+    tenant: TenantSetting,
+    txn: Txn,
+    session_state: bool,
+    resets: bool,
+}
+
+fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: bool) {
+    if local {
+        if in_txn {
+            t.local = value;
+        }
+        return;
+    }
+    match value {
+        Some(v) => {
+            t.session = Some(v);
+            t.reset = false;
+        }
+        None => {
+            t.session = None;
+            t.reset = true;
+        }
+    }
+    t.local = None;
+}
+
+fn aborted() -> PgError {
+    PgError::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+/// Statement kinds refused whatever their tenant.
+fn refuse_kind(kind: &StatementKind) -> Option<PgError> {
+    match kind {
+        StatementKind::TwoPhase => Some(
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "two-phase commit commands are not available through RegionGuard",
+            )
+            .with_hint("RegionGuard uses PREPARE TRANSACTION itself to apply changes to every region"),
+        ),
+        _ => None,
+    }
+}
+
+fn frame_error(e: framing::FrameError) -> PgError {
+    match e {
+        framing::FrameError::TooLarge { .. } => PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string())
+            .with_hint("raise listen.max_message_bytes in the RegionGuard config if such messages are expected"),
+        framing::FrameError::BadLength { .. } => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+    }
+}

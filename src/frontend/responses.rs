@@ -1,0 +1,405 @@
+//! Backend(s) → client: works through the [`Expect`] queue in order and is
+//! the only writer of the client's connection after startup.
+//!
+//! Responses are copied into one output buffer and written once per round
+//! trip: before waiting on a backend again, and when the queue is drained.
+//! Flushing before every wait matters for COPY FROM STDIN, where the client
+//! sends data only after it has seen CopyInResponse.
+
+use super::expect::{BackendShared, Expect};
+use crate::net::{ReadHalf, WriteHalf};
+use crate::protocol::error::{sqlstate, PgError};
+use crate::protocol::framing::{self, read_cstr, Frame};
+use crate::server::state::Phase;
+use bytes::{Buf, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Backend messages are bounded by Postgres itself (1 GiB fields); this cap
+/// only guards against a corrupt stream.
+const MAX_BACKEND_MESSAGE: usize = i32::MAX as usize;
+/// Write to the client once this much is buffered, even mid-batch.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Why the session ended, for the log.
+#[derive(Debug)]
+pub enum SessionEnd {
+    ClientGone,
+    ClientError(String),
+    BackendLost { region: String, reason: String },
+    ClientWriteFailed,
+    Shutdown,
+}
+
+struct Reader {
+    rd: ReadHalf,
+    buf: BytesMut,
+    frames: Vec<Frame>,
+    shared: Arc<BackendShared>,
+    /// ReadyForQuery messages received: the index of the batch in progress.
+    done: u64,
+    addr: String,
+    fatal_seen: bool,
+}
+
+impl Reader {
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        let need = framing::needed(&self.buf, MAX_BACKEND_MESSAGE).unwrap_or(0);
+        if self.buf.capacity() - self.buf.len() < need.max(READ_CHUNK / 4) {
+            self.buf.reserve(need.max(READ_CHUNK));
+        }
+        self.rd.read_buf(&mut self.buf).await
+    }
+}
+
+/// The response side of a session.
+pub struct Responses {
+    client: WriteHalf,
+    out: BytesMut,
+    readers: HashMap<Arc<str>, Reader>,
+    /// Transaction status of the last ReadyForQuery the client got.
+    status: u8,
+    phase: watch::Receiver<Phase>,
+    phase_open: bool,
+    client_gone: watch::Receiver<bool>,
+}
+
+impl Responses {
+    pub fn new(
+        client: WriteHalf,
+        status: u8,
+        phase: watch::Receiver<Phase>,
+        client_gone: watch::Receiver<bool>,
+    ) -> Self {
+        Responses {
+            client,
+            out: BytesMut::with_capacity(READ_CHUNK),
+            readers: HashMap::new(),
+            status,
+            phase,
+            phase_open: true,
+            client_gone,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Expect>) -> SessionEnd {
+        loop {
+            let item = match rx.try_recv() {
+                Ok(item) => item,
+                Err(mpsc::error::TryRecvError::Disconnected) => return SessionEnd::ClientGone,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if let Err(end) = self.flush().await {
+                        return end;
+                    }
+                    match self.idle(&mut rx).await {
+                        Ok(Some(item)) => item,
+                        Ok(None) => continue,
+                        Err(end) => return end,
+                    }
+                }
+            };
+            let step = match item {
+                Expect::Attach {
+                    region,
+                    addr,
+                    reader,
+                    shared,
+                } => {
+                    self.readers.insert(
+                        region,
+                        Reader {
+                            rd: reader,
+                            buf: BytesMut::with_capacity(READ_CHUNK),
+                            frames: Vec::with_capacity(64),
+                            shared,
+                            done: 0,
+                            addr,
+                            fatal_seen: false,
+                        },
+                    );
+                    Ok(())
+                }
+                Expect::Local(bytes) => {
+                    if let Some(s) = last_ready_status(&bytes) {
+                        self.status = s;
+                    }
+                    self.out.extend_from_slice(&bytes);
+                    Ok(())
+                }
+                Expect::End(err) => {
+                    let end = match err {
+                        Some(e) => {
+                            self.out.extend_from_slice(&e.to_bytes());
+                            SessionEnd::ClientError(e.message)
+                        }
+                        None => SessionEnd::ClientGone,
+                    };
+                    let _ = self.flush().await;
+                    return end;
+                }
+                Expect::Relay { region } => self.relay(&region, false).await,
+                Expect::Discard { region } => self.relay(&region, true).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if self.out.len() >= FLUSH_AT {
+                if let Err(end) = self.flush().await {
+                    return end;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = self.client.write_all(&self.out).await;
+        self.out.clear();
+        r.map_err(|_| SessionEnd::ClientWriteFailed)
+    }
+
+    /// Nothing queued: wait for the next request while passing on what
+    /// backends send unasked (notifications, notices, parameter changes)
+    /// and noticing a backend that dies.
+    async fn idle(&mut self, rx: &mut mpsc::UnboundedReceiver<Expect>) -> Result<Option<Expect>, SessionEnd> {
+        if *self.phase.borrow() != Phase::Running && self.status == b'I' {
+            return Err(self.shutting_down().await);
+        }
+        tokio::select! {
+            biased;
+            item = rx.recv() => match item {
+                Some(item) => Ok(Some(item)),
+                None => Err(SessionEnd::ClientGone),
+            },
+            changed = self.phase.changed(), if self.phase_open => {
+                if changed.is_err() {
+                    self.phase_open = false;
+                }
+                Ok(None)
+            }
+            (region, read) = read_any(&mut self.readers) => {
+                self.unsolicited(region, read).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn unsolicited(&mut self, region: Arc<str>, read: std::io::Result<usize>) -> Result<(), SessionEnd> {
+        let Some(reader) = self.readers.get_mut(&region) else {
+            return Ok(());
+        };
+        match read {
+            Ok(0) => return Err(self.lost(&region, "server closed the connection").await),
+            Err(e) => return Err(self.lost(&region, &e.to_string()).await),
+            Ok(_) => {}
+        }
+        let used = match framing::scan(&reader.buf, MAX_BACKEND_MESSAGE, &mut reader.frames) {
+            Ok(used) => used,
+            Err(e) => return Err(self.lost(&region, &e.to_string()).await),
+        };
+        for f in &reader.frames {
+            if f.tag == b'E' {
+                reader.fatal_seen |= is_fatal(f.body(&reader.buf));
+            }
+            self.out.extend_from_slice(f.bytes(&reader.buf));
+        }
+        reader.buf.advance(used);
+        self.flush().await
+    }
+
+    /// Moves one batch's responses from `region` to the client (or drops
+    /// them), up to and including ReadyForQuery.
+    async fn relay(&mut self, region: &Arc<str>, discard: bool) -> Result<(), SessionEnd> {
+        loop {
+            let Some(reader) = self.readers.get_mut(region) else {
+                return Err(SessionEnd::ClientError(format!(
+                    "internal: no backend for region {region}"
+                )));
+            };
+            let scanned = framing::scan(&reader.buf, MAX_BACKEND_MESSAGE, &mut reader.frames);
+            if let Err(e) = scanned {
+                return Err(self.lost(region, &e.to_string()).await);
+            }
+            let mut consumed = 0;
+            let mut finished = false;
+            for f in &reader.frames {
+                consumed = f.end;
+                let bytes = f.bytes(&reader.buf);
+                match f.tag {
+                    b'1' | b'3' => {
+                        if reader.shared.take_completion(reader.done) && !discard {
+                            self.out.extend_from_slice(bytes);
+                        }
+                    }
+                    b'E' => {
+                        reader.fatal_seen |= is_fatal(f.body(&reader.buf));
+                        if let Some(replacement) = reader.shared.take_override(reader.done) {
+                            replacement.encode(&mut self.out);
+                        } else if discard {
+                            tracing::warn!(
+                                region = %region,
+                                "a statement the proxy replayed on this region failed"
+                            );
+                        } else {
+                            self.out.extend_from_slice(bytes);
+                        }
+                    }
+                    b't' => {
+                        reader.shared.parameter_description(reader.done, f.body(&reader.buf));
+                        if !discard {
+                            self.out.extend_from_slice(bytes);
+                        }
+                    }
+                    b'Z' => {
+                        reader.shared.batch_done(reader.done);
+                        reader.done += 1;
+                        if !discard {
+                            self.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
+                            self.out.extend_from_slice(bytes);
+                        }
+                        finished = true;
+                        break;
+                    }
+                    _ => {
+                        if !discard {
+                            self.out.extend_from_slice(bytes);
+                        }
+                    }
+                }
+            }
+            reader.buf.advance(consumed);
+            if finished {
+                return Ok(());
+            }
+            self.flush().await?;
+            let Some(reader) = self.readers.get_mut(region) else {
+                continue;
+            };
+            let read = tokio::select! {
+                read = reader.read_more() => read,
+                _ = self.client_gone.changed() => return Err(SessionEnd::ClientGone),
+                changed = self.phase.changed(), if self.phase_open => {
+                    if changed.is_err() {
+                        self.phase_open = false;
+                    } else if *self.phase.borrow() == Phase::Closing {
+                        return Err(self.shutting_down().await);
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) => return Err(self.lost(region, "server closed the connection").await),
+                Err(e) => return Err(self.lost(region, &e.to_string()).await),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn shutting_down(&mut self) -> SessionEnd {
+        PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .with_hint("RegionGuard is shutting down; reconnect to another instance")
+        .encode(&mut self.out);
+        let _ = self.flush().await;
+        SessionEnd::Shutdown
+    }
+
+    /// A backend connection broke: tell the client (unless the backend
+    /// already sent a FATAL error) and end the session.
+    async fn lost(&mut self, region: &Arc<str>, reason: &str) -> SessionEnd {
+        let (addr, already_told) = self
+            .readers
+            .get(region)
+            .map(|r| (r.addr.clone(), r.fatal_seen))
+            .unwrap_or_default();
+        if !already_told {
+            PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("connection to region {region} ({addr}) was lost: {reason}"),
+            )
+            .with_hint("any open transaction was rolled back; reconnect and retry")
+            .encode(&mut self.out);
+        }
+        let _ = self.flush().await;
+        SessionEnd::BackendLost {
+            region: region.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Waits until any backend has bytes (or broke). With no backends it never
+/// completes, which leaves the other `select!` arms to decide.
+async fn read_any(readers: &mut HashMap<Arc<str>, Reader>) -> (Arc<str>, std::io::Result<usize>) {
+    if readers.len() == 1 {
+        if let Some((region, reader)) = readers.iter_mut().next() {
+            let r = reader.read_more().await;
+            return (region.clone(), r);
+        }
+    }
+    if readers.is_empty() {
+        return std::future::pending().await;
+    }
+    let futures = readers.iter_mut().map(|(region, reader)| {
+        Box::pin(async move {
+            let r = reader.read_more().await;
+            (region.clone(), r)
+        })
+    });
+    futures_util::future::select_all(futures).await.0
+}
+
+/// The status byte of the last ReadyForQuery in a buffer of messages.
+fn last_ready_status(bytes: &[u8]) -> Option<u8> {
+    let mut frames = Vec::new();
+    framing::scan(bytes, MAX_BACKEND_MESSAGE, &mut frames).ok()?;
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.tag == b'Z')
+        .and_then(|f| f.body(bytes).first().copied())
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC.
+fn is_fatal(body: &[u8]) -> bool {
+    let mut pos = 0;
+    while pos < body.len() && body[pos] != 0 {
+        let code = body[pos];
+        pos += 1;
+        let Some(value) = read_cstr(body, &mut pos) else {
+            return false;
+        };
+        if code == b'V' || code == b'S' {
+            return value == b"FATAL" || value == b"PANIC";
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_detection_reads_the_severity_field() {
+        assert!(is_fatal(b"SFATAL\0VFATAL\0C57P01\0\0"));
+        assert!(!is_fatal(b"SERROR\0VERROR\0C42P01\0\0"));
+        assert!(!is_fatal(b"S"));
+    }
+
+    #[test]
+    fn finds_the_last_ready_status() {
+        let mut b = BytesMut::new();
+        crate::protocol::messages::ready_for_query(&mut b, b'T');
+        crate::protocol::messages::ready_for_query(&mut b, b'E');
+        assert_eq!(last_ready_status(&b), Some(b'E'));
+        assert_eq!(last_ready_status(b""), None);
+    }
+}
