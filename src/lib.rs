@@ -9,3 +9,4 @@ pub mod localpg;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod sql;
