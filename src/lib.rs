@@ -10,3 +10,4 @@ pub mod net;
 pub mod protocol;
 pub mod routing;
 pub mod server;
+pub mod sql;

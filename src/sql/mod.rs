@@ -1,0 +1,259 @@
+//! Statement analysis: what a statement is, which tenant-scoped tables it
+//! touches and where their tenant value comes from.
+//!
+//! Pure code, no I/O. The proxy asks [`analyze`] (through [`AnalysisCache`], so
+//! a prepared statement is parsed once) and then resolves the tenant values
+//! (literals, or `$n` bind parameters at execute time) to regions. Everything
+//! here errs on the side of refusing: a tenant-scoped table access that is
+//! not understood becomes [`TenantRequirement::Refuse`] or
+//! [`TenantRequirement::Unconstrained`], never a guess (DESIGN.md promise 2).
+//!
+//! Messages produced here (refusal reasons, hints, parser messages) name
+//! tables, columns and clauses only, never a value from the statement: they
+//! end up in ErrorResponses and logs.
+
+mod analysis;
+mod cache;
+mod comment;
+mod lexer;
+mod predicates;
+mod session;
+mod tenancy;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::AnalysisCache;
+pub use comment::TENANT_KEY;
+pub use tenancy::Tenancy;
+
+use comment::CommentTenant;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// Where a tenant value comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TenantSource {
+    /// A literal in the statement text (numbers in canonical text form: `007` → `7`).
+    Literal(String),
+    /// Bind parameter `$n` (1-based), read at execute time in text or binary format.
+    Param(usize),
+}
+
+/// What a statement needs to be placed in a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantRequirement {
+    /// Touches no tenant-scoped table.
+    None,
+    /// Every tenant-scoped table access is constrained; these are all the
+    /// tenant values found (they must all resolve to one region at run time).
+    Values(Vec<TenantSource>),
+    /// A tenant-scoped table is read or written without a tenant predicate:
+    /// only a session or comment tenant can place it, and `values` found
+    /// elsewhere in the statement must agree with that tenant.
+    Unconstrained {
+        table: String,
+        values: Vec<TenantSource>,
+    },
+    /// Rows carry their own tenant (`COPY … FROM STDIN` into a tenant-scoped
+    /// table): the proxy must check the tenant column of every row; see
+    /// [`StatementKind::Copy`] for its position.
+    PerRow { table: String },
+    /// Provably unsafe or not understood: refuse. `reason` and `hint` name
+    /// tables/columns/clauses only.
+    Refuse {
+        table: Option<String>,
+        reason: String,
+        hint: String,
+    },
+}
+
+impl TenantRequirement {
+    pub(crate) fn refuse(table: Option<&str>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
+        TenantRequirement::Refuse {
+            table: table.map(str::to_string),
+            reason: reason.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// What kind of statement it is, as far as routing cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// SELECT, TABLE, VALUES, EXPLAIN (not ANALYZE), DECLARE … CURSOR FOR SELECT.
+    Read,
+    /// INSERT/UPDATE/DELETE/TRUNCATE/MERGE, or a query with a data-modifying CTE.
+    Write,
+    /// CREATE/ALTER/DROP/COMMENT/GRANT/REVOKE/… : goes to every region.
+    Ddl,
+    /// BEGIN / START TRANSACTION (with its modes, which the proxy replays).
+    Begin,
+    /// COMMIT / END.
+    Commit,
+    /// ROLLBACK / ABORT.
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackToSavepoint,
+    /// PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED: the proxy
+    /// owns two-phase commit and refuses these from clients.
+    TwoPhase,
+    /// `SET [LOCAL|SESSION] regionguard.tenant = 'x'`, `RESET regionguard.tenant`
+    /// (`value: None`), `SET … TO DEFAULT`, `SELECT set_config('regionguard.tenant', 'x', is_local)`.
+    SetTenant {
+        local: bool,
+        value: Option<TenantSource>,
+    },
+    /// `SHOW regionguard.tenant`, `SELECT current_setting('regionguard.tenant')`.
+    ShowTenant,
+    /// Other SET/RESET/DISCARD/PREPARE/DEALLOCATE/LISTEN/UNLISTEN/NOTIFY: must
+    /// hold on every regional backend of the session. `resets_tenant`:
+    /// `RESET ALL` / `DISCARD ALL` also clear `regionguard.tenant`.
+    SessionState { resets_tenant: bool },
+    /// COPY. `table: None` for `COPY (query) TO …`. `tenant_column`: position
+    /// of the tenant column in the COPY data when the table is tenant-scoped
+    /// and the column list names it (without a column list the proxy must
+    /// take the table's column order from the catalog).
+    Copy {
+        table: Option<String>,
+        from_stdin: bool,
+        columns: Vec<String>,
+        tenant_column: Option<usize>,
+    },
+    /// The parser could not read the statement. `message` is safe to show
+    /// (literal tokens removed); `mentions_scoped`/`mentions_global`: a word
+    /// of the raw text names such a table.
+    Unparsed {
+        message: String,
+        mentions_scoped: bool,
+        mentions_global: bool,
+    },
+    /// `SELECT 1`, SHOW, VACUUM, CALL, FETCH, …
+    Other,
+}
+
+/// The analysis of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementPlan {
+    pub kind: StatementKind,
+    pub tenant: TenantRequirement,
+    /// `/* regionguard.tenant = 'acme' */` (or `--` form) in this statement's comments.
+    pub comment_tenant: Option<String>,
+    /// Writes a global table (INSERT/UPDATE/DELETE/TRUNCATE/COPY FROM): all regions.
+    pub writes_global: bool,
+    /// Reads a global table (any region can answer).
+    pub reads_global: bool,
+    /// `UPDATE … SET tenant_id = <value>`: each value must equal the
+    /// statement's (single) resolved tenant, so rows never move between tenants.
+    pub tenant_assignments: Vec<TenantSource>,
+    /// Tenant-scoped tables referenced (lowercased, as written), for messages.
+    pub scoped_tables: Vec<String>,
+}
+
+impl StatementPlan {
+    pub(crate) fn new(kind: StatementKind) -> Self {
+        StatementPlan {
+            kind,
+            tenant: TenantRequirement::None,
+            comment_tenant: None,
+            writes_global: false,
+            reads_global: false,
+            tenant_assignments: Vec::new(),
+            scoped_tables: Vec::new(),
+        }
+    }
+}
+
+/// The analysis of one statement text (a simple Query may hold several statements).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub statements: Vec<StatementPlan>,
+    /// Highest `$n` in the text (0 when none).
+    pub param_count: usize,
+}
+
+impl Analysis {
+    /// Whether every statement can be forwarded without a tenant: a quick path
+    /// for the proxy.
+    pub fn needs_no_tenant(&self) -> bool {
+        self.statements
+            .iter()
+            .all(|s| s.tenant == TenantRequirement::None && s.comment_tenant.is_none())
+    }
+}
+
+/// Analyses a statement text.
+pub fn analyze(sql: &str, tenancy: &Tenancy) -> Analysis {
+    let lexed = match lexer::lex(sql) {
+        Ok(lexed) => lexed,
+        Err(message) => {
+            return Analysis {
+                statements: vec![unparsed(sql, message, tenancy)],
+                param_count: 0,
+            }
+        }
+    };
+    let statements = lexed
+        .segments
+        .iter()
+        .map(|segment| {
+            let mut plan = plan_segment(segment, tenancy);
+            match comment::combine(segment.comments.iter().map(String::as_str)) {
+                CommentTenant::Absent => {}
+                CommentTenant::Tenant(t) => plan.comment_tenant = Some(t),
+                CommentTenant::Invalid => {
+                    plan.tenant = TenantRequirement::refuse(
+                        None,
+                        "the statement's regionguard.tenant comments disagree or have no value",
+                        "write one comment: /* regionguard.tenant = '<tenant>' */",
+                    )
+                }
+            }
+            plan
+        })
+        .collect();
+    Analysis {
+        statements,
+        param_count: lexed.param_count,
+    }
+}
+
+fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPlan {
+    if let Some(plan) = session::plan_from_head(&segment.head) {
+        return plan;
+    }
+    let dialect = PostgreSqlDialect {};
+    match Parser::parse_sql(&dialect, segment.text) {
+        Ok(parsed) => match parsed.as_slice() {
+            [statement] => analysis::plan_statement(statement, tenancy),
+            _ => unparsed(
+                segment.text,
+                "expected exactly one statement".to_string(),
+                tenancy,
+            ),
+        },
+        Err(e) => unparsed(segment.text, lexer::sanitize_message(&e.to_string()), tenancy),
+    }
+}
+
+/// A statement the parser could not read: refused when it names a
+/// tenant-scoped table (it could touch any tenant) or a global table (it could
+/// write it, and must then reach every region or none).
+fn unparsed(text: &str, message: String, tenancy: &Tenancy) -> StatementPlan {
+    let mentions_scoped = lexer::mentions_word(text, |w| tenancy.mentions_scoped_word(w));
+    let mentions_global = lexer::mentions_word(text, |w| tenancy.mentions_global_word(w));
+    let mut plan = StatementPlan::new(StatementKind::Unparsed {
+        message: message.clone(),
+        mentions_scoped,
+        mentions_global,
+    });
+    if mentions_scoped || mentions_global {
+        plan.tenant = TenantRequirement::refuse(
+            None,
+            format!("cannot parse a statement that names a tenant-scoped or global table: {message}"),
+            "rewrite the statement in a form RegionGuard understands",
+        );
+    }
+    plan
+}

@@ -1,0 +1,182 @@
+//! Which tables hold tenant data and which are global reference data.
+//!
+//! The analyzer only ever asks "is this table reference tenant-scoped, and by
+//! which column?" and "is it global?". Names are compared case-insensitively
+//! (a quoted `"Customers"` counts as `customers`): treating a few extra
+//! references as tenant-scoped only makes RegionGuard stricter, never looser.
+
+use std::collections::HashMap;
+
+/// A configured table name, optionally schema-qualified, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    schema: Option<String>,
+    column: String,
+}
+
+/// Which tables are tenant-scoped / global, and their tenant column.
+///
+/// A configured bare name (`customers`) matches a reference in any schema
+/// (`customers`, `public.customers`, `app.customers`). A configured qualified
+/// name (`app.customers`) matches `app.customers` and the bare reference
+/// `customers` (the search path could resolve it there), but not
+/// `other.customers`. A table configured both ways counts as tenant-scoped:
+/// the stricter reading wins.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    default_column: String,
+    /// bare table name -> entries (one per configured schema qualification)
+    scoped: HashMap<String, Vec<Entry>>,
+    /// bare table name -> configured schemas (`None` = any schema)
+    global: HashMap<String, Vec<Option<String>>>,
+}
+
+/// Splits `schema.table` (or `table`) into lowercased parts, ignoring quotes.
+fn split_name(table: &str) -> (Option<String>, String) {
+    let cleaned = table.replace('"', "").to_lowercase();
+    match cleaned.rsplit_once('.') {
+        Some((schema, name)) => {
+            // `db.schema.table`: keep only the schema, databases are not routed.
+            let schema = schema.rsplit('.').next().unwrap_or(schema).to_string();
+            (Some(schema), name.to_string())
+        }
+        None => (None, cleaned),
+    }
+}
+
+fn schema_matches(configured: &Option<String>, reference: &Option<String>) -> bool {
+    match (configured, reference) {
+        (Some(c), Some(r)) => c == r,
+        _ => true,
+    }
+}
+
+impl Tenancy {
+    /// A tenancy with no tables yet; `default_column` is the tenant column of
+    /// every scoped table that does not name its own (usually `tenant_id`).
+    pub fn new(default_column: &str) -> Self {
+        Tenancy {
+            default_column: default_column.to_lowercase(),
+            scoped: HashMap::new(),
+            global: HashMap::new(),
+        }
+    }
+
+    /// Declares a tenant-scoped table; `column` overrides the default tenant column.
+    pub fn add_scoped(&mut self, table: &str, column: Option<&str>) {
+        let (schema, name) = split_name(table);
+        let column = column
+            .map(|c| c.replace('"', "").to_lowercase())
+            .unwrap_or_else(|| self.default_column.clone());
+        let entries = self.scoped.entry(name).or_default();
+        entries.retain(|e| e.schema != schema);
+        entries.push(Entry { schema, column });
+    }
+
+    /// Declares a global table: present in every region, written to all of them.
+    pub fn add_global(&mut self, table: &str) {
+        let (schema, name) = split_name(table);
+        let schemas = self.global.entry(name).or_default();
+        if !schemas.contains(&schema) {
+            schemas.push(schema);
+        }
+    }
+
+    /// The default tenant column name.
+    pub fn default_column(&self) -> &str {
+        &self.default_column
+    }
+
+    /// The tenant column of `table` when it is tenant-scoped.
+    pub fn column_of(&self, table: &str) -> Option<&str> {
+        let (schema, name) = split_name(table);
+        self.column_of_parts(schema.as_deref(), &name)
+    }
+
+    /// Like [`Tenancy::column_of`] with the name already split and lowercased.
+    pub(crate) fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<&str> {
+        let reference = schema.map(str::to_string);
+        let entries = self.scoped.get(name)?;
+        // An exact schema match wins over a bare entry (its column may differ).
+        entries
+            .iter()
+            .find(|e| e.schema.is_some() && e.schema == reference)
+            .or_else(|| entries.iter().find(|e| schema_matches(&e.schema, &reference)))
+            .map(|e| e.column.as_str())
+    }
+
+    /// Whether `table` is tenant-scoped.
+    pub fn is_scoped(&self, table: &str) -> bool {
+        self.column_of(table).is_some()
+    }
+
+    /// Whether `table` is a global table (and not also tenant-scoped).
+    pub fn is_global(&self, table: &str) -> bool {
+        let (schema, name) = split_name(table);
+        self.is_global_parts(schema.as_deref(), &name)
+    }
+
+    pub(crate) fn is_global_parts(&self, schema: Option<&str>, name: &str) -> bool {
+        if self.column_of_parts(schema, name).is_some() {
+            return false;
+        }
+        let reference = schema.map(str::to_string);
+        self.global
+            .get(name)
+            .is_some_and(|schemas| schemas.iter().any(|s| schema_matches(s, &reference)))
+    }
+
+    /// Whether the bare word (lowercased) names any scoped table.
+    pub(crate) fn mentions_scoped_word(&self, word: &str) -> bool {
+        self.scoped.contains_key(word)
+    }
+
+    /// Whether the bare word (lowercased) names any global table.
+    pub(crate) fn mentions_global_word(&self, word: &str) -> bool {
+        self.global.contains_key(word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenancy() -> Tenancy {
+        let mut t = Tenancy::new("tenant_id");
+        t.add_scoped("customers", None);
+        t.add_scoped("app.orders", Some("org_id"));
+        t.add_global("countries");
+        t.add_global("public.plans");
+        t
+    }
+
+    #[test]
+    fn bare_names_match_any_schema_case_insensitively() {
+        let t = tenancy();
+        assert_eq!(t.column_of("customers"), Some("tenant_id"));
+        assert_eq!(t.column_of("PUBLIC.Customers"), Some("tenant_id"));
+        assert_eq!(t.column_of("\"public\".\"customers\""), Some("tenant_id"));
+        assert!(t.is_scoped("db.public.customers"));
+    }
+
+    #[test]
+    fn qualified_names_match_their_schema_and_bare_references() {
+        let t = tenancy();
+        assert_eq!(t.column_of("app.orders"), Some("org_id"));
+        assert_eq!(t.column_of("orders"), Some("org_id"));
+        assert_eq!(t.column_of("other.orders"), None);
+        assert!(t.is_global("plans"));
+        assert!(t.is_global("public.plans"));
+        assert!(!t.is_global("archive.plans"));
+    }
+
+    #[test]
+    fn scoped_wins_over_global() {
+        let mut t = tenancy();
+        t.add_global("customers");
+        assert!(t.is_scoped("customers"));
+        assert!(!t.is_global("customers"));
+        assert!(t.is_global("countries"));
+        assert!(!t.is_scoped("countries"));
+    }
+}
