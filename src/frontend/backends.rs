@@ -83,12 +83,13 @@ impl Backends {
         self.map.insert(region, new_backend(writer, shared));
     }
 
-    pub fn contains(&self, region: &str) -> bool {
-        self.map.contains_key(region)
-    }
-
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Backend)> {
         self.map.iter_mut()
+    }
+
+    /// The backend of `region` if the session already has one.
+    pub fn existing(&mut self, region: &str) -> Option<&mut Backend> {
+        self.map.get_mut(region)
     }
 
     /// Records a session-state statement for regions opened later.

@@ -1,11 +1,14 @@
 //! One client session: handshake, backend session, relay.
 
+mod backends;
 mod cancel;
 mod expect;
-mod responses;
 mod handshake;
-mod relay;
+mod requests;
+mod responses;
+mod route;
 mod setup;
+mod tenant_value;
 
 use crate::backend::{self, ConnectError};
 use crate::net::Stream;
@@ -116,45 +119,48 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         return;
     }
     tracing::debug!(backend = %conn.addr, "session started");
+    let region: Arc<str> = match shared.regions.get_key_value(setup.region.as_str()) {
+        Some((name, _)) => name.clone(),
+        None => Arc::from(setup.region.as_str()),
+    };
+    let (expect_tx, expect_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
     let (backend_rd, backend_wr) = conn.stream.split();
-    let flow = relay::Flow::new(conn.status);
-    let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(4);
-    let client = relay::client_pump(
-        client_rd,
-        backend_wr,
-        &flow,
-        ctl_tx,
-        shared.config.listen.max_message_bytes,
-    );
-    let server = relay::server_pump(
-        backend_rd,
-        client_wr,
-        &flow,
-        ctl_rx,
-        shared.phase.clone(),
-        relay::BackendLabel {
-            region: &conn.region,
-            addr: &conn.addr,
-        },
-    );
-    tokio::pin!(client, server);
-    let mut client_done = false;
+    let bshared = Arc::new(expect::BackendShared::default());
+    let _ = expect_tx.send(expect::Expect::Attach {
+        region: region.clone(),
+        addr: conn.addr.clone(),
+        reader: backend_rd,
+        shared: bshared.clone(),
+    });
+    let mut backends = backends::Backends::new(setup.backend_params, pid);
+    backends.adopt(region.clone(), backend_wr, bshared);
+    let tenant = requests::TenantSetting {
+        startup: setup.tenant,
+        ..Default::default()
+    };
+    let requests = requests::Requests::new(shared.clone(), expect_tx, gone_tx, backends, tenant, region);
+    let responses = responses::Responses::new(client_wr, conn.status, shared.phase.clone(), gone_rx);
+    let req = requests.run(client_rd);
+    let resp = responses.run(expect_rx);
+    tokio::pin!(req, resp);
+    let mut req_done = false;
     let end = loop {
         tokio::select! {
-            _ = &mut client, if !client_done => client_done = true,
-            end = &mut server => break end,
+            _ = &mut req, if !req_done => req_done = true,
+            end = &mut resp => break end,
         }
     };
     shared.cancel.remove(&pid);
     match end {
-        relay::RelayEnd::ClientGone => tracing::debug!("session ended by the client"),
-        relay::RelayEnd::ClientWriteFailed => tracing::debug!("client connection broke"),
-        relay::RelayEnd::Shutdown => tracing::debug!("session closed for shutdown"),
-        relay::RelayEnd::ClientError(message) => {
+        responses::SessionEnd::ClientGone => tracing::debug!("session ended by the client"),
+        responses::SessionEnd::ClientWriteFailed => tracing::debug!("client connection broke"),
+        responses::SessionEnd::Shutdown => tracing::debug!("session closed for shutdown"),
+        responses::SessionEnd::ClientError(message) => {
             tracing::info!(%message, "session closed: client protocol error")
         }
-        relay::RelayEnd::BackendLost(reason) => {
-            tracing::warn!(%reason, backend = %conn.addr, "session closed: backend connection lost")
+        responses::SessionEnd::BackendLost { region, reason } => {
+            tracing::warn!(%region, %reason, "session closed: backend connection lost")
         }
     }
 }

@@ -12,6 +12,8 @@ const CONSUMED: &[&str] = &["user", "database", "options", "replication"];
 #[derive(Debug)]
 pub struct SessionSetup {
     pub region: String,
+    /// `regionguard.tenant` given at startup.
+    pub tenant: Option<String>,
     /// Parameters for every backend session (besides user and database).
     pub backend_params: Vec<(String, String)>,
 }
@@ -30,6 +32,7 @@ pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetu
         }
     }
     let mut region = None;
+    let mut tenant = None;
     let mut backend_params = Vec::new();
     let options = parse_options(req.get("options").unwrap_or(""));
     let direct = req
@@ -40,12 +43,13 @@ pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetu
     for (name, value) in options.proxy_settings.into_iter().chain(direct) {
         match name.as_str() {
             "regionguard.region" => region = Some(value),
+            "regionguard.tenant" => tenant = Some(value),
             other => {
                 return Err(PgError::fatal(
                     "42704",
                     format!("unrecognized configuration parameter \"{other}\""),
                 )
-                .with_hint("RegionGuard accepts regionguard.region at startup"))
+                .with_hint("RegionGuard accepts regionguard.region and regionguard.tenant at startup"))
             }
         }
     }
@@ -65,6 +69,12 @@ pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetu
     if !options.passthrough.is_empty() {
         backend_params.push(("options".into(), join_options(&options.passthrough)));
     }
+    if let (Some(t), None) = (&tenant, &region) {
+        // The tenant's region serves the session when it is known now.
+        if let Some(r) = shared.directory.cached_region(t) {
+            region = Some(r.to_string());
+        }
+    }
     let region = region.unwrap_or_else(|| shared.config.default_region.clone());
     if shared.region(&region).is_none() {
         return Err(PgError::fatal(
@@ -78,6 +88,7 @@ pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetu
     }
     Ok(SessionSetup {
         region,
+        tenant,
         backend_params,
     })
 }

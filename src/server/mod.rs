@@ -50,7 +50,7 @@ impl Proxy {
         for (name, region) in &config.regions {
             let rt = RegionTls::new(name, region).map_err(StartError::BackendTls)?;
             regions.insert(
-                name.clone(),
+                std::sync::Arc::from(name.as_str()),
                 RegionRuntime {
                     config: region.clone(),
                     tls: rt,
@@ -74,8 +74,13 @@ impl Proxy {
             source,
         })?;
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let directory = Arc::new(crate::routing::directory::Directory::new(&config));
+        directory.spawn_refresher();
         let shared = Arc::new(Shared {
             clients: Arc::new(Semaphore::new(config.listen.max_clients)),
+            tenancy: Shared::tenancy_of(&config),
+            analysis: crate::sql::AnalysisCache::new(10_000),
+            directory,
             config,
             regions,
             users,

@@ -4,6 +4,8 @@
 use crate::backend::{CancelTarget, RegionTls};
 use crate::config::{Config, Region};
 use crate::protocol::scram::Verifier;
+use crate::routing::directory::Directory;
+use crate::sql::{AnalysisCache, Tenancy};
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,7 +36,12 @@ pub struct CancelEntry {
 
 pub struct Shared {
     pub config: Config,
-    pub regions: BTreeMap<String, RegionRuntime>,
+    pub regions: BTreeMap<Arc<str>, RegionRuntime>,
+    /// Tenant-scoped and global tables, for statement analysis.
+    pub tenancy: Tenancy,
+    /// Statement analyses by text: a prepared statement is parsed once.
+    pub analysis: AnalysisCache,
+    pub directory: Arc<Directory>,
     pub users: HashMap<String, Verifier>,
     pub tls: Option<TlsAcceptor>,
     /// Keyed by the process id the proxy handed the client.
@@ -45,11 +52,28 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The tenancy rules of a config, for statement analysis.
+    pub fn tenancy_of(config: &Config) -> Tenancy {
+        let t = &config.tenancy;
+        let mut tenancy = Tenancy::new(&t.column);
+        for table in &t.tables {
+            tenancy.add_scoped(table, t.columns.get(table).map(String::as_str));
+        }
+        for table in &t.global_tables {
+            tenancy.add_global(table);
+        }
+        tenancy
+    }
+
     pub fn region(&self, name: &str) -> Option<&RegionRuntime> {
         self.regions.get(name)
     }
 
     pub fn region_names(&self) -> String {
-        self.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+        self.regions
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

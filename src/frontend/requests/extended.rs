@@ -230,6 +230,9 @@ impl Requests {
         if let Some(err) = self.conflict(&region) {
             return self.fail_batch(err).await;
         }
+        if let Err(e) = self.open(&region).await {
+            return self.fail_batch(e).await;
+        }
         if let Some(plan) = plan {
             if let Err(e) = self.track_forwarded(plan, &params, &region).await {
                 return self.fail_batch(e).await;

@@ -44,17 +44,15 @@ pub struct TenantSetting {
     pub session: Option<String>,
     /// `SET LOCAL`: until the transaction ends.
     pub local: Option<String>,
-    /// `RESET` went back to the startup value; `session` then mirrors it.
-    reset: bool,
 }
 
 impl TenantSetting {
     pub fn effective(&self) -> Option<&str> {
+        // RESET goes back to the startup value, as for any Postgres setting.
         self.local
             .as_deref()
             .or(self.session.as_deref())
-            .or(if self.reset { None } else { self.startup.as_deref() })
-            .or(if self.reset { self.startup.as_deref() } else { None })
+            .or(self.startup.as_deref())
     }
 }
 
@@ -84,7 +82,7 @@ struct Stmt {
 #[derive(Clone)]
 enum PortalTarget {
     Region(Arc<str>),
-    Local(String),
+    Local(extended::LocalAction),
 }
 
 #[derive(Default)]
@@ -95,8 +93,6 @@ struct Batch {
     held: Vec<(Bytes, Option<String>, Option<String>)>,
     /// A refusal happened: drop messages until Sync.
     skipping: bool,
-    /// The proxy answered this batch itself so far.
-    local_only: bool,
 }
 
 pub struct Requests {
@@ -239,13 +235,23 @@ impl Requests {
     /// The backend of `region`; a region that cannot be reached ends the
     /// session only if the session cannot go on without it.
     async fn backend(&mut self, region: &Arc<str>) -> Result<&mut super::backends::Backend, Quit> {
-        match self.backends.get(region, &self.shared, &self.expect).await {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                self.fatal(PgError { severity: crate::protocol::error::Severity::Fatal, ..e });
-                Err(Quit)
-            }
+        if let Err(e) = self.backends.get(region, &self.shared, &self.expect).await {
+            self.fatal(PgError {
+                severity: crate::protocol::error::Severity::Fatal,
+                ..e
+            });
+            return Err(Quit);
         }
+        self.backends.existing(region).ok_or(Quit)
+    }
+
+    /// Opens the session's backend in `region` if needed; a region that is
+    /// down refuses the statement (08006) and the session goes on.
+    async fn open(&mut self, region: &Arc<str>) -> Result<(), PgError> {
+        self.backends
+            .get(region, &self.shared, &self.expect)
+            .await
+            .map(|_| ())
     }
 
     fn malformed(&self, e: frontend_msg::Malformed) -> Quit {
@@ -271,10 +277,15 @@ impl Requests {
             self.local(out);
             return Ok(());
         }
-        match self.place_query(&analysis.statements).await {
-            Ok((region, after)) => {
-                self.send_query(region, msg, after).await
-            }
+        let placed = match self.place_query(&analysis.statements).await {
+            Ok((region, after)) => match self.open(&region).await {
+                Ok(()) => Ok((region, after)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match placed {
+            Ok((region, after)) => self.send_query(region, msg, after).await,
             Err(err) => self.refuse_query(err).await,
         }
     }
@@ -320,7 +331,6 @@ impl Requests {
                         after.resets = true;
                         after.tenant.session = None;
                         after.tenant.local = None;
-                        after.tenant.reset = true;
                     }
                 }
                 StatementKind::Begin => {
@@ -560,14 +570,8 @@ fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: 
         return;
     }
     match value {
-        Some(v) => {
-            t.session = Some(v);
-            t.reset = false;
-        }
-        None => {
-            t.session = None;
-            t.reset = true;
-        }
+        Some(v) => t.session = Some(v),
+        None => t.session = None,
     }
     t.local = None;
 }
