@@ -54,7 +54,7 @@ async fn missing_password_is_refused_under_scram() {
         .dbname(support::DATABASE);
     let err = within(10, "no password", connect(&config)).await.err().expect("refused");
     // tokio-postgres gives up itself when asked for a password it has not got.
-    assert!(err.to_string().contains("password"), "{err}");
+    assert!(format!("{err:?}").contains("password"), "{err:?}");
     proxy.shutdown().await;
 }
 

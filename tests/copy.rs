@@ -137,7 +137,7 @@ async fn copy_binary_matches_direct() {
                 let name = (i % 7 != 0).then(|| format!("name {i}"));
                 let price = format!("{i}.5");
                 let tags = vec![format!("t{i}"), String::new()];
-                let data: Vec<u8> = (0..(i % 300) as u8).collect();
+                let data: Vec<u8> = (0..i % 300).map(|x| x as u8).collect();
                 writer
                     .as_mut()
                     .write(&[&i, &name, &price, &tags, &data])
