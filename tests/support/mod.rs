@@ -296,6 +296,56 @@ pub mod raw {
         }
     }
 
+    /// Connects straight to a Postgres server at `port` with SCRAM (as the
+    /// harness's role) and reads up to the first ReadyForQuery: the
+    /// reference behaviour for raw protocol tests.
+    pub async fn direct_session(port: u16) -> TcpStream {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to Postgres");
+        s.write_all(&startup_packet(&[("user", super::ROLE), ("database", super::DATABASE)]))
+            .await
+            .expect("send startup");
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body) = read_message(&mut s).await.expect("Postgres answers the startup");
+            match tag {
+                b'R' => {
+                    let kind = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    match kind {
+                        0 => {}
+                        10 => {
+                            let sc = ScramSha256::new(
+                                super::ROLE_PASSWORD.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let first = sc.message().to_vec();
+                            let mut b = b"SCRAM-SHA-256\0".to_vec();
+                            b.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                            b.extend_from_slice(&first);
+                            s.write_all(&message(b'p', &b)).await.expect("send client-first");
+                            scram = Some(sc);
+                        }
+                        11 => {
+                            let sc = scram.as_mut().expect("SASL started");
+                            sc.update(&body[4..]).expect("server-first");
+                            let fin = sc.message().to_vec();
+                            s.write_all(&message(b'p', &fin)).await.expect("send client-final");
+                        }
+                        12 => scram
+                            .take()
+                            .expect("SASL started")
+                            .finish(&body[4..])
+                            .expect("server signature"),
+                        other => panic!("unexpected auth request {other}"),
+                    }
+                }
+                b'E' => panic!("Postgres refused the startup: {:?}", fields(&body)),
+                b'Z' => return s,
+                _ => {}
+            }
+        }
+    }
+
     /// Sends a simple Query and returns the messages up to ReadyForQuery.
     pub async fn simple_query(s: &mut TcpStream, sql: &str) -> Vec<(u8, Vec<u8>)> {
         let mut body = sql.as_bytes().to_vec();
