@@ -177,6 +177,25 @@ async fn pgbench_all_query_modes_without_failures() {
         let stdout = ok(&out, &format!("pgbench TPC-B -M {mode}"));
         assert_eq!(pgbench_summary(&stdout), (200, 200, 0), "TPC-B -M {mode}:\n{stdout}");
     }
+    // libpq pipeline mode through the proxy (a custom script).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("pipeline.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 100000)\n\
+         \\startpipeline\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+         SELECT abalance FROM pgbench_accounts WHERE aid = :aid + 0;\n\
+         SELECT count(*) FROM pgbench_branches;\n\
+         \\endpipeline\n",
+    )
+    .expect("write pipeline script");
+    let mut cmd = tool("/usr/bin/pgbench", &proxy, "us");
+    cmd.args(["-n", "-M", "extended", "-c", "2", "-j", "2", "-t", "200", "-f"])
+        .arg(&script);
+    let out = run(cmd, 180, "pgbench pipeline").await;
+    let stdout = ok(&out, "pgbench pipeline");
+    assert_eq!(pgbench_summary(&stdout), (400, 400, 0), "pipeline:\n{stdout}");
     let history_after: i64 = direct
         .query_one("SELECT count(*) FROM pgbench_history", &[])
         .await

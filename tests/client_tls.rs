@@ -141,3 +141,38 @@ async fn tls_disabled_answers_n_and_serves_plaintext() {
     assert!(required.is_err(), "sslmode=require fails when the proxy has no TLS");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_verify_full_over_tls() {
+    let regions = TestRegions::start().await;
+    let cert = make_cert();
+    let proxy = tls_proxy(&regions, ClientTlsMode::Require, &cert).await;
+    let addr = proxy.local_addr();
+    let run = |sslmode: &str| {
+        let mut cmd = tokio::process::Command::new("/usr/bin/psql");
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PGPASSWORD", support::PROXY_PASSWORD)
+            .env("PGSSLROOTCERT", &cert.cert)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={} dbname={} sslmode={sslmode} options='-c regionguard.region=eu'",
+                addr.port(),
+                support::PROXY_USER,
+                support::DATABASE
+            ))
+            .args(["-X", "-A", "-t", "-c", "\\conninfo", "-c", "SELECT current_setting('port')"])
+            .kill_on_drop(true);
+        async move { within(30, "psql", cmd.output()).await.expect("run psql") }
+    };
+    let out = run("verify-full").await;
+    assert!(out.status.success(), "psql over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("SSL connection (protocol: TLSv1."), "{stdout}");
+    assert!(stdout.trim().ends_with(&regions.port("eu").to_string()), "{stdout}");
+    let out = run("disable").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("requires TLS"), "{stderr}");
+    proxy.shutdown().await;
+}

@@ -419,3 +419,46 @@ async fn shutdown_lets_open_transactions_commit() {
     assert_eq!(ids, vec![1, 2], "the transaction committed");
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_closes_stuck_transactions() {
+    let regions = TestRegions::start().await;
+    let mut config = regions.proxy_config();
+    config.listen.shutdown_timeout_secs = 1;
+    let proxy = start_proxy(config).await;
+    let direct = regions.client("eu").await;
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .expect("create");
+    let mut config = proxy_pg_config(&proxy, Some("eu"));
+    config.application_name("stuck-tx");
+    let (client, conn) = config.connect(NoTls).await.expect("connect");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("begin; insert");
+    let started = std::time::Instant::now();
+    within(15, "shutdown with a stuck transaction", proxy.shutdown()).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "waited for the transaction: {took:?}");
+    let ended = within(10, "stuck session closed", conn).await.expect("join");
+    if let Err(e) = &ended {
+        let code = support::sqlstate(e).unwrap_or_default();
+        assert!(code == "57P01" || code.is_empty(), "{e:?}");
+    }
+    assert!(client.simple_query("SELECT 1").await.is_err(), "the session is closed");
+    let gone = wait_until(5, || async {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stuck-tx'", &[])
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(gone, "the backend session is closed");
+    let n: i64 = direct.query_one("SELECT count(*) FROM t", &[]).await.expect("count").get(0);
+    assert_eq!(n, 0, "the unfinished transaction was rolled back");
+}
