@@ -12,15 +12,22 @@ async fn wrong_password_is_28p01() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let mut config = proxy_pg_config(&proxy, None);
     config.password("not-the-password");
-    let err = within(10, "wrong password", connect(&config)).await.err().expect("refused");
+    let err = within(10, "wrong password", connect(&config))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28P01"), "{err:?}");
     let db = err.as_db_error().expect("server error");
     assert_eq!(db.severity(), "FATAL");
     assert!(db.message().contains(PROXY_USER), "{}", db.message());
     // The right password still works afterwards.
-    let client = within(10, "right password", connect(&proxy_pg_config(&proxy, None)))
-        .await
-        .expect("connect");
+    let client = within(
+        10,
+        "right password",
+        connect(&proxy_pg_config(&proxy, None)),
+    )
+    .await
+    .expect("connect");
     client.simple_query("SELECT 1").await.expect("query");
     proxy.shutdown().await;
 }
@@ -31,12 +38,18 @@ async fn unknown_user_looks_like_a_wrong_password() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let mut config = proxy_pg_config(&proxy, None);
     config.user("mallory");
-    let err = within(10, "unknown user", connect(&config)).await.err().expect("refused");
+    let err = within(10, "unknown user", connect(&config))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28P01"), "{err:?}");
     assert!(err.as_db_error().unwrap().message().contains("mallory"));
     // Same answer with the correct proxy password for someone else.
     config.user("regionguard");
-    let err = within(10, "backend role name", connect(&config)).await.err().expect("refused");
+    let err = within(10, "backend role name", connect(&config))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28P01"));
     proxy.shutdown().await;
 }
@@ -52,7 +65,10 @@ async fn missing_password_is_refused_under_scram() {
         .port(addr.port())
         .user(PROXY_USER)
         .dbname(support::DATABASE);
-    let err = within(10, "no password", connect(&config)).await.err().expect("refused");
+    let err = within(10, "no password", connect(&config))
+        .await
+        .err()
+        .expect("refused");
     // tokio-postgres gives up itself when asked for a password it has not got.
     assert!(format!("{err:?}").contains("password"), "{err:?}");
     proxy.shutdown().await;
@@ -71,7 +87,9 @@ async fn trust_mode_needs_no_password() {
         .user("anyone")
         .dbname(support::DATABASE)
         .options("-c regionguard.region=apac");
-    let client = within(10, "trust connect", connect(&pg)).await.expect("trust mode connects");
+    let client = within(10, "trust connect", connect(&pg))
+        .await
+        .expect("trust mode connects");
     let port: String = client
         .query_one("SELECT current_setting('port')", &[])
         .await
@@ -79,9 +97,13 @@ async fn trust_mode_needs_no_password() {
         .get(0);
     assert_eq!(port, regions.port("apac").to_string());
     // A password offered anyway is not needed (never asked for).
-    let client = within(10, "trust with password", connect(&proxy_pg_config(&proxy, None)))
-        .await
-        .expect("connect with an unneeded password");
+    let client = within(
+        10,
+        "trust with password",
+        connect(&proxy_pg_config(&proxy, None)),
+    )
+    .await
+    .expect("connect with an unneeded password");
     client.simple_query("SELECT 1").await.expect("query");
     proxy.shutdown().await;
 }

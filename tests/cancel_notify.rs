@@ -20,14 +20,23 @@ async fn cancel_request_stops_a_running_query() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             token.cancel_query(NoTls).await
         });
-        let result = within(10, "cancelled pg_sleep", client.simple_query("SELECT pg_sleep(30)")).await;
+        let result = within(
+            10,
+            "cancelled pg_sleep",
+            client.simple_query("SELECT pg_sleep(30)"),
+        )
+        .await;
         let elapsed = started.elapsed();
         canceller.await.expect("join").expect("send cancel request");
         let err = result.expect_err("the query was cancelled");
         assert_eq!(support::sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
         assert!(elapsed < Duration::from_secs(5), "cancel took {elapsed:?}");
         // The session survives the cancel.
-        let n: i32 = client.query_one("SELECT 5", &[]).await.expect("after cancel").get(0);
+        let n: i32 = client
+            .query_one("SELECT 5", &[])
+            .await
+            .expect("after cancel")
+            .get(0);
         assert_eq!(n, 5);
 
         // Extended protocol too.
@@ -36,9 +45,17 @@ async fn cancel_request_stops_a_running_query() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             token.cancel_query(NoTls).await
         });
-        let result = within(10, "cancelled extended pg_sleep", client.query("SELECT pg_sleep($1)", &[&30f64])).await;
+        let result = within(
+            10,
+            "cancelled extended pg_sleep",
+            client.query("SELECT pg_sleep($1)", &[&30f64]),
+        )
+        .await;
         canceller.await.expect("join").expect("send cancel");
-        assert_eq!(support::sqlstate(&result.expect_err("cancelled")).as_deref(), Some("57014"));
+        assert_eq!(
+            support::sqlstate(&result.expect_err("cancelled")).as_deref(),
+            Some("57014")
+        );
     }
     proxy.shutdown().await;
 }
@@ -61,7 +78,9 @@ async fn cancel_with_a_wrong_key_does_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(proxy.local_addr()).await.expect("connect");
+        let mut s = tokio::net::TcpStream::connect(proxy.local_addr())
+            .await
+            .expect("connect");
         s.write_all(&packet).await.expect("send cancel");
         let mut buf = [0u8; 16];
         let n = within(5, "proxy closes the cancel connection", s.read(&mut buf)).await;
@@ -105,7 +124,10 @@ async fn listen_notify_between_two_proxy_clients() {
     let regions = TestRegions::start().await;
     let proxy = start_proxy(regions.proxy_config()).await;
     let (listener, mut notes) = listener_client(&proxy, "us").await;
-    listener.batch_execute("LISTEN jobs; LISTEN \"Other Channel\"").await.expect("listen");
+    listener
+        .batch_execute("LISTEN jobs; LISTEN \"Other Channel\"")
+        .await
+        .expect("listen");
     let sender = proxy_client(&proxy, "us").await;
     sender
         .batch_execute("NOTIFY jobs, 'first'")
@@ -122,7 +144,9 @@ async fn listen_notify_between_two_proxy_clients() {
         .expect("notify in transaction");
     let mut got = Vec::new();
     for _ in 0..4 {
-        let n = within(10, "notification", notes.recv()).await.expect("a notification");
+        let n = within(10, "notification", notes.recv())
+            .await
+            .expect("a notification");
         got.push((n.channel().to_string(), n.payload().to_string()));
     }
     assert_eq!(
@@ -142,18 +166,34 @@ async fn listen_notify_between_two_proxy_clients() {
         .expect("pid")
         .get(0);
     let direct = regions.client("us").await;
-    direct.batch_execute("NOTIFY jobs, 'from direct'").await.expect("direct notify");
-    let n = within(10, "notification from a direct session", notes.recv()).await.expect("note");
+    direct
+        .batch_execute("NOTIFY jobs, 'from direct'")
+        .await
+        .expect("direct notify");
+    let n = within(10, "notification from a direct session", notes.recv())
+        .await
+        .expect("note");
     assert_eq!(n.payload(), "from direct");
     assert_ne!(n.process_id(), sender_pid);
     // Other regions do not hear it: LISTEN is per region.
     let (eu_listener, mut eu_notes) = listener_client(&proxy, "eu").await;
-    eu_listener.batch_execute("LISTEN jobs").await.expect("listen eu");
-    sender.batch_execute("NOTIFY jobs, 'us only'").await.expect("notify");
-    let n = within(10, "us notification", notes.recv()).await.expect("note");
+    eu_listener
+        .batch_execute("LISTEN jobs")
+        .await
+        .expect("listen eu");
+    sender
+        .batch_execute("NOTIFY jobs, 'us only'")
+        .await
+        .expect("notify");
+    let n = within(10, "us notification", notes.recv())
+        .await
+        .expect("note");
     assert_eq!(n.payload(), "us only");
     let none = tokio::time::timeout(Duration::from_millis(500), eu_notes.recv()).await;
     assert!(none.is_err(), "eu listener heard a us notification");
-    listener.batch_execute("UNLISTEN *").await.expect("unlisten");
+    listener
+        .batch_execute("UNLISTEN *")
+        .await
+        .expect("unlisten");
     proxy.shutdown().await;
 }

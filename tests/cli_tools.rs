@@ -47,7 +47,8 @@ fn ok(out: &Output, what: &str) -> String {
 
 async fn psql(proxy: &regionguard::server::Proxy, region: &str, args: &[&str]) -> Output {
     let mut cmd = tool("/usr/bin/psql", proxy, region);
-    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]).args(args);
+    cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(args);
     run(cmd, 60, "psql").await
 }
 
@@ -85,10 +86,17 @@ async fn psql_queries_and_copy_files() {
     assert!(stdout.contains("rows 2000"), "{stdout}");
     let back = std::fs::read_to_string(&output).expect("read copied-out file");
     let expected = csv.replacen("\"quote \"\" ☃\"", "changed", 1);
-    assert_eq!(back, expected, "\\copy out equals what went in (with the update)");
+    assert_eq!(
+        back, expected,
+        "\\copy out equals what went in (with the update)"
+    );
     // The table is in apac only.
     let direct = regions.client("apac").await;
-    let n: i64 = direct.query_one("SELECT count(*) FROM people", &[]).await.expect("count").get(0);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM people", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(n, 2000);
     for other in ["eu", "us"] {
         let exists: bool = regions
@@ -102,26 +110,48 @@ async fn psql_queries_and_copy_files() {
     }
 
     // Errors reach psql with their message; ON_ERROR_STOP makes it exit 3.
-    let out = psql(&proxy, "apac", &["-c", "INSERT INTO people VALUES (1, 'dup', '')"]).await;
+    let out = psql(
+        &proxy,
+        "apac",
+        &["-c", "INSERT INTO people VALUES (1, 'dup', '')"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "psql -c exits 1 on error");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("duplicate key value violates unique constraint"), "{stderr}");
+    assert!(
+        stderr.contains("duplicate key value violates unique constraint"),
+        "{stderr}"
+    );
     // Multi-statement string, a cancelled-free \watch-free session with
     // \set, variables and a failing statement inside a transaction.
     let out = psql(
         &proxy,
         "eu",
-        &["-c", "SELECT 1; SELECT 'two'", "-c", "SELECT version() LIKE 'PostgreSQL 15%'"],
+        &[
+            "-c",
+            "SELECT 1; SELECT 'two'",
+            "-c",
+            "SELECT version() LIKE 'PostgreSQL 15%'",
+        ],
     )
     .await;
-    assert_eq!(ok(&out, "psql multi").split_whitespace().collect::<Vec<_>>(), vec!["1", "two", "t"]);
+    assert_eq!(
+        ok(&out, "psql multi")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        vec!["1", "two", "t"]
+    );
     // A wrong password.
     let mut cmd = tool("/usr/bin/psql", &proxy, "eu");
-    cmd.env("PGPASSWORD", "wrong").args(["-X", "-c", "SELECT 1"]);
+    cmd.env("PGPASSWORD", "wrong")
+        .args(["-X", "-c", "SELECT 1"]);
     let out = run(cmd, 30, "psql wrong password").await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("password authentication failed"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
     proxy.shutdown().await;
 }
 
@@ -139,7 +169,11 @@ fn pgbench_summary(stdout: &str) -> (u64, u64, u64) {
         }
     }
     let (done, want) = processed.unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
-    (done, want, failed.unwrap_or_else(|| panic!("no failure count in:\n{stdout}")))
+    (
+        done,
+        want,
+        failed.unwrap_or_else(|| panic!("no failure count in:\n{stdout}")),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +197,11 @@ async fn pgbench_all_query_modes_without_failures() {
         cmd.args(["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "200", "-S"]);
         let out = run(cmd, 180, "pgbench -S").await;
         let stdout = ok(&out, &format!("pgbench -S -M {mode}"));
-        assert_eq!(pgbench_summary(&stdout), (800, 800, 0), "-S -M {mode}:\n{stdout}");
+        assert_eq!(
+            pgbench_summary(&stdout),
+            (800, 800, 0),
+            "-S -M {mode}:\n{stdout}"
+        );
     }
     let history_before: i64 = direct
         .query_one("SELECT count(*) FROM pgbench_history", &[])
@@ -175,7 +213,11 @@ async fn pgbench_all_query_modes_without_failures() {
         cmd.args(["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"]);
         let out = run(cmd, 180, "pgbench TPC-B").await;
         let stdout = ok(&out, &format!("pgbench TPC-B -M {mode}"));
-        assert_eq!(pgbench_summary(&stdout), (200, 200, 0), "TPC-B -M {mode}:\n{stdout}");
+        assert_eq!(
+            pgbench_summary(&stdout),
+            (200, 200, 0),
+            "TPC-B -M {mode}:\n{stdout}"
+        );
     }
     // libpq pipeline mode through the proxy (a custom script).
     let dir = tempfile::tempdir().expect("temp dir");
@@ -191,17 +233,27 @@ async fn pgbench_all_query_modes_without_failures() {
     )
     .expect("write pipeline script");
     let mut cmd = tool("/usr/bin/pgbench", &proxy, "us");
-    cmd.args(["-n", "-M", "extended", "-c", "2", "-j", "2", "-t", "200", "-f"])
-        .arg(&script);
+    cmd.args([
+        "-n", "-M", "extended", "-c", "2", "-j", "2", "-t", "200", "-f",
+    ])
+    .arg(&script);
     let out = run(cmd, 180, "pgbench pipeline").await;
     let stdout = ok(&out, "pgbench pipeline");
-    assert_eq!(pgbench_summary(&stdout), (400, 400, 0), "pipeline:\n{stdout}");
+    assert_eq!(
+        pgbench_summary(&stdout),
+        (400, 400, 0),
+        "pipeline:\n{stdout}"
+    );
     let history_after: i64 = direct
         .query_one("SELECT count(*) FROM pgbench_history", &[])
         .await
         .expect("history")
         .get(0);
-    assert_eq!(history_after - history_before, 400, "every TPC-B transaction committed");
+    assert_eq!(
+        history_after - history_before,
+        400,
+        "every TPC-B transaction committed"
+    );
     // Balances stay consistent: the sum of deltas equals each table's sum.
     let row = direct
         .query_one(

@@ -3,9 +3,9 @@
 
 mod support;
 
+use regionguard::config::ClientTlsMode;
 use std::sync::Arc;
 use support::{connect, proxy_pg_config, start_proxy, within, TestRegions};
-use regionguard::config::ClientTlsMode;
 use tokio_postgres::config::SslMode;
 
 struct TestCert {
@@ -32,7 +32,9 @@ fn make_cert() -> TestCert {
     }
 }
 
-fn rustls_connector(trusted: &rustls::pki_types::CertificateDer<'static>) -> tokio_postgres_rustls::MakeRustlsConnect {
+fn rustls_connector(
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_postgres_rustls::MakeRustlsConnect {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).expect("trust the test cert");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -44,7 +46,11 @@ fn rustls_connector(trusted: &rustls::pki_types::CertificateDer<'static>) -> tok
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
 
-async fn tls_proxy(regions: &TestRegions, mode: ClientTlsMode, cert: &TestCert) -> regionguard::server::Proxy {
+async fn tls_proxy(
+    regions: &TestRegions,
+    mode: ClientTlsMode,
+    cert: &TestCert,
+) -> regionguard::server::Proxy {
     let mut config = regions.proxy_config();
     config.client_tls.mode = mode;
     config.client_tls.cert = Some(cert.cert.clone());
@@ -72,9 +78,13 @@ async fn tls_required_and_used() {
     let regions = TestRegions::start().await;
     let cert = make_cert();
     let proxy = tls_proxy(&regions, ClientTlsMode::Require, &cert).await;
-    let client = within(20, "TLS connect", tls_client(&proxy, "us", &cert, SslMode::Require))
-        .await
-        .expect("TLS connection through the proxy");
+    let client = within(
+        20,
+        "TLS connect",
+        tls_client(&proxy, "us", &cert, SslMode::Require),
+    )
+    .await
+    .expect("TLS connection through the proxy");
     let port: String = client
         .query_one("SELECT current_setting('port')", &[])
         .await
@@ -83,23 +93,35 @@ async fn tls_required_and_used() {
     assert_eq!(port, regions.port("us").to_string());
     // A bulkier exchange over TLS (records bigger than one TLS frame).
     let row = client
-        .query_one("SELECT repeat('z', 1000000), $1::bytea", &[&vec![7u8; 300_000]])
+        .query_one(
+            "SELECT repeat('z', 1000000), $1::bytea",
+            &[&vec![7u8; 300_000]],
+        )
         .await
         .expect("large values over TLS");
     assert_eq!(row.get::<_, &str>(0).len(), 1_000_000);
     assert_eq!(row.get::<_, Vec<u8>>(1), vec![7u8; 300_000]);
 
     // Plaintext is refused with 28000.
-    let plain = within(10, "plain connect", connect(&proxy_pg_config(&proxy, Some("us")))).await;
+    let plain = within(
+        10,
+        "plain connect",
+        connect(&proxy_pg_config(&proxy, Some("us"))),
+    )
+    .await;
     let err = plain.err().expect("plaintext refused when TLS is required");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28000"), "{err:?}");
     // sslmode=disable with a TLS-capable client: refused the same way.
     let mut config = proxy_pg_config(&proxy, Some("us"));
     config.ssl_mode(SslMode::Disable);
-    let err = within(10, "ssl disabled", config.connect(rustls_connector(&cert.der)))
-        .await
-        .err()
-        .expect("refused");
+    let err = within(
+        10,
+        "ssl disabled",
+        config.connect(rustls_connector(&cert.der)),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28000"));
     proxy.shutdown().await;
 }
@@ -109,20 +131,36 @@ async fn tls_allowed_accepts_both() {
     let regions = TestRegions::start().await;
     let cert = make_cert();
     let proxy = tls_proxy(&regions, ClientTlsMode::Allow, &cert).await;
-    let tls = within(20, "TLS connect", tls_client(&proxy, "eu", &cert, SslMode::Require))
-        .await
-        .expect("TLS client");
-    let plain = within(20, "plain connect", connect(&proxy_pg_config(&proxy, Some("eu"))))
-        .await
-        .expect("plain client");
+    let tls = within(
+        20,
+        "TLS connect",
+        tls_client(&proxy, "eu", &cert, SslMode::Require),
+    )
+    .await
+    .expect("TLS client");
+    let plain = within(
+        20,
+        "plain connect",
+        connect(&proxy_pg_config(&proxy, Some("eu"))),
+    )
+    .await
+    .expect("plain client");
     for c in [&tls, &plain] {
         let n: i32 = c.query_one("SELECT 3", &[]).await.expect("query").get(0);
         assert_eq!(n, 3);
     }
     // A client that does not trust the certificate fails the handshake.
     let other = make_cert();
-    let untrusted = within(20, "untrusted", tls_client(&proxy, "eu", &other, SslMode::Require)).await;
-    assert!(untrusted.is_err(), "a certificate the client does not trust");
+    let untrusted = within(
+        20,
+        "untrusted",
+        tls_client(&proxy, "eu", &other, SslMode::Require),
+    )
+    .await;
+    assert!(
+        untrusted.is_err(),
+        "a certificate the client does not trust"
+    );
     proxy.shutdown().await;
 }
 
@@ -132,13 +170,29 @@ async fn tls_disabled_answers_n_and_serves_plaintext() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let cert = make_cert();
     // sslmode=prefer falls back to plaintext after the proxy's 'N'.
-    let client = within(20, "prefer", tls_client(&proxy, "apac", &cert, SslMode::Prefer))
+    let client = within(
+        20,
+        "prefer",
+        tls_client(&proxy, "apac", &cert, SslMode::Prefer),
+    )
+    .await
+    .expect("prefer falls back to plaintext");
+    let n: i32 = client
+        .query_one("SELECT 4", &[])
         .await
-        .expect("prefer falls back to plaintext");
-    let n: i32 = client.query_one("SELECT 4", &[]).await.expect("query").get(0);
+        .expect("query")
+        .get(0);
     assert_eq!(n, 4);
-    let required = within(20, "require", tls_client(&proxy, "apac", &cert, SslMode::Require)).await;
-    assert!(required.is_err(), "sslmode=require fails when the proxy has no TLS");
+    let required = within(
+        20,
+        "require",
+        tls_client(&proxy, "apac", &cert, SslMode::Require),
+    )
+    .await;
+    assert!(
+        required.is_err(),
+        "sslmode=require fails when the proxy has no TLS"
+    );
     proxy.shutdown().await;
 }
 
@@ -166,10 +220,20 @@ async fn psql_verify_full_over_tls() {
         async move { within(30, "psql", cmd.output()).await.expect("run psql") }
     };
     let out = run("verify-full").await;
-    assert!(out.status.success(), "psql over TLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("SSL connection (protocol: TLSv1."), "{stdout}");
-    assert!(stdout.trim().ends_with(&regions.port("eu").to_string()), "{stdout}");
+    assert!(
+        stdout.contains("SSL connection (protocol: TLSv1."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim().ends_with(&regions.port("eu").to_string()),
+        "{stdout}"
+    );
     let out = run("disable").await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

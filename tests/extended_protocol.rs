@@ -45,7 +45,9 @@ async fn named_prepared_statements_are_reused_many_times() {
         }
         // Each statement was parsed once on the backend and is still there.
         let names: Vec<String> = client
-            .simple_query("SELECT name FROM pg_prepared_statements WHERE NOT from_sql ORDER BY name")
+            .simple_query(
+                "SELECT name FROM pg_prepared_statements WHERE NOT from_sql ORDER BY name",
+            )
             .await
             .expect("pg_prepared_statements")
             .iter()
@@ -54,7 +56,11 @@ async fn named_prepared_statements_are_reused_many_times() {
                 _ => None,
             })
             .collect();
-        assert_eq!(names.len(), 2, "named statements live on the backend: {names:?}");
+        assert_eq!(
+            names.len(),
+            2,
+            "named statements live on the backend: {names:?}"
+        );
     })
     .await;
     let direct = regions.client("eu").await;
@@ -82,7 +88,10 @@ async fn pipelined_queries_on_one_client_all_answer_in_order() {
                 let stmt = &stmt;
                 async move {
                     let n = (i * 37) % 5000;
-                    let row = client.query_one(stmt, &[&n]).await.expect("pipelined query");
+                    let row = client
+                        .query_one(stmt, &[&n])
+                        .await
+                        .expect("pipelined query");
                     assert_eq!(row.get::<_, i32>(0), n);
                     assert_eq!(row.get::<_, &str>(1).len(), n as usize);
                     i
@@ -191,16 +200,25 @@ async fn sixty_four_mib_fields_round_trip() {
             .expect("insert 64 MiB values");
         // ... and results out, binary.
         let row = client
-            .query_one("SELECT t, b, length(t), length(b) FROM big WHERE id = 1", &[])
+            .query_one(
+                "SELECT t, b, length(t), length(b) FROM big WHERE id = 1",
+                &[],
+            )
             .await
             .expect("select 64 MiB values");
         assert_eq!(row.get::<_, i32>(2) as usize, SIZE);
         assert_eq!(row.get::<_, i32>(3) as usize, SIZE);
         assert!(row.get::<_, &str>(0) == text, "text field unchanged");
-        assert!(row.get::<_, &[u8]>(1) == &bytes[..], "bytea field unchanged");
+        assert!(
+            row.get::<_, &[u8]>(1) == &bytes[..],
+            "bytea field unchanged"
+        );
         // A 64 MiB simple Query message and a text result of ~128 MiB (hex).
         let sql = format!("SELECT md5('{text}'), md5(b) FROM big WHERE id = 1");
-        let messages = client.simple_query(&sql).await.expect("64 MiB simple query");
+        let messages = client
+            .simple_query(&sql)
+            .await
+            .expect("64 MiB simple query");
         let row = messages
             .iter()
             .find_map(|m| match m {
@@ -243,7 +261,11 @@ async fn errors_in_extended_protocol_recover_at_sync() {
         let parse = expect_sqlstate(client.prepare("SELEC 1").await, "syntax error");
         assert_eq!(parse, "42601");
         assert_eq!(
-            client.query_one("SELECT 1::int4", &[]).await.expect("after parse error").get::<_, i32>(0),
+            client
+                .query_one("SELECT 1::int4", &[])
+                .await
+                .expect("after parse error")
+                .get::<_, i32>(0),
             1
         );
         let missing = expect_sqlstate(
@@ -252,9 +274,7 @@ async fn errors_in_extended_protocol_recover_at_sync() {
         );
         assert_eq!(missing, "42P01");
         let exec = expect_sqlstate(
-            client
-                .query_one("SELECT 1 / $1::int4", &[&0i32])
-                .await,
+            client.query_one("SELECT 1 / $1::int4", &[&0i32]).await,
             "division by zero",
         );
         assert_eq!(exec, "22012");

@@ -14,10 +14,7 @@ use tokio_postgres::{Client, Row, SimpleQueryMessage};
 struct Raw(Vec<u8>);
 
 impl<'a> FromSql<'a> for Raw {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(Raw(raw.to_vec()))
     }
     fn accepts(_: &Type) -> bool {
@@ -77,7 +74,9 @@ fn command_tags(messages: &[SimpleQueryMessage]) -> Vec<u64> {
 
 /// Column metadata and raw binary values of extended-protocol rows.
 #[allow(clippy::type_complexity)]
-fn binary_rows(rows: &[Row]) -> Vec<Vec<(String, Type, Option<u32>, Option<i16>, i32, Option<Raw>)>> {
+fn binary_rows(
+    rows: &[Row],
+) -> Vec<Vec<(String, Type, Option<u32>, Option<i16>, i32, Option<Raw>)>> {
     rows.iter()
         .map(|row| {
             row.columns()
@@ -103,11 +102,16 @@ async fn simple_protocol_text_results_match_direct() {
     let (regions, proxy) = setup().await;
     let via = proxy_client(&proxy, "eu").await;
     let direct = regions.client("eu").await;
-    let multi = format!("{VALUES_SQL}; SELECT g, g * 2 FROM generate_series(1, 50) g; SELECT 1 WHERE false");
+    let multi = format!(
+        "{VALUES_SQL}; SELECT g, g * 2 FROM generate_series(1, 50) g; SELECT 1 WHERE false"
+    );
     let a = within(30, "simple query via proxy", via.simple_query(&multi))
         .await
         .expect("simple query via proxy");
-    let b = direct.simple_query(&multi).await.expect("direct simple query");
+    let b = direct
+        .simple_query(&multi)
+        .await
+        .expect("direct simple query");
     assert_eq!(simple_rows(&a), simple_rows(&b));
     assert_eq!(command_tags(&a), command_tags(&b));
     assert_eq!(command_tags(&a), vec![1, 50, 0]);
@@ -160,10 +164,18 @@ fn check_typed(row: &Row) {
     let j: serde_json::Value = row.get("j");
     assert_eq!(j["a"][1], serde_json::json!(2.5));
     assert_eq!(j["é"], serde_json::json!("☃"));
-    assert_eq!(row.get::<_, Vec<Option<i32>>>("ai"), vec![Some(1), None, Some(3)]);
+    assert_eq!(
+        row.get::<_, Vec<Option<i32>>>("ai"),
+        vec![Some(1), None, Some(3)]
+    );
     assert_eq!(
         row.get::<_, Vec<Option<String>>>("at"),
-        vec![Some("x".into()), Some("y z".into()), None, Some("\"".into())]
+        vec![
+            Some("x".into()),
+            Some("y z".into()),
+            None,
+            Some("\"".into())
+        ]
     );
     assert!(row.get::<_, Vec<i64>>("a_empty").is_empty());
     assert_eq!(row.get::<_, f64>("f8"), 1.5);
@@ -234,9 +246,19 @@ async fn binary_parameters_round_trip_like_direct() {
                 "row {proxied} written via the proxy equals row {direct_id} written directly"
             );
         }
-        let a = via.query(select, &[&proxied]).await.expect("select via proxy");
-        let b = direct.query(select, &[&proxied]).await.expect("select direct");
-        assert_eq!(binary_rows(&a), binary_rows(&b), "row {proxied} read both ways");
+        let a = via
+            .query(select, &[&proxied])
+            .await
+            .expect("select via proxy");
+        let b = direct
+            .query(select, &[&proxied])
+            .await
+            .expect("select direct");
+        assert_eq!(
+            binary_rows(&a),
+            binary_rows(&b),
+            "row {proxied} read both ways"
+        );
     }
     let text_via = via
         .simple_query("SELECT * FROM typed ORDER BY id")

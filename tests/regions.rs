@@ -10,17 +10,29 @@ async fn unknown_region_is_refused_with_22023() {
     let regions = TestRegions::start().await;
     let proxy = start_proxy(regions.proxy_config()).await;
     let config = proxy_pg_config(&proxy, Some("mars"));
-    let err = within(10, "unknown region", connect(&config)).await.err().expect("refused");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("server error: {err:?}"));
+    let err = within(10, "unknown region", connect(&config))
+        .await
+        .err()
+        .expect("refused");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("server error: {err:?}"));
     assert_eq!(db.code().code(), "22023");
     assert!(db.message().contains("mars"), "{}", db.message());
     // Other misspellings of the option.
     let mut config = proxy_pg_config(&proxy, None);
     config.options("-c regionguard.regoin=eu");
-    let err = within(10, "unknown setting", connect(&config)).await.err().expect("refused");
+    let err = within(10, "unknown setting", connect(&config))
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("42704"), "{err:?}");
     // The proxy still serves good clients.
-    proxy_client(&proxy, "eu").await.simple_query("SELECT 1").await.expect("query");
+    proxy_client(&proxy, "eu")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .expect("query");
     proxy.shutdown().await;
 }
 
@@ -45,7 +57,9 @@ async fn writes_land_only_in_the_named_region() {
                 .expect("insert through the proxy");
         }
         // No option at all: the default region (eu).
-        let client = connect(&proxy_pg_config(&proxy, None)).await.expect("connect");
+        let client = connect(&proxy_pg_config(&proxy, None))
+            .await
+            .expect("connect");
         client
             .execute("INSERT INTO marks VALUES ('default', 'via proxy')", &[])
             .await
@@ -78,7 +92,9 @@ async fn other_options_still_reach_postgres() {
     let mut config = proxy_pg_config(&proxy, None);
     config.options("-c statement_timeout=1234 -c regionguard.region=us --search_path=pg_catalog");
     config.application_name("regionguard-test-app");
-    let client = within(10, "connect", connect(&config)).await.expect("connect");
+    let client = within(10, "connect", connect(&config))
+        .await
+        .expect("connect");
     let row = client
         .query_one(
             "SELECT current_setting('statement_timeout'), current_setting('search_path'), \

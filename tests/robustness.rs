@@ -6,7 +6,9 @@ mod support;
 use regionguard::config::AuthMethod;
 use std::time::Duration;
 use support::raw::{self, fields, message, read_message, startup_packet};
-use support::{connect, proxy_client, proxy_pg_config, start_proxy, wait_until, within, TestRegions};
+use support::{
+    connect, proxy_client, proxy_pg_config, start_proxy, wait_until, within, TestRegions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
@@ -25,13 +27,21 @@ fn error_code(bytes: &[u8], what: &str) -> String {
     assert_eq!(bytes[0], b'E', "{what}: first byte {:?}", bytes[0] as char);
     let len = i32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
     let f = fields(&bytes[5..1 + len]);
-    assert_eq!(f.get(&b'S').map(String::as_str), Some("FATAL"), "{what}: {f:?}");
+    assert_eq!(
+        f.get(&b'S').map(String::as_str),
+        Some("FATAL"),
+        "{what}: {f:?}"
+    );
     f.get(&b'C').cloned().unwrap_or_default()
 }
 
 async fn still_serves(proxy: &regionguard::server::Proxy) {
     let client = within(10, "a normal client after abuse", proxy_client(proxy, "eu")).await;
-    let n: i32 = client.query_one("SELECT 11", &[]).await.expect("query").get(0);
+    let n: i32 = client
+        .query_one("SELECT 11", &[])
+        .await
+        .expect("query")
+        .get(0);
     assert_eq!(n, 11);
 }
 
@@ -46,7 +56,10 @@ fn trust_config(regions: &TestRegions) -> regionguard::config::Config {
 async fn watched_client(
     proxy: &regionguard::server::Proxy,
     app: &str,
-) -> (tokio_postgres::Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) {
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
     let mut config = proxy_pg_config(proxy, Some("eu"));
     config.application_name(app);
     let (client, connection) = config.connect(NoTls).await.expect("connect");
@@ -60,9 +73,15 @@ async fn garbage_before_startup_gets_an_error_or_a_close() {
     let addr = proxy.local_addr();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("bad startup length 2", vec![0, 0, 0, 2, 0, 3, 0, 0]),
-        ("negative startup length", vec![0xff, 0xff, 0xff, 0xf0, 1, 2, 3, 4]),
+        (
+            "negative startup length",
+            vec![0xff, 0xff, 0xff, 0xf0, 1, 2, 3, 4],
+        ),
         ("startup length over 10000", vec![0, 1, 0, 0, 0, 3, 0, 0]),
-        ("HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         ("protocol 9.9", {
             let mut p = startup_packet(&[("user", "app")]);
             p[4..8].copy_from_slice(&[0, 9, 0, 9]);
@@ -149,10 +168,16 @@ async fn bad_messages_after_startup_get_an_error() {
     assert_eq!(error_code(&answer, "oversized"), "54000");
 
     // The same, fully sent by a driver: a 2 MiB parameter.
-    let client = connect(&proxy_pg_config(&proxy, None)).await.expect("connect");
-    let err = within(20, "oversized Bind", client.query("SELECT length($1)", &[&"x".repeat(2 << 20)]))
+    let client = connect(&proxy_pg_config(&proxy, None))
         .await
-        .expect_err("oversized message refused");
+        .expect("connect");
+    let err = within(
+        20,
+        "oversized Bind",
+        client.query("SELECT length($1)", &[&"x".repeat(2 << 20)]),
+    )
+    .await
+    .expect_err("oversized message refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("54000"), "{err:?}");
 
     // An unknown message type.
@@ -160,7 +185,6 @@ async fn bad_messages_after_startup_get_an_error() {
     s.write_all(&message(b'y', b"hello")).await.expect("send");
     let answer = read_to_close(&mut s).await;
     assert_eq!(error_code(&answer, "unknown type"), "08P01");
-
 
     // A message under the limit works.
     let mut s = raw::trusted_session(addr).await;
@@ -210,9 +234,13 @@ async fn messages_before_a_malformed_one_are_still_answered() {
 }
 
 async fn still_serves_trust(proxy: &regionguard::server::Proxy) {
-    let client = within(10, "a normal client", connect(&proxy_pg_config(proxy, Some("us"))))
-        .await
-        .expect("connect");
+    let client = within(
+        10,
+        "a normal client",
+        connect(&proxy_pg_config(proxy, Some("us"))),
+    )
+    .await
+    .expect("connect");
     client.simple_query("SELECT 1").await.expect("query");
 }
 
@@ -242,14 +270,25 @@ async fn client_vanishing_mid_transaction_leaves_nothing() {
 
     // A driver that is dropped (it may send Terminate).
     let (client, conn) = watched_client(&proxy, "vanish-driver").await;
-    client.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.expect("begin; insert");
-    assert!(!sessions("vanish-driver")().await, "the backend session exists");
+    client
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("begin; insert");
+    assert!(
+        !sessions("vanish-driver")().await,
+        "the backend session exists"
+    );
     drop(client);
     let _ = within(10, "connection ends", conn).await;
-    assert!(wait_until(5, sessions("vanish-driver")).await, "backend session left behind");
+    assert!(
+        wait_until(5, sessions("vanish-driver")).await,
+        "backend session left behind"
+    );
 
     // A raw socket closed abruptly, without Terminate, mid-transaction.
-    let mut s = TcpStream::connect(proxy.local_addr()).await.expect("connect");
+    let mut s = TcpStream::connect(proxy.local_addr())
+        .await
+        .expect("connect");
     s.write_all(&startup_packet(&[
         ("user", "app"),
         ("database", "app"),
@@ -261,12 +300,21 @@ async fn client_vanishing_mid_transaction_leaves_nothing() {
     let reply = raw::simple_query(&mut s, "BEGIN; INSERT INTO t VALUES (2)").await;
     assert_eq!(reply.last().unwrap().1, b"T", "in a transaction");
     // Also leave an extended-protocol statement half sent.
-    s.write_all(&message(b'P', b"\0INSERT INTO t VALUES (3)\0\0\0")).await.expect("parse");
+    s.write_all(&message(b'P', b"\0INSERT INTO t VALUES (3)\0\0\0"))
+        .await
+        .expect("parse");
     s.write_all(&[b'B', 0, 0]).await.expect("partial bind");
     drop(s);
-    assert!(wait_until(5, sessions("vanish-raw")).await, "backend session left behind");
+    assert!(
+        wait_until(5, sessions("vanish-raw")).await,
+        "backend session left behind"
+    );
 
-    let n: i64 = direct.query_one("SELECT count(*) FROM t", &[]).await.expect("count").get(0);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(n, 0, "nothing committed");
     still_serves_trust(&proxy).await;
     proxy.shutdown().await;
@@ -280,8 +328,13 @@ async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
 
     // Killed while a query runs: that query fails with 57P01 (or class 08).
     let (client, conn) = watched_client(&proxy, "kill-busy").await;
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
-    let busy = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let busy =
+        tokio::spawn(async move { client.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed: bool = direct
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -289,7 +342,10 @@ async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
         .expect("terminate")
         .get(0);
     assert!(killed);
-    let err = within(10, "busy query fails", busy).await.expect("join").expect_err("query fails");
+    let err = within(10, "busy query fails", busy)
+        .await
+        .expect("join")
+        .expect_err("query fails");
     let code = support::sqlstate(&err).unwrap_or_default();
     assert!(code == "57P01" || code.starts_with("08"), "busy: {err:?}");
     let _ = within(10, "connection ends", conn).await;
@@ -297,12 +353,18 @@ async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
     // Killed while idle: the connection ends with 57P01 (or class 08), and
     // the client's next call fails.
     let (client, conn) = watched_client(&proxy, "kill-idle").await;
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
     direct
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .expect("terminate");
-    let ended = within(10, "idle connection ends", conn).await.expect("join");
+    let ended = within(10, "idle connection ends", conn)
+        .await
+        .expect("join");
     let err = ended.expect_err("the connection ends with an error");
     let code = support::sqlstate(&err).unwrap_or_default();
     assert!(code == "57P01" || code.starts_with("08"), "idle: {err:?}");
@@ -336,10 +398,14 @@ async fn max_clients_refuses_the_next_with_53300() {
     let proxy = start_proxy(config).await;
     let a = proxy_client(&proxy, "eu").await;
     let b = proxy_client(&proxy, "us").await;
-    let err = within(10, "third client", connect(&proxy_pg_config(&proxy, Some("apac"))))
-        .await
-        .err()
-        .expect("the third client is refused");
+    let err = within(
+        10,
+        "third client",
+        connect(&proxy_pg_config(&proxy, Some("apac"))),
+    )
+    .await
+    .err()
+    .expect("the third client is refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
     // The first two still work.
     a.simple_query("SELECT 1").await.expect("a");
@@ -347,7 +413,9 @@ async fn max_clients_refuses_the_next_with_53300() {
     // Once one leaves, a new client gets its place.
     drop(a);
     let ok = wait_until(5, || async {
-        connect(&proxy_pg_config(&proxy, Some("apac"))).await.is_ok()
+        connect(&proxy_pg_config(&proxy, Some("apac")))
+            .await
+            .is_ok()
     })
     .await;
     assert!(ok, "a slot frees up when a client disconnects");
@@ -365,22 +433,32 @@ async fn shutdown_lets_open_transactions_commit() {
         .await
         .expect("create");
     let (in_tx, in_tx_conn) = {
-        let (c, conn) = proxy_pg_config(&proxy, Some("eu")).connect(NoTls).await.expect("connect");
+        let (c, conn) = proxy_pg_config(&proxy, Some("eu"))
+            .connect(NoTls)
+            .await
+            .expect("connect");
         (c, tokio::spawn(conn))
     };
     let (idle, idle_conn) = {
-        let (c, conn) = proxy_pg_config(&proxy, Some("eu")).connect(NoTls).await.expect("connect");
+        let (c, conn) = proxy_pg_config(&proxy, Some("eu"))
+            .connect(NoTls)
+            .await
+            .expect("connect");
         (c, tokio::spawn(conn))
     };
     in_tx
         .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .expect("begin; insert");
-    idle.simple_query("SELECT 1").await.expect("idle client works");
+    idle.simple_query("SELECT 1")
+        .await
+        .expect("idle client works");
 
     let shutdown = tokio::spawn(proxy.shutdown());
     // The idle session is closed at once, with 57P01.
-    let ended = within(10, "idle session closed", idle_conn).await.expect("join");
+    let ended = within(10, "idle session closed", idle_conn)
+        .await
+        .expect("join");
     let err = ended.expect_err("closed by shutdown");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
     // New connections are refused.
@@ -396,19 +474,32 @@ async fn shutdown_lets_open_transactions_commit() {
         connect(&config).await
     })
     .await;
-    assert!(refused.is_err(), "new connections are refused during shutdown");
+    assert!(
+        refused.is_err(),
+        "new connections are refused during shutdown"
+    );
     // The open transaction still runs statements and commits.
     in_tx
         .batch_execute("INSERT INTO t VALUES (2)")
         .await
         .expect("statement inside the draining transaction");
-    in_tx.batch_execute("COMMIT").await.expect("commit during shutdown");
-    let ended = within(10, "session closed after commit", in_tx_conn).await.expect("join");
+    in_tx
+        .batch_execute("COMMIT")
+        .await
+        .expect("commit during shutdown");
+    let ended = within(10, "session closed after commit", in_tx_conn)
+        .await
+        .expect("join");
     if let Err(e) = &ended {
         assert_eq!(support::sqlstate(e).as_deref(), Some("57P01"), "{e:?}");
     }
-    assert!(in_tx.simple_query("SELECT 1").await.is_err(), "closed after COMMIT");
-    within(10, "shutdown completes", shutdown).await.expect("join");
+    assert!(
+        in_tx.simple_query("SELECT 1").await.is_err(),
+        "closed after COMMIT"
+    );
+    within(10, "shutdown completes", shutdown)
+        .await
+        .expect("join");
     let ids: Vec<i32> = direct
         .query("SELECT id FROM t ORDER BY id", &[])
         .await
@@ -417,7 +508,10 @@ async fn shutdown_lets_open_transactions_commit() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, vec![1, 2], "the transaction committed");
-    assert!(TcpStream::connect(addr).await.is_err(), "the listener is gone");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,16 +536,27 @@ async fn shutdown_timeout_closes_stuck_transactions() {
     let started = std::time::Instant::now();
     within(15, "shutdown with a stuck transaction", proxy.shutdown()).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900), "waited for the transaction: {took:?}");
-    let ended = within(10, "stuck session closed", conn).await.expect("join");
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for the transaction: {took:?}"
+    );
+    let ended = within(10, "stuck session closed", conn)
+        .await
+        .expect("join");
     if let Err(e) = &ended {
         let code = support::sqlstate(e).unwrap_or_default();
         assert!(code == "57P01" || code.is_empty(), "{e:?}");
     }
-    assert!(client.simple_query("SELECT 1").await.is_err(), "the session is closed");
+    assert!(
+        client.simple_query("SELECT 1").await.is_err(),
+        "the session is closed"
+    );
     let gone = wait_until(5, || async {
         let n: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stuck-tx'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stuck-tx'",
+                &[],
+            )
             .await
             .expect("pg_stat_activity")
             .get(0);
@@ -459,6 +564,10 @@ async fn shutdown_timeout_closes_stuck_transactions() {
     })
     .await;
     assert!(gone, "the backend session is closed");
-    let n: i64 = direct.query_one("SELECT count(*) FROM t", &[]).await.expect("count").get(0);
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(n, 0, "the unfinished transaction was rolled back");
 }

@@ -22,7 +22,9 @@ async fn commit_and_rollback() {
     within(30, "transactions", async {
         // Driver-managed transaction, committed.
         let tx = via.transaction().await.expect("begin");
-        tx.execute("INSERT INTO accounts VALUES (1, 'a', 10)", &[]).await.expect("insert");
+        tx.execute("INSERT INTO accounts VALUES (1, 'a', 10)", &[])
+            .await
+            .expect("insert");
         // Not visible from outside before commit.
         assert_eq!(count(&direct, "SELECT count(*) FROM accounts").await, 0);
         tx.commit().await.expect("commit");
@@ -30,7 +32,9 @@ async fn commit_and_rollback() {
 
         // Driver-managed transaction, rolled back.
         let tx = via.transaction().await.expect("begin");
-        tx.execute("INSERT INTO accounts VALUES (2, 'b', 10)", &[]).await.expect("insert");
+        tx.execute("INSERT INTO accounts VALUES (2, 'b', 10)", &[])
+            .await
+            .expect("insert");
         tx.rollback().await.expect("rollback");
         assert_eq!(count(&direct, "SELECT count(*) FROM accounts").await, 1);
 
@@ -53,9 +57,13 @@ async fn commit_and_rollback() {
 
         // Nested transaction via the driver's savepoints.
         let mut tx = via.transaction().await.expect("begin");
-        tx.execute("UPDATE accounts SET balance = 100 WHERE id = 1", &[]).await.expect("update");
+        tx.execute("UPDATE accounts SET balance = 100 WHERE id = 1", &[])
+            .await
+            .expect("update");
         let sp = tx.transaction().await.expect("savepoint");
-        sp.execute("DELETE FROM accounts", &[]).await.expect("delete");
+        sp.execute("DELETE FROM accounts", &[])
+            .await
+            .expect("delete");
         sp.rollback().await.expect("rollback to savepoint");
         tx.commit().await.expect("commit");
         assert_eq!(count(&direct, "SELECT count(*) FROM accounts").await, 3);
@@ -80,11 +88,17 @@ async fn error_inside_a_transaction_then_rollback() {
         within(30, "error in transaction", async {
             client.batch_execute("BEGIN").await.expect("begin");
             client
-                .execute(&format!("INSERT INTO accounts VALUES ({base}, 'x', 1)"), &[])
+                .execute(
+                    &format!("INSERT INTO accounts VALUES ({base}, 'x', 1)"),
+                    &[],
+                )
                 .await
                 .expect("insert");
             let dup = client
-                .execute(&format!("INSERT INTO accounts VALUES ({base}, 'y', 1)"), &[])
+                .execute(
+                    &format!("INSERT INTO accounts VALUES ({base}, 'y', 1)"),
+                    &[],
+                )
                 .await;
             assert_eq!(expect_sqlstate(dup, "duplicate"), "23505");
             // Everything else fails until the transaction ends.
@@ -94,10 +108,16 @@ async fn error_inside_a_transaction_then_rollback() {
             assert_eq!(expect_sqlstate(aborted, "in failed transaction"), "25P02");
             // COMMIT of an aborted transaction reports ROLLBACK.
             let messages = client.simple_query("COMMIT").await.expect("commit");
-            assert!(matches!(messages.last(), Some(SimpleQueryMessage::CommandComplete(0))));
+            assert!(matches!(
+                messages.last(),
+                Some(SimpleQueryMessage::CommandComplete(0))
+            ));
             let n = count(client, "SELECT count(*) FROM accounts").await;
             assert_eq!(n, 0, "nothing of the aborted transaction remains");
-            client.batch_execute("BEGIN; SELECT 1/0").await.expect_err("division by zero");
+            client
+                .batch_execute("BEGIN; SELECT 1/0")
+                .await
+                .expect_err("division by zero");
             client.batch_execute("ROLLBACK").await.expect("rollback");
             assert_eq!(count(client, "SELECT 7::int8").await, 7);
         })
@@ -131,11 +151,22 @@ async fn sqlstates_and_error_fields_equal_direct() {
     ];
     for (sql, code) in statements {
         for extended in [false, true] {
-            let a = if extended { via.execute(sql, &[]).await.map(|_| ()) } else { via.batch_execute(sql).await };
-            let b = if extended { direct.execute(sql, &[]).await.map(|_| ()) } else { direct.batch_execute(sql).await };
+            let a = if extended {
+                via.execute(sql, &[]).await.map(|_| ())
+            } else {
+                via.batch_execute(sql).await
+            };
+            let b = if extended {
+                direct.execute(sql, &[]).await.map(|_| ())
+            } else {
+                direct.batch_execute(sql).await
+            };
             let a = a.expect_err(sql);
             let b = b.expect_err(sql);
-            let (a, b) = (a.as_db_error().expect("db error"), b.as_db_error().expect("db error"));
+            let (a, b) = (
+                a.as_db_error().expect("db error"),
+                b.as_db_error().expect("db error"),
+            );
             assert_eq!(a.code().code(), code, "{sql}");
             assert_eq!(a.code(), b.code(), "{sql}");
             assert_eq!(a.severity(), b.severity(), "{sql}");
@@ -152,6 +183,8 @@ async fn sqlstates_and_error_fields_equal_direct() {
         .simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$; SELECT 1")
         .await
         .expect("notice then select");
-    assert!(messages.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+    assert!(messages
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(_))));
     proxy.shutdown().await;
 }

@@ -190,7 +190,10 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 }
 
 /// The SQLSTATE of an expected error; panics on success or a non-server error.
-pub fn expect_sqlstate<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>, what: &str) -> String {
+pub fn expect_sqlstate<T: std::fmt::Debug>(
+    r: Result<T, tokio_postgres::Error>,
+    what: &str,
+) -> String {
     match r {
         Ok(v) => panic!("{what}: expected an error, got {v:?}"),
         Err(e) => sqlstate(&e).unwrap_or_else(|| panic!("{what}: not a server error: {e:?}")),
@@ -272,7 +275,10 @@ pub mod raw {
         while pos < body.len() && body[pos] != 0 {
             let code = body[pos];
             pos += 1;
-            let end = body[pos..].iter().position(|&b| b == 0).map_or(body.len(), |e| pos + e);
+            let end = body[pos..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(body.len(), |e| pos + e);
             map.insert(code, String::from_utf8_lossy(&body[pos..end]).into_owned());
             pos = end + 1;
         }
@@ -282,10 +288,15 @@ pub mod raw {
     /// Connects, sends a startup for the proxy's user (trust auth assumed)
     /// and reads up to the first ReadyForQuery.
     pub async fn trusted_session(addr: std::net::SocketAddr) -> TcpStream {
-        let mut s = TcpStream::connect(addr).await.expect("connect to the proxy");
-        s.write_all(&startup_packet(&[("user", super::PROXY_USER), ("database", super::DATABASE)]))
+        let mut s = TcpStream::connect(addr)
             .await
-            .expect("send startup");
+            .expect("connect to the proxy");
+        s.write_all(&startup_packet(&[
+            ("user", super::PROXY_USER),
+            ("database", super::DATABASE),
+        ]))
+        .await
+        .expect("send startup");
         loop {
             match read_message(&mut s).await {
                 Some((b'Z', _)) => return s,
@@ -301,13 +312,20 @@ pub mod raw {
     /// reference behaviour for raw protocol tests.
     pub async fn direct_session(port: u16) -> TcpStream {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to Postgres");
-        s.write_all(&startup_packet(&[("user", super::ROLE), ("database", super::DATABASE)]))
+        let mut s = TcpStream::connect(("127.0.0.1", port))
             .await
-            .expect("send startup");
+            .expect("connect to Postgres");
+        s.write_all(&startup_packet(&[
+            ("user", super::ROLE),
+            ("database", super::DATABASE),
+        ]))
+        .await
+        .expect("send startup");
         let mut scram: Option<ScramSha256> = None;
         loop {
-            let (tag, body) = read_message(&mut s).await.expect("Postgres answers the startup");
+            let (tag, body) = read_message(&mut s)
+                .await
+                .expect("Postgres answers the startup");
             match tag {
                 b'R' => {
                     let kind = i32::from_be_bytes(body[..4].try_into().unwrap());
@@ -322,14 +340,18 @@ pub mod raw {
                             let mut b = b"SCRAM-SHA-256\0".to_vec();
                             b.extend_from_slice(&(first.len() as i32).to_be_bytes());
                             b.extend_from_slice(&first);
-                            s.write_all(&message(b'p', &b)).await.expect("send client-first");
+                            s.write_all(&message(b'p', &b))
+                                .await
+                                .expect("send client-first");
                             scram = Some(sc);
                         }
                         11 => {
                             let sc = scram.as_mut().expect("SASL started");
                             sc.update(&body[4..]).expect("server-first");
                             let fin = sc.message().to_vec();
-                            s.write_all(&message(b'p', &fin)).await.expect("send client-final");
+                            s.write_all(&message(b'p', &fin))
+                                .await
+                                .expect("send client-final");
                         }
                         12 => scram
                             .take()
@@ -350,10 +372,14 @@ pub mod raw {
     pub async fn simple_query(s: &mut TcpStream, sql: &str) -> Vec<(u8, Vec<u8>)> {
         let mut body = sql.as_bytes().to_vec();
         body.push(0);
-        s.write_all(&message(b'Q', &body)).await.expect("send Query");
+        s.write_all(&message(b'Q', &body))
+            .await
+            .expect("send Query");
         let mut out = Vec::new();
         loop {
-            let m = read_message(s).await.expect("response before ReadyForQuery");
+            let m = read_message(s)
+                .await
+                .expect("response before ReadyForQuery");
             let done = m.0 == b'Z';
             out.push(m);
             if done {
