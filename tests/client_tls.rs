@@ -109,7 +109,9 @@ async fn tls_required_and_used() {
         connect(&proxy_pg_config(&proxy, Some("us"))),
     )
     .await;
-    let err = plain.err().expect("plaintext refused when TLS is required");
+    let err = plain
+        .map(|_| ())
+        .expect_err("plaintext refused when TLS is required");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28000"), "{err:?}");
     // sslmode=disable with a TLS-capable client: refused the same way.
     let mut config = proxy_pg_config(&proxy, Some("us"));
@@ -120,8 +122,8 @@ async fn tls_required_and_used() {
         config.connect(rustls_connector(&cert.der)),
     )
     .await
-    .err()
-    .expect("refused");
+    .map(|_| ())
+    .expect_err("refused");
     assert_eq!(support::sqlstate(&err).as_deref(), Some("28000"));
     proxy.shutdown().await;
 }
