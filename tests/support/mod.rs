@@ -172,3 +172,219 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
     });
     Ok(client)
 }
+
+// ---------------------------------------------------------------------------
+// Helpers shared by the proxy integration tests.
+
+/// Runs `fut`, panicking with `what` if it takes longer than `secs`.
+pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {secs}s: {what}"),
+    }
+}
+
+/// The SQLSTATE of a server-reported error, if it is one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+/// The SQLSTATE of an expected error; panics on success or a non-server error.
+pub fn expect_sqlstate<T: std::fmt::Debug>(
+    r: Result<T, tokio_postgres::Error>,
+    what: &str,
+) -> String {
+    match r {
+        Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+        Err(e) => sqlstate(&e).unwrap_or_else(|| panic!("{what}: not a server error: {e:?}")),
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `secs` pass.
+pub async fn wait_until<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Raw wire-protocol helpers for tests that must send what no driver would.
+pub mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A protocol 3.0 StartupMessage with `params`.
+    pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in params {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A regular message: tag, length, body.
+    pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Reads one backend message; `None` at EOF or on a read error.
+    pub async fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.ok()?;
+        let len = i32::from_be_bytes(header[1..5].try_into().unwrap());
+        assert!(len >= 4, "backend message length {len}");
+        let mut body = vec![0u8; len as usize - 4];
+        s.read_exact(&mut body).await.ok()?;
+        Some((header[0], body))
+    }
+
+    /// Reads messages until the first of type `tag` (or EOF).
+    pub async fn read_until(s: &mut TcpStream, tag: u8) -> Option<Vec<u8>> {
+        loop {
+            let (t, body) = read_message(s).await?;
+            if t == tag {
+                return Some(body);
+            }
+        }
+    }
+
+    /// The fields of an ErrorResponse/NoticeResponse body, by field code.
+    pub fn fields(body: &[u8]) -> std::collections::HashMap<u8, String> {
+        let mut map = std::collections::HashMap::new();
+        let mut pos = 0;
+        while pos < body.len() && body[pos] != 0 {
+            let code = body[pos];
+            pos += 1;
+            let end = body[pos..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(body.len(), |e| pos + e);
+            map.insert(code, String::from_utf8_lossy(&body[pos..end]).into_owned());
+            pos = end + 1;
+        }
+        map
+    }
+
+    /// Connects, sends a startup for the proxy's user (trust auth assumed)
+    /// and reads up to the first ReadyForQuery.
+    pub async fn trusted_session(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
+        s.write_all(&startup_packet(&[
+            ("user", super::PROXY_USER),
+            ("database", super::DATABASE),
+        ]))
+        .await
+        .expect("send startup");
+        loop {
+            match read_message(&mut s).await {
+                Some((b'Z', _)) => return s,
+                Some((b'E', body)) => panic!("startup refused: {:?}", fields(&body)),
+                Some(_) => {}
+                None => panic!("proxy closed during startup"),
+            }
+        }
+    }
+
+    /// Connects straight to a Postgres server at `port` with SCRAM (as the
+    /// harness's role) and reads up to the first ReadyForQuery: the
+    /// reference behaviour for raw protocol tests.
+    pub async fn direct_session(port: u16) -> TcpStream {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to Postgres");
+        s.write_all(&startup_packet(&[
+            ("user", super::ROLE),
+            ("database", super::DATABASE),
+        ]))
+        .await
+        .expect("send startup");
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (tag, body) = read_message(&mut s)
+                .await
+                .expect("Postgres answers the startup");
+            match tag {
+                b'R' => {
+                    let kind = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    match kind {
+                        0 => {}
+                        10 => {
+                            let sc = ScramSha256::new(
+                                super::ROLE_PASSWORD.as_bytes(),
+                                ChannelBinding::unsupported(),
+                            );
+                            let first = sc.message().to_vec();
+                            let mut b = b"SCRAM-SHA-256\0".to_vec();
+                            b.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                            b.extend_from_slice(&first);
+                            s.write_all(&message(b'p', &b))
+                                .await
+                                .expect("send client-first");
+                            scram = Some(sc);
+                        }
+                        11 => {
+                            let sc = scram.as_mut().expect("SASL started");
+                            sc.update(&body[4..]).expect("server-first");
+                            let fin = sc.message().to_vec();
+                            s.write_all(&message(b'p', &fin))
+                                .await
+                                .expect("send client-final");
+                        }
+                        12 => scram
+                            .take()
+                            .expect("SASL started")
+                            .finish(&body[4..])
+                            .expect("server signature"),
+                        other => panic!("unexpected auth request {other}"),
+                    }
+                }
+                b'E' => panic!("Postgres refused the startup: {:?}", fields(&body)),
+                b'Z' => return s,
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a simple Query and returns the messages up to ReadyForQuery.
+    pub async fn simple_query(s: &mut TcpStream, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        s.write_all(&message(b'Q', &body))
+            .await
+            .expect("send Query");
+        let mut out = Vec::new();
+        loop {
+            let m = read_message(s)
+                .await
+                .expect("response before ReadyForQuery");
+            let done = m.0 == b'Z';
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+}
