@@ -120,7 +120,7 @@ async fn connect_host(
     let mut buf = BytesMut::with_capacity(512);
     let mut startup: Vec<(&str, &str)> = vec![("user", &host.user), ("database", &host.dbname)];
     startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    frontend::startup_message(startup.into_iter(), &mut buf)?;
+    frontend::startup_message(startup, &mut buf)?;
     stream.write_all(&buf).await?;
     buf.clear();
 
