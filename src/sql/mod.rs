@@ -224,7 +224,16 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
         return plan;
     }
     let dialect = PostgreSqlDialect {};
-    match Parser::parse_sql(&dialect, segment.text) {
+    let mut parsed = Parser::parse_sql(&dialect, segment.text);
+    if parsed.is_err() && segment.head.first().map(String::as_str) == Some("COPY") {
+        // sqlparser wants the inline data of `COPY … FROM STDIN` after the
+        // statement; on the wire it comes in CopyData messages instead.
+        let with_data = format!("{};\n\\.\n", segment.text);
+        if let Ok(statements) = Parser::parse_sql(&dialect, &with_data) {
+            parsed = Ok(statements);
+        }
+    }
+    match parsed {
         Ok(parsed) => match parsed.as_slice() {
             [statement] => analysis::plan_statement(statement, tenancy),
             _ => unparsed(
