@@ -59,13 +59,22 @@ fn kind(sql: &str) -> StatementKind {
 fn no_tenant_tables_need_nothing() {
     assert_eq!(plan("SELECT 1").tenant, TenantRequirement::None);
     assert_eq!(plan("SELECT now()").kind, StatementKind::Read);
-    assert_eq!(plan("SELECT * FROM pgbench_accounts WHERE aid = 1").tenant, TenantRequirement::None);
+    assert_eq!(
+        plan("SELECT * FROM pgbench_accounts WHERE aid = 1").tenant,
+        TenantRequirement::None
+    );
 }
 
 #[test]
 fn where_equality_either_side() {
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = 'acme'"), vec![lit("acme")]);
-    assert_eq!(values("SELECT * FROM customers WHERE 'acme' = tenant_id"), vec![lit("acme")]);
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = 'acme'"),
+        vec![lit("acme")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE 'acme' = tenant_id"),
+        vec![lit("acme")]
+    );
 }
 
 #[test]
@@ -78,8 +87,14 @@ fn and_chains_and_parentheses() {
 
 #[test]
 fn qualified_and_aliased_columns() {
-    assert_eq!(values("SELECT * FROM customers c WHERE c.tenant_id = 'acme'"), vec![lit("acme")]);
-    assert_eq!(values("SELECT * FROM customers WHERE customers.tenant_id = 'acme'"), vec![lit("acme")]);
+    assert_eq!(
+        values("SELECT * FROM customers c WHERE c.tenant_id = 'acme'"),
+        vec![lit("acme")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE customers.tenant_id = 'acme'"),
+        vec![lit("acme")]
+    );
     assert_eq!(
         values("SELECT * FROM public.customers WHERE public.customers.tenant_id = 'acme'"),
         vec![lit("acme")]
@@ -93,45 +108,101 @@ fn qualified_and_aliased_columns() {
 
 #[test]
 fn parameters_and_casts() {
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = $1"), vec![param(1)]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = $2::bigint AND id = $1"), vec![param(2)]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = CAST($1 AS uuid)"), vec![param(1)]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = 'acme'::text"), vec![lit("acme")]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id::text = 'acme'"), vec![lit("acme")]);
     assert_eq!(
-        values("SELECT * FROM customers WHERE tenant_id = uuid '1b4e28ba-2fa1-11d2-883f-0016d3cca427'"),
+        values("SELECT * FROM customers WHERE tenant_id = $1"),
+        vec![param(1)]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = $2::bigint AND id = $1"),
+        vec![param(2)]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = CAST($1 AS uuid)"),
+        vec![param(1)]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = 'acme'::text"),
+        vec![lit("acme")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id::text = 'acme'"),
+        vec![lit("acme")]
+    );
+    assert_eq!(
+        values(
+            "SELECT * FROM customers WHERE tenant_id = uuid '1b4e28ba-2fa1-11d2-883f-0016d3cca427'"
+        ),
         vec![lit("1b4e28ba-2fa1-11d2-883f-0016d3cca427")]
     );
 }
 
 #[test]
 fn numeric_tenant_ids_are_canonical_text() {
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = 42"), vec![lit("42")]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = 0042"), vec![lit("42")]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id = -3"), vec![lit("-3")]);
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = 42"),
+        vec![lit("42")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = 0042"),
+        vec![lit("42")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id = -3"),
+        vec![lit("-3")]
+    );
 }
 
 #[test]
 fn in_lists() {
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id IN ('a', 'b')"), vec![lit("a"), lit("b")]);
-    assert_eq!(values("SELECT * FROM customers WHERE tenant_id IN ($1, $2)"), vec![param(1), param(2)]);
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id NOT IN ('a')"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id IN ('a', lower(name))"), "customers");
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id IN ('a', 'b')"),
+        vec![lit("a"), lit("b")]
+    );
+    assert_eq!(
+        values("SELECT * FROM customers WHERE tenant_id IN ($1, $2)"),
+        vec![param(1), param(2)]
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id NOT IN ('a')"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id IN ('a', lower(name))"),
+        "customers"
+    );
 }
 
 #[test]
 fn missing_or_non_equality_predicates_are_unconstrained() {
     assert_eq!(unconstrained("SELECT * FROM customers"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE id = 1"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id <> 'a'"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id LIKE 'a%'"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE NOT (tenant_id = 'a')"), "customers");
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id = name"), "customers");
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE id = 1"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id <> 'a'"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id LIKE 'a%'"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE NOT (tenant_id = 'a')"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id = name"),
+        "customers"
+    );
 }
 
 #[test]
 fn or_constrains_only_when_every_branch_does() {
-    assert_eq!(unconstrained("SELECT * FROM customers WHERE tenant_id = 'a' OR id = 1"), "customers");
+    assert_eq!(
+        unconstrained("SELECT * FROM customers WHERE tenant_id = 'a' OR id = 1"),
+        "customers"
+    );
     assert_eq!(
         values("SELECT * FROM customers WHERE tenant_id = 'a' OR (tenant_id = 'b' AND id = 1)"),
         vec![lit("a"), lit("b")]
@@ -155,16 +226,34 @@ fn unconstrained_carries_other_values() {
 
 #[test]
 fn schema_qualified_and_quoted_names() {
-    assert_eq!(values("SELECT * FROM public.customers WHERE tenant_id = 'a'"), vec![lit("a")]);
-    assert_eq!(values("SELECT * FROM \"Customers\" WHERE \"tenant_id\" = 'a'"), vec![lit("a")]);
-    assert_eq!(unconstrained("SELECT * FROM app.invoices WHERE tenant_id = 'a'"), "app.invoices");
-    assert_eq!(values("SELECT * FROM app.invoices WHERE org_id = 'a'"), vec![lit("a")]);
-    assert_eq!(plan("SELECT * FROM other.invoices").tenant, TenantRequirement::None);
+    assert_eq!(
+        values("SELECT * FROM public.customers WHERE tenant_id = 'a'"),
+        vec![lit("a")]
+    );
+    assert_eq!(
+        values("SELECT * FROM \"Customers\" WHERE \"tenant_id\" = 'a'"),
+        vec![lit("a")]
+    );
+    assert_eq!(
+        unconstrained("SELECT * FROM app.invoices WHERE tenant_id = 'a'"),
+        "app.invoices"
+    );
+    assert_eq!(
+        values("SELECT * FROM app.invoices WHERE org_id = 'a'"),
+        vec![lit("a")]
+    );
+    assert_eq!(
+        plan("SELECT * FROM other.invoices").tenant,
+        TenantRequirement::None
+    );
 }
 
 #[test]
 fn unqualified_column_is_ambiguous_between_two_scoped_tables() {
-    assert_eq!(unconstrained("SELECT * FROM customers c, orders o WHERE tenant_id = 'a'"), "customers");
+    assert_eq!(
+        unconstrained("SELECT * FROM customers c, orders o WHERE tenant_id = 'a'"),
+        "customers"
+    );
 }
 
 // ----- joins ----------------------------------------------------------------
@@ -192,7 +281,9 @@ fn join_without_tenant_equality_is_unconstrained() {
 #[test]
 fn join_using_tenant_column() {
     assert_eq!(
-        values("SELECT * FROM customers JOIN orders USING (tenant_id) WHERE customers.tenant_id = 'a'"),
+        values(
+            "SELECT * FROM customers JOIN orders USING (tenant_id) WHERE customers.tenant_id = 'a'"
+        ),
         vec![lit("a")]
     );
     assert_eq!(
@@ -204,7 +295,9 @@ fn join_using_tenant_column() {
 #[test]
 fn joins_with_each_table_constrained_report_all_values() {
     assert_eq!(
-        values("SELECT * FROM customers c JOIN orders o ON o.tenant_id = 'b' WHERE c.tenant_id = 'a'"),
+        values(
+            "SELECT * FROM customers c JOIN orders o ON o.tenant_id = 'b' WHERE c.tenant_id = 'a'"
+        ),
         vec![lit("a"), lit("b")]
     );
 }
@@ -232,7 +325,9 @@ fn outer_join_on_only_constrains_the_nullable_side() {
 
 #[test]
 fn joins_with_ordinary_and_global_tables() {
-    let p = plan("SELECT * FROM customers c JOIN countries k ON k.code = c.country WHERE c.tenant_id = 'a'");
+    let p = plan(
+        "SELECT * FROM customers c JOIN countries k ON k.code = c.country WHERE c.tenant_id = 'a'",
+    );
     assert_eq!(p.tenant, TenantRequirement::Values(vec![lit("a")]));
     assert!(p.reads_global);
     assert!(!p.writes_global);
@@ -300,7 +395,10 @@ fn derived_tables_expose_their_tenant_column() {
         values("SELECT * FROM (SELECT c.tenant_id AS t FROM customers c WHERE c.tenant_id = 'a') s JOIN orders o ON o.tenant_id = s.t"),
         vec![lit("a")]
     );
-    assert_eq!(unconstrained("SELECT * FROM (SELECT * FROM customers) s WHERE s.tenant_id = 'a'"), "customers");
+    assert_eq!(
+        unconstrained("SELECT * FROM (SELECT * FROM customers) s WHERE s.tenant_id = 'a'"),
+        "customers"
+    );
 }
 
 #[test]
@@ -309,9 +407,15 @@ fn ctes() {
         values("WITH c AS (SELECT * FROM customers WHERE tenant_id = $1) SELECT * FROM c JOIN orders o ON o.tenant_id = c.tenant_id"),
         vec![param(1)]
     );
-    assert_eq!(unconstrained("WITH c AS (SELECT * FROM customers) SELECT * FROM c WHERE id = 1"), "customers");
+    assert_eq!(
+        unconstrained("WITH c AS (SELECT * FROM customers) SELECT * FROM c WHERE id = 1"),
+        "customers"
+    );
     // A CTE named like a scoped table shadows it.
-    assert_eq!(plan("WITH customers AS (SELECT 1 AS x) SELECT * FROM customers").tenant, TenantRequirement::None);
+    assert_eq!(
+        plan("WITH customers AS (SELECT 1 AS x) SELECT * FROM customers").tenant,
+        TenantRequirement::None
+    );
 }
 
 #[test]
@@ -332,7 +436,9 @@ fn union_and_intersect_analyse_each_branch() {
         vec![lit("a"), lit("b")]
     );
     assert_eq!(
-        unconstrained("SELECT id FROM customers WHERE tenant_id = 'a' INTERSECT SELECT id FROM orders"),
+        unconstrained(
+            "SELECT id FROM customers WHERE tenant_id = 'a' INTERSECT SELECT id FROM orders"
+        ),
         "orders"
     );
 }
@@ -344,20 +450,32 @@ fn table_statement_is_not_parsed_and_so_refused() {
 
 #[test]
 fn views_and_functions_are_opaque() {
-    assert_eq!(plan("SELECT * FROM customer_view WHERE tenant_id = 'a'").tenant, TenantRequirement::None);
-    assert_eq!(plan("SELECT * FROM generate_series(1, 3)").tenant, TenantRequirement::None);
+    assert_eq!(
+        plan("SELECT * FROM customer_view WHERE tenant_id = 'a'").tenant,
+        TenantRequirement::None
+    );
+    assert_eq!(
+        plan("SELECT * FROM generate_series(1, 3)").tenant,
+        TenantRequirement::None
+    );
 }
 
 // ----- INSERT -----------------------------------------------------------------
 
 #[test]
 fn insert_values_single_and_multi_row() {
-    assert_eq!(values("INSERT INTO customers (id, tenant_id, name) VALUES (1, 'acme', 'x')"), vec![lit("acme")]);
+    assert_eq!(
+        values("INSERT INTO customers (id, tenant_id, name) VALUES (1, 'acme', 'x')"),
+        vec![lit("acme")]
+    );
     assert_eq!(
         values("INSERT INTO customers (tenant_id, id) VALUES ($1, 1), ('b', 2), ($1, 3)"),
         vec![param(1), lit("b")]
     );
-    assert_eq!(plan("INSERT INTO customers (tenant_id) VALUES ('a')").kind, StatementKind::Write);
+    assert_eq!(
+        plan("INSERT INTO customers (tenant_id) VALUES ('a')").kind,
+        StatementKind::Write
+    );
 }
 
 #[test]
@@ -370,7 +488,9 @@ fn insert_without_column_list_is_refused() {
 
 #[test]
 fn insert_without_tenant_column_or_with_computed_value_is_refused() {
-    assert!(refusal("INSERT INTO customers (id, name) VALUES (1, 'x')").1.contains("tenant_id"));
+    assert!(refusal("INSERT INTO customers (id, name) VALUES (1, 'x')")
+        .1
+        .contains("tenant_id"));
     let (_, reason) = refusal("INSERT INTO customers (tenant_id, id) VALUES (lower('ACME'), 1)");
     assert!(reason.contains("not a literal"), "{reason}");
     assert!(!reason.contains("ACME"));
@@ -398,7 +518,10 @@ fn insert_on_conflict() {
 
 #[test]
 fn insert_select_from_literal_param_or_constrained_source() {
-    assert_eq!(values("INSERT INTO orders (tenant_id, total) SELECT 'a', 10"), vec![lit("a")]);
+    assert_eq!(
+        values("INSERT INTO orders (tenant_id, total) SELECT 'a', 10"),
+        vec![lit("a")]
+    );
     assert_eq!(
         values("INSERT INTO orders (tenant_id, customer_id) SELECT c.tenant_id, c.id FROM customers c WHERE c.tenant_id = $1"),
         vec![param(1)]
@@ -408,7 +531,9 @@ fn insert_select_from_literal_param_or_constrained_source() {
         vec![param(1)]
     );
     assert_eq!(
-        unconstrained("INSERT INTO orders (tenant_id, customer_id) SELECT tenant_id, id FROM customers"),
+        unconstrained(
+            "INSERT INTO orders (tenant_id, customer_id) SELECT tenant_id, id FROM customers"
+        ),
         "customers"
     );
 }
@@ -416,7 +541,9 @@ fn insert_select_from_literal_param_or_constrained_source() {
 #[test]
 fn insert_select_with_unknown_tenant_source_is_refused() {
     refusal("INSERT INTO orders (tenant_id, customer_id) SELECT t, id FROM pgbench_accounts");
-    refusal("INSERT INTO orders (tenant_id, customer_id) SELECT * FROM customers WHERE tenant_id = 'a'");
+    refusal(
+        "INSERT INTO orders (tenant_id, customer_id) SELECT * FROM customers WHERE tenant_id = 'a'",
+    );
     refusal("INSERT INTO orders (tenant_id) SELECT upper(tenant_id) FROM customers WHERE tenant_id = 'a'");
 }
 
@@ -434,18 +561,36 @@ fn insert_into_ordinary_table_reading_scoped_data() {
         unconstrained("INSERT INTO report (id) SELECT id FROM customers"),
         "customers"
     );
-    assert_eq!(plan("INSERT INTO report (id) VALUES (1)").tenant, TenantRequirement::None);
+    assert_eq!(
+        plan("INSERT INTO report (id) VALUES (1)").tenant,
+        TenantRequirement::None
+    );
 }
 
 // ----- UPDATE / DELETE ---------------------------------------------------------
 
 #[test]
 fn update_and_delete_with_where() {
-    assert_eq!(values("UPDATE customers SET name = $1 WHERE tenant_id = $2 AND id = $3"), vec![param(2)]);
-    assert_eq!(values("DELETE FROM customers WHERE tenant_id = 'a' AND id = 1"), vec![lit("a")]);
-    assert_eq!(unconstrained("UPDATE customers SET name = 'x'"), "customers");
-    assert_eq!(unconstrained("DELETE FROM customers WHERE id = 1"), "customers");
-    assert_eq!(values("UPDATE customers AS c SET name = 'x' WHERE c.tenant_id = 'a'"), vec![lit("a")]);
+    assert_eq!(
+        values("UPDATE customers SET name = $1 WHERE tenant_id = $2 AND id = $3"),
+        vec![param(2)]
+    );
+    assert_eq!(
+        values("DELETE FROM customers WHERE tenant_id = 'a' AND id = 1"),
+        vec![lit("a")]
+    );
+    assert_eq!(
+        unconstrained("UPDATE customers SET name = 'x'"),
+        "customers"
+    );
+    assert_eq!(
+        unconstrained("DELETE FROM customers WHERE id = 1"),
+        "customers"
+    );
+    assert_eq!(
+        values("UPDATE customers AS c SET name = 'x' WHERE c.tenant_id = 'a'"),
+        vec![lit("a")]
+    );
 }
 
 #[test]
@@ -466,7 +611,8 @@ fn update_from_and_delete_using() {
 
 #[test]
 fn update_moving_rows_between_tenants_is_refused() {
-    let (table, reason) = refusal("UPDATE customers SET tenant_id = lower(name) WHERE tenant_id = 'a'");
+    let (table, reason) =
+        refusal("UPDATE customers SET tenant_id = lower(name) WHERE tenant_id = 'a'");
     assert_eq!(table.as_deref(), Some("customers"));
     assert!(reason.contains("tenant_id"));
     refusal("UPDATE customers SET (tenant_id, name) = ('b', 'x') WHERE tenant_id = 'a'");
@@ -493,7 +639,10 @@ fn truncate() {
     let p = plan("TRUNCATE plans");
     assert!(p.writes_global);
     assert_eq!(p.kind, StatementKind::Write);
-    assert_eq!(plan("TRUNCATE pgbench_history").tenant, TenantRequirement::None);
+    assert_eq!(
+        plan("TRUNCATE pgbench_history").tenant,
+        TenantRequirement::None
+    );
 }
 
 // ----- global tables -------------------------------------------------------------
@@ -515,7 +664,8 @@ fn global_reads_and_writes() {
 
 #[test]
 fn writing_tenant_data_into_global_tables_is_refused() {
-    let (_, reason) = refusal("INSERT INTO plans (id) SELECT id FROM customers WHERE tenant_id = 'a'");
+    let (_, reason) =
+        refusal("INSERT INTO plans (id) SELECT id FROM customers WHERE tenant_id = 'a'");
     assert!(reason.contains("global"), "{reason}");
     refusal("UPDATE plans SET n = (SELECT count(*) FROM orders WHERE tenant_id = 'a')");
 }
@@ -534,29 +684,60 @@ fn copy_from_stdin_is_per_row() {
             tenant_column: Some(1),
         }
     );
-    assert_eq!(p.tenant, TenantRequirement::PerRow { table: "customers".into() });
-    assert!(matches!(plan("COPY customers FROM STDIN").kind, StatementKind::Copy { tenant_column: None, .. }));
+    assert_eq!(
+        p.tenant,
+        TenantRequirement::PerRow {
+            table: "customers".into()
+        }
+    );
+    assert!(matches!(
+        plan("COPY customers FROM STDIN").kind,
+        StatementKind::Copy {
+            tenant_column: None,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn copy_out_and_from_files() {
     assert_eq!(unconstrained("COPY customers TO STDOUT"), "customers");
     refusal("COPY customers FROM '/tmp/x.csv'");
-    let p = plan("COPY (SELECT * FROM customers WHERE tenant_id = 'a') TO STDOUT WITH (FORMAT csv)");
+    let p =
+        plan("COPY (SELECT * FROM customers WHERE tenant_id = 'a') TO STDOUT WITH (FORMAT csv)");
     assert_eq!(p.tenant, TenantRequirement::Values(vec![lit("a")]));
-    assert!(matches!(p.kind, StatementKind::Copy { table: None, from_stdin: false, .. }));
-    assert_eq!(plan("COPY pgbench_history FROM STDIN").tenant, TenantRequirement::None);
+    assert!(matches!(
+        p.kind,
+        StatementKind::Copy {
+            table: None,
+            from_stdin: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        plan("COPY pgbench_history FROM STDIN").tenant,
+        TenantRequirement::None
+    );
 }
 
 // ----- session and transaction statements -----------------------------------------------
 
 #[test]
 fn set_tenant_forms() {
-    let set = |local, v: &str| StatementKind::SetTenant { local, value: Some(lit(v)) };
+    let set = |local, v: &str| StatementKind::SetTenant {
+        local,
+        value: Some(lit(v)),
+    };
     assert_eq!(kind("SET regionguard.tenant = 'acme'"), set(false, "acme"));
     assert_eq!(kind("SET regionguard.tenant TO 'acme'"), set(false, "acme"));
-    assert_eq!(kind("SET SESSION regionguard.tenant = 'acme'"), set(false, "acme"));
-    assert_eq!(kind("SET LOCAL regionguard.tenant = 'acme'"), set(true, "acme"));
+    assert_eq!(
+        kind("SET SESSION regionguard.tenant = 'acme'"),
+        set(false, "acme")
+    );
+    assert_eq!(
+        kind("SET LOCAL regionguard.tenant = 'acme'"),
+        set(true, "acme")
+    );
     assert_eq!(kind("SET regionguard.tenant = acme"), set(false, "acme"));
     assert_eq!(kind("SET regionguard.tenant = 42"), set(false, "42"));
     assert_eq!(kind("set RegionGuard.Tenant = 'Acme'"), set(false, "Acme"));
@@ -564,26 +745,56 @@ fn set_tenant_forms() {
 
 #[test]
 fn reset_tenant_forms() {
-    let reset = StatementKind::SetTenant { local: false, value: None };
+    let reset = StatementKind::SetTenant {
+        local: false,
+        value: None,
+    };
     assert_eq!(kind("RESET regionguard.tenant"), reset);
     assert_eq!(kind("SET regionguard.tenant TO DEFAULT"), reset);
-    assert_eq!(kind("RESET ALL"), StatementKind::SessionState { resets_tenant: true });
-    assert_eq!(kind("DISCARD ALL"), StatementKind::SessionState { resets_tenant: true });
-    assert_eq!(kind("RESET search_path"), StatementKind::SessionState { resets_tenant: false });
+    assert_eq!(
+        kind("RESET ALL"),
+        StatementKind::SessionState {
+            resets_tenant: true
+        }
+    );
+    assert_eq!(
+        kind("DISCARD ALL"),
+        StatementKind::SessionState {
+            resets_tenant: true
+        }
+    );
+    assert_eq!(
+        kind("RESET search_path"),
+        StatementKind::SessionState {
+            resets_tenant: false
+        }
+    );
 }
 
 #[test]
 fn set_config_and_current_setting() {
     assert_eq!(
         kind("SELECT set_config('regionguard.tenant', 'acme', false)"),
-        StatementKind::SetTenant { local: false, value: Some(lit("acme")) }
+        StatementKind::SetTenant {
+            local: false,
+            value: Some(lit("acme"))
+        }
     );
     assert_eq!(
         kind("SELECT set_config('regionguard.tenant', $1, true)"),
-        StatementKind::SetTenant { local: true, value: Some(param(1)) }
+        StatementKind::SetTenant {
+            local: true,
+            value: Some(param(1))
+        }
     );
-    assert_eq!(kind("SELECT current_setting('regionguard.tenant')"), StatementKind::ShowTenant);
-    assert_eq!(kind("SELECT current_setting('regionguard.tenant', true) AS t"), StatementKind::ShowTenant);
+    assert_eq!(
+        kind("SELECT current_setting('regionguard.tenant')"),
+        StatementKind::ShowTenant
+    );
+    assert_eq!(
+        kind("SELECT current_setting('regionguard.tenant', true) AS t"),
+        StatementKind::ShowTenant
+    );
     // Inside a bigger statement the backend cannot answer it.
     refusal("SELECT * FROM customers WHERE tenant_id = current_setting('regionguard.tenant')");
     refusal("SELECT set_config('regionguard.tenant', 'a', false), 1");
@@ -618,7 +829,13 @@ fn session_state_statements() {
         "NOTIFY chan, 'hello'",
         "PREPARE q1 (int) AS SELECT $1",
     ] {
-        assert_eq!(kind(sql), StatementKind::SessionState { resets_tenant: false }, "{sql}");
+        assert_eq!(
+            kind(sql),
+            StatementKind::SessionState {
+                resets_tenant: false
+            },
+            "{sql}"
+        );
     }
 }
 
@@ -632,7 +849,10 @@ fn sql_prepare_carries_the_inner_requirement_and_execute_is_refused() {
 #[test]
 fn transaction_control() {
     assert_eq!(kind("BEGIN"), StatementKind::Begin);
-    assert_eq!(kind("BEGIN ISOLATION LEVEL SERIALIZABLE"), StatementKind::Begin);
+    assert_eq!(
+        kind("BEGIN ISOLATION LEVEL SERIALIZABLE"),
+        StatementKind::Begin
+    );
     assert_eq!(kind("START TRANSACTION READ ONLY"), StatementKind::Begin);
     assert_eq!(kind("COMMIT"), StatementKind::Commit);
     assert_eq!(kind("END"), StatementKind::Commit);
@@ -640,7 +860,10 @@ fn transaction_control() {
     assert_eq!(kind("ABORT"), StatementKind::Rollback);
     assert_eq!(kind("SAVEPOINT s1"), StatementKind::Savepoint);
     assert_eq!(kind("RELEASE SAVEPOINT s1"), StatementKind::Release);
-    assert_eq!(kind("ROLLBACK TO SAVEPOINT s1"), StatementKind::RollbackToSavepoint);
+    assert_eq!(
+        kind("ROLLBACK TO SAVEPOINT s1"),
+        StatementKind::RollbackToSavepoint
+    );
 }
 
 #[test]
@@ -673,9 +896,18 @@ fn explain_analyses_the_inner_statement() {
     let p = plan("EXPLAIN SELECT * FROM customers WHERE tenant_id = 'a'");
     assert_eq!(p.kind, StatementKind::Read);
     assert_eq!(p.tenant, TenantRequirement::Values(vec![lit("a")]));
-    assert_eq!(kind("EXPLAIN ANALYZE DELETE FROM customers WHERE tenant_id = 'a'"), StatementKind::Write);
-    assert_eq!(kind("EXPLAIN DELETE FROM customers WHERE tenant_id = 'a'"), StatementKind::Read);
-    assert_eq!(unconstrained("EXPLAIN SELECT * FROM customers"), "customers");
+    assert_eq!(
+        kind("EXPLAIN ANALYZE DELETE FROM customers WHERE tenant_id = 'a'"),
+        StatementKind::Write
+    );
+    assert_eq!(
+        kind("EXPLAIN DELETE FROM customers WHERE tenant_id = 'a'"),
+        StatementKind::Read
+    );
+    assert_eq!(
+        unconstrained("EXPLAIN SELECT * FROM customers"),
+        "customers"
+    );
 }
 
 #[test]
@@ -697,11 +929,20 @@ fn other_statements() {
 fn comment_tenant_block_and_line_forms() {
     let p = plan("/* regionguard.tenant = 'acme' */ SELECT * FROM customers");
     assert_eq!(p.comment_tenant.as_deref(), Some("acme"));
-    assert_eq!(p.tenant, TenantRequirement::Unconstrained { table: "customers".into(), values: vec![] });
+    assert_eq!(
+        p.tenant,
+        TenantRequirement::Unconstrained {
+            table: "customers".into(),
+            values: vec![]
+        }
+    );
     let p = plan("SELECT * FROM customers -- regionguard.tenant = 'globex'\n");
     assert_eq!(p.comment_tenant.as_deref(), Some("globex"));
     // A string literal is not a comment.
-    assert_eq!(plan("SELECT '/* regionguard.tenant = ''x'' */'").comment_tenant, None);
+    assert_eq!(
+        plan("SELECT '/* regionguard.tenant = ''x'' */'").comment_tenant,
+        None
+    );
 }
 
 #[test]
@@ -712,7 +953,10 @@ fn disagreeing_comments_are_refused() {
 
 #[test]
 fn comments_stay_with_their_statement() {
-    let a = analyze("SELECT 1; /* regionguard.tenant = 'b' */ SELECT 2", &tenancy());
+    let a = analyze(
+        "SELECT 1; /* regionguard.tenant = 'b' */ SELECT 2",
+        &tenancy(),
+    );
     assert_eq!(a.statements.len(), 2);
     assert_eq!(a.statements[0].comment_tenant, None);
     assert_eq!(a.statements[1].comment_tenant.as_deref(), Some("b"));
@@ -722,22 +966,46 @@ fn comments_stay_with_their_statement() {
 
 #[test]
 fn several_statements_in_one_text() {
-    let a = analyze("BEGIN; UPDATE customers SET n = 1 WHERE tenant_id = 'a'; COMMIT;", &tenancy());
+    let a = analyze(
+        "BEGIN; UPDATE customers SET n = 1 WHERE tenant_id = 'a'; COMMIT;",
+        &tenancy(),
+    );
     let kinds: Vec<_> = a.statements.iter().map(|s| s.kind.clone()).collect();
-    assert_eq!(kinds, vec![StatementKind::Begin, StatementKind::Write, StatementKind::Commit]);
+    assert_eq!(
+        kinds,
+        vec![
+            StatementKind::Begin,
+            StatementKind::Write,
+            StatementKind::Commit
+        ]
+    );
     assert_eq!(analyze("", &tenancy()).statements.len(), 0);
 }
 
 #[test]
 fn param_count_is_the_highest_placeholder() {
-    assert_eq!(analyze("SELECT * FROM customers WHERE tenant_id = $3 AND id = $1", &tenancy()).param_count, 3);
+    assert_eq!(
+        analyze(
+            "SELECT * FROM customers WHERE tenant_id = $3 AND id = $1",
+            &tenancy()
+        )
+        .param_count,
+        3
+    );
     assert_eq!(analyze("SELECT '$5'", &tenancy()).param_count, 0);
 }
 
 #[test]
 fn unparseable_statements_naming_no_tenant_table_pass() {
     let p = plan("FROBNICATE the_thing");
-    assert!(matches!(p.kind, StatementKind::Unparsed { mentions_scoped: false, mentions_global: false, .. }));
+    assert!(matches!(
+        p.kind,
+        StatementKind::Unparsed {
+            mentions_scoped: false,
+            mentions_global: false,
+            ..
+        }
+    ));
     assert_eq!(p.tenant, TenantRequirement::None);
 }
 
@@ -745,29 +1013,60 @@ fn unparseable_statements_naming_no_tenant_table_pass() {
 fn unparseable_statements_naming_tenant_or_global_tables_are_refused() {
     let p = plan("FROBNICATE Customers WITH 'secret'");
     match (&p.kind, &p.tenant) {
-        (StatementKind::Unparsed { message, mentions_scoped: true, .. }, TenantRequirement::Refuse { reason, .. }) => {
+        (
+            StatementKind::Unparsed {
+                message,
+                mentions_scoped: true,
+                ..
+            },
+            TenantRequirement::Refuse { reason, .. },
+        ) => {
             assert!(!message.contains("secret"), "{message}");
             assert!(!reason.contains("secret"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(plan("FROBNICATE plans").kind, StatementKind::Unparsed { mentions_global: true, .. }));
+    assert!(matches!(
+        plan("FROBNICATE plans").kind,
+        StatementKind::Unparsed {
+            mentions_global: true,
+            ..
+        }
+    ));
     refusal("FROBNICATE plans");
 }
 
 #[test]
 fn unterminated_literal_is_unparsed() {
-    let a = analyze("SELECT * FROM customers WHERE tenant_id = 'acme", &tenancy());
+    let a = analyze(
+        "SELECT * FROM customers WHERE tenant_id = 'acme",
+        &tenancy(),
+    );
     assert_eq!(a.statements.len(), 1);
-    assert!(matches!(a.statements[0].kind, StatementKind::Unparsed { mentions_scoped: true, .. }));
+    assert!(matches!(
+        a.statements[0].kind,
+        StatementKind::Unparsed {
+            mentions_scoped: true,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn one_bad_statement_does_not_hide_the_others() {
-    let a = analyze("SELECT 1; FROB customers; SELECT * FROM orders WHERE tenant_id = 'a'", &tenancy());
+    let a = analyze(
+        "SELECT 1; FROB customers; SELECT * FROM orders WHERE tenant_id = 'a'",
+        &tenancy(),
+    );
     assert_eq!(a.statements.len(), 3);
-    assert!(matches!(a.statements[1].tenant, TenantRequirement::Refuse { .. }));
-    assert_eq!(a.statements[2].tenant, TenantRequirement::Values(vec![lit("a")]));
+    assert!(matches!(
+        a.statements[1].tenant,
+        TenantRequirement::Refuse { .. }
+    ));
+    assert_eq!(
+        a.statements[2].tenant,
+        TenantRequirement::Values(vec![lit("a")])
+    );
 }
 
 #[test]
@@ -812,7 +1111,10 @@ fn cache_invalidation_uses_the_new_tenancy() {
     let cache = AnalysisCache::default();
     let before = Tenancy::new("tenant_id");
     let sql = "SELECT * FROM customers";
-    assert_eq!(cache.get_or_analyze(sql, &before).statements[0].tenant, TenantRequirement::None);
+    assert_eq!(
+        cache.get_or_analyze(sql, &before).statements[0].tenant,
+        TenantRequirement::None
+    );
     let generation = cache.generation();
     cache.invalidate();
     assert_eq!(cache.generation(), generation + 1);
