@@ -27,8 +27,9 @@ use super::{session, StatementKind, StatementPlan, Tenancy, TenantRequirement, T
 use sqlparser::ast::{
     visit_relations, Assignment, AssignmentTarget, BinaryOperator, ConflictTarget, CopySource,
     CopyTarget, Delete, Expr, FromTable, Insert, JoinConstraint, JoinOperator, ObjectName,
-    OnConflictAction, OnInsert, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind, Visit, Visitor,
+    OnConflictAction, OnInsert, Query, Select, SelectItem, SelectItemQualifiedWildcardKind,
+    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind, Visit,
+    Visitor,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -48,13 +49,16 @@ struct ProjCol {
     srcs: Option<Vec<Src>>,
 }
 
+/// Tenant columns exposed by name, with their sources.
+type Exports = Vec<(String, Vec<Src>)>;
+
 /// What a query block yields, as far as tenant columns go.
 #[derive(Debug, Clone, Default)]
 struct ProjInfo {
     /// Column by column; `None` when a wildcard hides the positions.
     positions: Option<Vec<ProjCol>>,
     /// Tenant columns exposed by name (including through `*`).
-    exports: Vec<(String, Vec<Src>)>,
+    exports: Exports,
 }
 
 #[derive(Debug)]
@@ -93,7 +97,7 @@ struct Walker<'t> {
     tenancy: &'t Tenancy,
     bindings: Vec<Binding>,
     scopes: Vec<Scope>,
-    ctes: Vec<Vec<(String, Vec<(String, Vec<Src>)>)>>,
+    ctes: Vec<Vec<(String, Exports)>>,
     edges: Vec<(usize, usize)>,
     refusals: Vec<TenantRequirement>,
     assignments: Vec<TenantSource>,
@@ -156,7 +160,10 @@ impl Visitor for SettingFunctionFinder {
             let name = f.name.0.last().and_then(|p| p.as_ident()).map(ident);
             if matches!(name.as_deref(), Some("set_config" | "current_setting")) {
                 if let Some(args) = plain_args(&f.args) {
-                    if args.first().is_some_and(|a| is_regionguard_setting_literal(a)) {
+                    if args
+                        .first()
+                        .is_some_and(|a| is_regionguard_setting_literal(a))
+                    {
                         return ControlFlow::Break(());
                     }
                 }
@@ -184,7 +191,8 @@ impl<'t> Walker<'t> {
     }
 
     fn refuse(&mut self, table: Option<&str>, reason: impl Into<String>, hint: impl Into<String>) {
-        self.refusals.push(TenantRequirement::refuse(table, reason, hint));
+        self.refusals
+            .push(TenantRequirement::refuse(table, reason, hint));
     }
 
     fn new_binding(&mut self, table: &str, column: &str, checked: bool) -> usize {
@@ -364,7 +372,11 @@ impl<'t> Walker<'t> {
                             continue;
                         }
                         (Some((id, true)), None) | (None, Some((id, true))) => {
-                            let other = if self.resolve(left).is_some() { right } else { left };
+                            let other = if self.resolve(left).is_some() {
+                                right
+                            } else {
+                                left
+                            };
                             if let Expr::Subquery(q) = strip(other) {
                                 let info = self.query(q);
                                 if allowed.permits(id) {
@@ -410,7 +422,12 @@ impl<'t> Walker<'t> {
 
     /// `l = r` on two tenant columns: values flow into whichever side is
     /// local and may be constrained here.
-    fn edge(&mut self, (l, l_local): (usize, bool), (r, r_local): (usize, bool), allowed: &Allowed) {
+    fn edge(
+        &mut self,
+        (l, l_local): (usize, bool),
+        (r, r_local): (usize, bool),
+        allowed: &Allowed,
+    ) {
         if r_local && allowed.permits(r) {
             self.edges.push((l, r));
         }
@@ -436,7 +453,14 @@ impl<'t> Walker<'t> {
             self.ctes.push(Vec::new());
             for cte in &with.cte_tables {
                 let info = self.query(&cte.query);
-                let exports = rename(info, &cte.alias.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>());
+                let exports = rename(
+                    info,
+                    &cte.alias
+                        .columns
+                        .iter()
+                        .map(|c| ident(&c.name))
+                        .collect::<Vec<_>>(),
+                );
                 if let Some(frame) = self.ctes.last_mut() {
                     frame.push((ident(&cte.alias.name), exports));
                 }
@@ -576,7 +600,10 @@ impl<'t> Walker<'t> {
                     positions = None;
                     if let SelectItemQualifiedWildcardKind::ObjectName(name) = kind {
                         let parts = object_parts(name);
-                        wildcard_exports.extend(self.wildcard_exports(parts.last().map(String::as_str)).exports);
+                        wildcard_exports.extend(
+                            self.wildcard_exports(parts.last().map(String::as_str))
+                                .exports,
+                        );
                     }
                 }
             }
@@ -626,8 +653,12 @@ impl<'t> Walker<'t> {
                 JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::CrossJoin(c) => {
                     (Some(c), Allowed::All)
                 }
-                JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (Some(c), Allowed::Only(right.clone())),
-                JoinOperator::Right(c) | JoinOperator::RightOuter(c) => (Some(c), Allowed::Only(left.clone())),
+                JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => {
+                    (Some(c), Allowed::Only(right.clone()))
+                }
+                JoinOperator::Right(c) | JoinOperator::RightOuter(c) => {
+                    (Some(c), Allowed::Only(left.clone()))
+                }
                 JoinOperator::FullOuter(c) => (Some(c), Allowed::Only(Vec::new())),
                 _ => (None, Allowed::Only(Vec::new())),
             };
@@ -649,7 +680,13 @@ impl<'t> Walker<'t> {
     }
 
     /// Equality edges between same-named tenant columns of two join sides.
-    fn join_edges(&mut self, left: &[usize], right: &[usize], column_ok: impl Fn(&str) -> bool, allowed: &Allowed) {
+    fn join_edges(
+        &mut self,
+        left: &[usize],
+        right: &[usize],
+        column_ok: impl Fn(&str) -> bool,
+        allowed: &Allowed,
+    ) {
         for &l in left {
             for &r in right {
                 let (lc, rc) = (&self.bindings[l].column, &self.bindings[r].column);
@@ -694,7 +731,10 @@ impl<'t> Walker<'t> {
             } => {
                 let info = self.query(subquery);
                 let (name, columns) = match alias {
-                    Some(a) => (ident(&a.name), a.columns.iter().map(|c| ident(&c.name)).collect()),
+                    Some(a) => (
+                        ident(&a.name),
+                        a.columns.iter().map(|c| ident(&c.name)).collect(),
+                    ),
                     None => (String::new(), Vec::new()),
                 };
                 let exports = rename(info, &columns);
@@ -722,14 +762,22 @@ impl<'t> Walker<'t> {
                 let mut scoped = None;
                 let _ = visit_relations(other, |rel| {
                     let (schema, table, display) = table_name(rel);
-                    if self.tenancy.column_of_parts(schema.as_deref(), &table).is_some() {
+                    if self
+                        .tenancy
+                        .column_of_parts(schema.as_deref(), &table)
+                        .is_some()
+                    {
                         scoped = Some(display);
                         return ControlFlow::Break(());
                     }
                     ControlFlow::Continue(())
                 });
                 if let Some(t) = scoped {
-                    self.refuse(Some(&t), "this FROM item form is not supported for tenant-scoped tables", "use a plain table reference with a tenant predicate");
+                    self.refuse(
+                        Some(&t),
+                        "this FROM item form is not supported for tenant-scoped tables",
+                        "use a plain table reference with a tenant predicate",
+                    );
                 }
                 Vec::new()
             }
@@ -745,7 +793,11 @@ impl<'t> Walker<'t> {
         let name = alias.map(|(a, _)| a).unwrap_or_else(|| table.clone());
         if let Some(column) = self.tenancy.column_of_parts(schema.as_deref(), &table) {
             // Renamed columns (`AS c(a, b)`): the tenant column's new name is unknown.
-            let column = if renamed { String::new() } else { column.to_string() };
+            let column = if renamed {
+                String::new()
+            } else {
+                column.to_string()
+            };
             if !self.scoped_tables.iter().any(|t| t == dotted) {
                 self.scoped_tables.push(dotted.to_string());
             }
@@ -780,7 +832,8 @@ impl<'t> Walker<'t> {
                 let targets = self.table_with_joins(table);
                 self.mark_global_write(&table.relation);
                 if let Some(from) = from {
-                    let (UpdateTableFromKind::BeforeSet(list) | UpdateTableFromKind::AfterSet(list)) = from;
+                    let (UpdateTableFromKind::BeforeSet(list)
+                    | UpdateTableFromKind::AfterSet(list)) = from;
                     for twj in list {
                         self.table_with_joins(twj);
                     }
@@ -790,7 +843,10 @@ impl<'t> Walker<'t> {
                 }
                 let target = targets.first().copied();
                 self.tenant_assignments(target, assignments, None);
-                let info = returning.as_ref().map(|r| self.projection(r)).unwrap_or_default();
+                let info = returning
+                    .as_ref()
+                    .map(|r| self.projection(r))
+                    .unwrap_or_default();
                 self.scopes.pop();
                 Some(info)
             }
@@ -827,14 +883,21 @@ impl<'t> Walker<'t> {
         if let Some(w) = &delete.selection {
             self.predicate(w, &Allowed::All);
         }
-        let info = delete.returning.as_ref().map(|r| self.projection(r)).unwrap_or_default();
+        let info = delete
+            .returning
+            .as_ref()
+            .map(|r| self.projection(r))
+            .unwrap_or_default();
         self.scopes.pop();
         info
     }
 
     fn insert(&mut self, insert: &Insert) -> ProjInfo {
         let TableObject::TableName(name) = &insert.table else {
-            self.opaque_statement(&Statement::Insert(insert.clone()), "INSERT into a table function is not supported");
+            self.opaque_statement(
+                &Statement::Insert(insert.clone()),
+                "INSERT into a table function is not supported",
+            );
             return ProjInfo::default();
         };
         let (schema, table, display) = table_name(name);
@@ -847,7 +910,8 @@ impl<'t> Walker<'t> {
         }
         if let Some(&target) = ids.first() {
             let column = self.bindings[target].column.clone();
-            let hint = format!("list the columns, including {column}, and give it a literal or parameter");
+            let hint =
+                format!("list the columns, including {column}, and give it a literal or parameter");
             let columns: Vec<String> = insert.columns.iter().map(ident).collect();
             match (&source, columns.iter().position(|c| *c == column)) {
                 (None, _) => self.refuse(Some(&display), format!("INSERT without values for tenant column {column}"), hint),
@@ -882,7 +946,11 @@ impl<'t> Walker<'t> {
                     let target_has_tenant = matches!(&on_conflict.conflict_target,
                         Some(ConflictTarget::Columns(cols)) if cols.iter().any(|c| ident(c) == column));
                     self.register("excluded".to_string(), Vec::new());
-                    self.tenant_assignments(Some(target), &update.assignments, Some(target_has_tenant));
+                    self.tenant_assignments(
+                        Some(target),
+                        &update.assignments,
+                        Some(target_has_tenant),
+                    );
                     if let Some(w) = &update.selection {
                         self.scan(w);
                     }
@@ -895,14 +963,23 @@ impl<'t> Walker<'t> {
                 }
             }
         }
-        let info = insert.returning.as_ref().map(|r| self.projection(r)).unwrap_or_default();
+        let info = insert
+            .returning
+            .as_ref()
+            .map(|r| self.projection(r))
+            .unwrap_or_default();
         self.scopes.pop();
         info
     }
 
     /// SET clauses of UPDATE / ON CONFLICT DO UPDATE. `on_conflict`: whether
     /// the conflict target includes the tenant column (`None` for UPDATE).
-    fn tenant_assignments(&mut self, target: Option<usize>, assignments: &[Assignment], on_conflict: Option<bool>) {
+    fn tenant_assignments(
+        &mut self,
+        target: Option<usize>,
+        assignments: &[Assignment],
+        on_conflict: Option<bool>,
+    ) {
         let target = target.filter(|t| self.bindings[*t].checked);
         for a in assignments {
             self.scan(&a.value);
@@ -910,15 +987,24 @@ impl<'t> Walker<'t> {
             let column = self.bindings[t].column.clone();
             let table = self.bindings[t].table.clone();
             let names: Vec<String> = match &a.target {
-                AssignmentTarget::ColumnName(n) => object_parts(n).last().cloned().into_iter().collect(),
-                AssignmentTarget::Tuple(ns) => ns.iter().filter_map(|n| object_parts(n).last().cloned()).collect(),
+                AssignmentTarget::ColumnName(n) => {
+                    object_parts(n).last().cloned().into_iter().collect()
+                }
+                AssignmentTarget::Tuple(ns) => ns
+                    .iter()
+                    .filter_map(|n| object_parts(n).last().cloned())
+                    .collect(),
             };
             if !names.contains(&column) {
                 continue;
             }
             let hint = format!("do not change {column}; rows cannot move between tenants");
             if matches!(a.target, AssignmentTarget::Tuple(_)) {
-                self.refuse(Some(&table), format!("cannot assign tenant column {column} in a column tuple"), hint);
+                self.refuse(
+                    Some(&table),
+                    format!("cannot assign tenant column {column} in a column tuple"),
+                    hint,
+                );
                 continue;
             }
             match on_conflict {
@@ -926,7 +1012,11 @@ impl<'t> Walker<'t> {
                     let same = matches!(column_ref(&a.value), Some((q, c)) if c == column
                         && (q.as_deref() == Some("excluded") || self.resolve(&a.value).is_some_and(|(id, _)| id == t)));
                     if !(target_has_tenant && same) {
-                        self.refuse(Some(&table), format!("ON CONFLICT DO UPDATE may not change tenant column {column}"), hint);
+                        self.refuse(
+                            Some(&table),
+                            format!("ON CONFLICT DO UPDATE may not change tenant column {column}"),
+                            hint,
+                        );
                     }
                 }
                 None => {
@@ -936,12 +1026,20 @@ impl<'t> Walker<'t> {
                     match tenant_value(&a.value) {
                         Some(v) => {
                             let b = &self.bindings[t];
-                            let already = matches!(&v, TenantSource::Literal(_)) && b.values.len() == 1 && b.values[0] == v;
+                            let already = matches!(&v, TenantSource::Literal(_))
+                                && b.values.len() == 1
+                                && b.values[0] == v;
                             if !already && !self.assignments.contains(&v) {
                                 self.assignments.push(v);
                             }
                         }
-                        None => self.refuse(Some(&table), format!("UPDATE may not set tenant column {column} to a computed value"), hint),
+                        None => self.refuse(
+                            Some(&table),
+                            format!(
+                                "UPDATE may not set tenant column {column} to a computed value"
+                            ),
+                            hint,
+                        ),
                     }
                 }
             }
@@ -953,7 +1051,11 @@ impl<'t> Walker<'t> {
         let mut scoped = None;
         let _ = visit_relations(stmt, |rel| {
             let (schema, table, display) = table_name(rel);
-            if self.tenancy.column_of_parts(schema.as_deref(), &table).is_some() {
+            if self
+                .tenancy
+                .column_of_parts(schema.as_deref(), &table)
+                .is_some()
+            {
                 scoped = Some(display);
                 return ControlFlow::Break(());
             } else if self.tenancy.is_global_parts(schema.as_deref(), &table) {
@@ -962,7 +1064,11 @@ impl<'t> Walker<'t> {
             ControlFlow::Continue(())
         });
         if let Some(t) = scoped {
-            self.refuse(Some(&t), reason, "use INSERT/UPDATE/DELETE with a tenant predicate");
+            self.refuse(
+                Some(&t),
+                reason,
+                "use INSERT/UPDATE/DELETE with a tenant predicate",
+            );
         }
     }
 
@@ -1079,10 +1185,17 @@ pub(crate) fn plan_statement(stmt: &Statement, tenancy: &Tenancy) -> StatementPl
                 return setting_function_refusal();
             }
             w.query(q);
-            let kind = if w.wrote { StatementKind::Write } else { StatementKind::Read };
+            let kind = if w.wrote {
+                StatementKind::Write
+            } else {
+                StatementKind::Read
+            };
             w.finish(kind)
         }
-        Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) | Statement::Merge { .. } => {
+        Statement::Insert(_)
+        | Statement::Update { .. }
+        | Statement::Delete(_)
+        | Statement::Merge { .. } => {
             if stmt.visit(&mut SettingFunctionFinder).is_break() {
                 return setting_function_refusal();
             }
@@ -1111,21 +1224,30 @@ pub(crate) fn plan_statement(stmt: &Statement, tenancy: &Tenancy) -> StatementPl
         Statement::ShowVariable { variable } => session::plan_show(variable),
         Statement::StartTransaction { .. } => StatementPlan::new(StatementKind::Begin),
         Statement::Commit { .. } => StatementPlan::new(StatementKind::Commit),
-        Statement::Rollback { savepoint: None, .. } => StatementPlan::new(StatementKind::Rollback),
-        Statement::Rollback { savepoint: Some(_), .. } => StatementPlan::new(StatementKind::RollbackToSavepoint),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => StatementPlan::new(StatementKind::Rollback),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => StatementPlan::new(StatementKind::RollbackToSavepoint),
         Statement::Savepoint { .. } => StatementPlan::new(StatementKind::Savepoint),
         Statement::ReleaseSavepoint { .. } => StatementPlan::new(StatementKind::Release),
         Statement::Discard { object_type } => StatementPlan::new(StatementKind::SessionState {
             resets_tenant: matches!(object_type, sqlparser::ast::DiscardObject::ALL),
         }),
-        Statement::Deallocate { .. } | Statement::LISTEN { .. } | Statement::UNLISTEN { .. } | Statement::NOTIFY { .. } => {
-            StatementPlan::new(StatementKind::SessionState { resets_tenant: false })
-        }
+        Statement::Deallocate { .. }
+        | Statement::LISTEN { .. }
+        | Statement::UNLISTEN { .. }
+        | Statement::NOTIFY { .. } => StatementPlan::new(StatementKind::SessionState {
+            resets_tenant: false,
+        }),
         Statement::Prepare { statement, .. } => {
             // The prepared text's needs are those of each later EXECUTE.
             let inner = plan_statement(statement, tenancy);
             StatementPlan {
-                kind: StatementKind::SessionState { resets_tenant: false },
+                kind: StatementKind::SessionState {
+                    resets_tenant: false,
+                },
                 ..inner
             }
         }
@@ -1159,7 +1281,10 @@ pub(crate) fn plan_statement(stmt: &Statement, tenancy: &Tenancy) -> StatementPl
         }
         s if is_ddl(s) => StatementPlan::new(StatementKind::Ddl),
         other => {
-            w.opaque_statement(other, "this statement type is not supported on tenant-scoped tables");
+            w.opaque_statement(
+                other,
+                "this statement type is not supported on tenant-scoped tables",
+            );
             let writes_global = w.writes_global;
             let mut plan = w.finish(StatementKind::Other);
             // Naming a global table in an unknown statement is not a write.
@@ -1193,10 +1318,16 @@ fn copy(mut w: Walker<'_>, source: &CopySource, to: bool, target: &CopyTarget) -
             };
             plan
         }
-        CopySource::Table { table_name: name, columns } => {
+        CopySource::Table {
+            table_name: name,
+            columns,
+        } => {
             let (schema, table, display) = table_name(name);
             let columns: Vec<String> = columns.iter().map(ident).collect();
-            let tenant_column = w.tenancy.column_of_parts(schema.as_deref(), &table).map(str::to_string);
+            let tenant_column = w
+                .tenancy
+                .column_of_parts(schema.as_deref(), &table)
+                .map(str::to_string);
             let global = w.tenancy.is_global_parts(schema.as_deref(), &table);
             let from_stdin = !to && matches!(target, CopyTarget::Stdin);
             let mut plan = StatementPlan::new(StatementKind::Copy {

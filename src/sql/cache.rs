@@ -52,7 +52,8 @@ impl AnalysisCache {
         if self.map.len() >= self.capacity {
             self.map.clear();
         }
-        self.map.insert(sql.into(), (generation, Arc::clone(&analysis)));
+        self.map
+            .insert(sql.into(), (generation, Arc::clone(&analysis)));
         analysis
     }
 

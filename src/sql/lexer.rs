@@ -152,7 +152,9 @@ pub(crate) fn sanitize_message(message: &str) -> String {
     let token = &rest[..token_end];
     let literal = token.starts_with(['\'', '$'])
         || token.starts_with(|c: char| c.is_ascii_digit())
-        || token.len() > 1 && token.starts_with(['E', 'e', 'X', 'x', 'B', 'b', 'N', 'n', 'U', 'u']) && token[1..].starts_with(['\'', '&']);
+        || token.len() > 1
+            && token.starts_with(['E', 'e', 'X', 'x', 'B', 'b', 'N', 'n', 'U', 'u'])
+            && token[1..].starts_with(['\'', '&']);
     if literal {
         format!("{}<literal>{}", &message[..token_start], &rest[token_end..])
     } else {
@@ -179,8 +181,14 @@ mod tests {
         let lexed = lex("SELECT ';'; /* c1 */ SELECT $$a;b$$ ;  -- tail\n").expect("lex");
         assert_eq!(lexed.segments.len(), 2);
         assert_eq!(lexed.segments[0].text, "SELECT ';'");
-        assert_eq!(lexed.segments[1].comments, vec![" c1 ".to_string(), " tail\n".to_string()]);
-        assert_eq!(lexed.segments[1].head, vec!["SELECT".to_string(), "$$a;b$$".to_string()]);
+        assert_eq!(
+            lexed.segments[1].comments,
+            vec![" c1 ".to_string(), " tail\n".to_string()]
+        );
+        assert_eq!(
+            lexed.segments[1].head,
+            vec!["SELECT".to_string(), "$$a;b$$".to_string()]
+        );
     }
 
     #[test]

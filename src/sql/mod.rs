@@ -69,7 +69,11 @@ pub enum TenantRequirement {
 }
 
 impl TenantRequirement {
-    pub(crate) fn refuse(table: Option<&str>, reason: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub(crate) fn refuse(
+        table: Option<&str>,
+        reason: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         TenantRequirement::Refuse {
             table: table.map(str::to_string),
             reason: reason.into(),
@@ -110,7 +114,9 @@ pub enum StatementKind {
     /// Other SET/RESET/DISCARD/PREPARE/DEALLOCATE/LISTEN/UNLISTEN/NOTIFY: must
     /// hold on every regional backend of the session. `resets_tenant`:
     /// `RESET ALL` / `DISCARD ALL` also clear `regionguard.tenant`.
-    SessionState { resets_tenant: bool },
+    SessionState {
+        resets_tenant: bool,
+    },
     /// COPY. `table: None` for `COPY (query) TO …`. `tenant_column`: position
     /// of the tenant column in the COPY data when the table is tenant-scoped
     /// and the column list names it (without a column list the proxy must
@@ -224,7 +230,16 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
         return plan;
     }
     let dialect = PostgreSqlDialect {};
-    match Parser::parse_sql(&dialect, segment.text) {
+    let mut parsed = Parser::parse_sql(&dialect, segment.text);
+    if parsed.is_err() && segment.head.first().map(String::as_str) == Some("COPY") {
+        // sqlparser wants the inline data of `COPY … FROM STDIN` after the
+        // statement; on the wire it comes in CopyData messages instead.
+        let with_data = format!("{};\n\\.\n", segment.text);
+        if let Ok(statements) = Parser::parse_sql(&dialect, &with_data) {
+            parsed = Ok(statements);
+        }
+    }
+    match parsed {
         Ok(parsed) => match parsed.as_slice() {
             [statement] => analysis::plan_statement(statement, tenancy),
             _ => unparsed(
@@ -233,7 +248,11 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
                 tenancy,
             ),
         },
-        Err(e) => unparsed(segment.text, lexer::sanitize_message(&e.to_string()), tenancy),
+        Err(e) => unparsed(
+            segment.text,
+            lexer::sanitize_message(&e.to_string()),
+            tenancy,
+        ),
     }
 }
 
@@ -251,7 +270,9 @@ fn unparsed(text: &str, message: String, tenancy: &Tenancy) -> StatementPlan {
     if mentions_scoped || mentions_global {
         plan.tenant = TenantRequirement::refuse(
             None,
-            format!("cannot parse a statement that names a tenant-scoped or global table: {message}"),
+            format!(
+                "cannot parse a statement that names a tenant-scoped or global table: {message}"
+            ),
             "rewrite the statement in a form RegionGuard understands",
         );
     }

@@ -36,7 +36,9 @@ pub(crate) fn tenant_value(expr: &Expr) -> Option<TenantSource> {
                 .filter(|n| *n > 0)
                 .map(TenantSource::Param),
             Value::Number(n, _) => Some(TenantSource::Literal(
-                n.parse::<i128>().map(|i| i.to_string()).unwrap_or_else(|_| n.clone()),
+                n.parse::<i128>()
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|_| n.clone()),
             )),
             other => string_value(other).map(TenantSource::Literal),
         },

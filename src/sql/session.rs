@@ -77,7 +77,9 @@ pub(crate) fn plan_set(set: &Set) -> StatementPlan {
                 let local = matches!(scope, Some(ContextModifier::Local));
                 match values.as_slice() {
                     [value] => match set_value(value) {
-                        Some(value) => StatementPlan::new(StatementKind::SetTenant { local, value }),
+                        Some(value) => {
+                            StatementPlan::new(StatementKind::SetTenant { local, value })
+                        }
                         None => refused(
                             StatementKind::SetTenant { local, value: None },
                             "regionguard.tenant must be set to a literal",
@@ -123,7 +125,9 @@ pub(crate) fn plan_set(set: &Set) -> StatementPlan {
 /// The value of `SET regionguard.tenant = …`: `Some(None)` for DEFAULT.
 fn set_value(value: &Expr) -> Option<Option<TenantSource>> {
     match value {
-        Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") => {
+        Expr::Identifier(i)
+            if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") =>
+        {
             Some(None)
         }
         // `SET regionguard.tenant = acme`: Postgres takes a bare word as a string (folded).
@@ -208,7 +212,9 @@ pub(crate) fn plan_tenant_function(query: &Query) -> Option<StatementPlan> {
                 ),
             })
         }
-        ("set_config", [name, ..]) if is_regionguard_setting_literal(name) => Some(unknown_setting()),
+        ("set_config", [name, ..]) if is_regionguard_setting_literal(name) => {
+            Some(unknown_setting())
+        }
         ("current_setting", [name] | [name, _]) if is_tenant_setting_literal(name) => {
             Some(StatementPlan::new(StatementKind::ShowTenant))
         }

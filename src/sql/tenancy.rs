@@ -101,7 +101,11 @@ impl Tenancy {
         entries
             .iter()
             .find(|e| e.schema.is_some() && e.schema == reference)
-            .or_else(|| entries.iter().find(|e| schema_matches(&e.schema, &reference)))
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| schema_matches(&e.schema, &reference))
+            })
             .map(|e| e.column.as_str())
     }
 
