@@ -110,7 +110,10 @@ fn startup_packet() -> Vec<u8> {
 
 fn bench_startup(c: &mut Criterion) {
     let packet = startup_packet();
-    assert!(matches!(parse_initial(&packet), Ok(InitialPacket::Startup(_))));
+    assert!(matches!(
+        parse_initial(&packet),
+        Ok(InitialPacket::Startup(_))
+    ));
     let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     assert!(matches!(parse_initial(&ssl), Ok(InitialPacket::SslRequest)));
 
@@ -163,5 +166,11 @@ fn bench_verifier(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_scan, bench_startup, bench_error, bench_verifier);
+criterion_group!(
+    benches,
+    bench_scan,
+    bench_startup,
+    bench_error,
+    bench_verifier
+);
 criterion_main!(benches);

@@ -14,11 +14,9 @@ pub(crate) fn interpolate_value(
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                *s = interpolate_env(s, lookup)
-                    .map_err(|e| ConfigError::invalid(path, e.to_string()))?;
-            }
+        toml::Value::String(s) if s.contains('$') => {
+            *s = interpolate_env(s, lookup)
+                .map_err(|e| ConfigError::invalid(path, e.to_string()))?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

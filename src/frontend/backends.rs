@@ -124,9 +124,12 @@ impl Backends {
         shared: &Shared,
         expect: &mpsc::UnboundedSender<Expect>,
     ) -> Result<Backend, PgError> {
-        let rt = shared
-            .region(region)
-            .ok_or_else(|| PgError::error(sqlstate::INTERNAL_ERROR, format!("region {region} is not configured")))?;
+        let rt = shared.region(region).ok_or_else(|| {
+            PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                format!("region {region} is not configured"),
+            )
+        })?;
         let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
             .await
             .map_err(|e| match e {
@@ -153,7 +156,9 @@ impl Backends {
         let mut b = new_backend(writer, bshared);
         if !self.replay.is_empty() {
             b.push_query(&self.replay.join(";\n"));
-            let _ = expect.send(Expect::Discard { region: region.clone() });
+            let _ = expect.send(Expect::Discard {
+                region: region.clone(),
+            });
         }
         Ok(b)
     }

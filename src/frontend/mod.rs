@@ -139,8 +139,10 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         startup: setup.tenant,
         ..Default::default()
     };
-    let requests = requests::Requests::new(shared.clone(), expect_tx, gone_tx, backends, tenant, region);
-    let responses = responses::Responses::new(client_wr, conn.status, shared.phase.clone(), gone_rx);
+    let requests =
+        requests::Requests::new(shared.clone(), expect_tx, gone_tx, backends, tenant, region);
+    let responses =
+        responses::Responses::new(client_wr, conn.status, shared.phase.clone(), gone_rx);
     let req = requests.run(client_rd);
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);

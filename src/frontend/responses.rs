@@ -166,7 +166,10 @@ impl Responses {
     /// Nothing queued: wait for the next request while passing on what
     /// backends send unasked (notifications, notices, parameter changes)
     /// and noticing a backend that dies.
-    async fn idle(&mut self, rx: &mut mpsc::UnboundedReceiver<Expect>) -> Result<Option<Expect>, SessionEnd> {
+    async fn idle(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Expect>,
+    ) -> Result<Option<Expect>, SessionEnd> {
         if *self.phase.borrow() != Phase::Running && self.status == b'I' {
             return Err(self.shutting_down().await);
         }
@@ -189,7 +192,11 @@ impl Responses {
         }
     }
 
-    async fn unsolicited(&mut self, region: Arc<str>, read: std::io::Result<usize>) -> Result<(), SessionEnd> {
+    async fn unsolicited(
+        &mut self,
+        region: Arc<str>,
+        read: std::io::Result<usize>,
+    ) -> Result<(), SessionEnd> {
         let Some(reader) = self.readers.get_mut(&region) else {
             return Ok(());
         };
@@ -250,7 +257,9 @@ impl Responses {
                         }
                     }
                     b't' => {
-                        reader.shared.parameter_description(reader.done, f.body(&reader.buf));
+                        reader
+                            .shared
+                            .parameter_description(reader.done, f.body(&reader.buf));
                         if !discard {
                             self.out.extend_from_slice(bytes);
                         }

@@ -56,7 +56,11 @@ pub async fn place(
         (None, s) => s,
     };
     let table_hint = |table: &str| {
-        format!("add {}.{} = … to the statement, or SET regionguard.tenant", table, shared.tenancy.column_of(table).unwrap_or("tenant_id"))
+        format!(
+            "add {}.{} = … to the statement, or SET regionguard.tenant",
+            table,
+            shared.tenancy.column_of(table).unwrap_or("tenant_id")
+        )
     };
     let tenants: Vec<String> = match &plan.tenant {
         TenantRequirement::Refuse { table, reason, hint } => {
@@ -100,7 +104,9 @@ pub async fn place(
         }
     };
     let assigned = resolve(&plan.tenant_assignments, params)?;
-    if assigned.iter().any(|a| tenants.iter().any(|t| t != a)) || (!assigned.is_empty() && tenants.len() != 1) {
+    if assigned.iter().any(|a| tenants.iter().any(|t| t != a))
+        || (!assigned.is_empty() && tenants.len() != 1)
+    {
         return Err(refusal(
             "an UPDATE may not move rows to another tenant",
             "keep the tenant column unchanged; copy the rows through the application instead",
@@ -145,23 +151,29 @@ pub async fn region_of_all(shared: &Shared, tenants: &[String]) -> Result<Arc<st
         let r = region_of(shared, t).await?;
         match &region {
             None => region = Some(r),
-            Some(prev) if *prev != r => {
-                return Err(refusal(
-                    format!("the statement touches tenants in two regions ({prev} and {r})"),
-                    "send one statement per region; a statement may only touch one region's tenants",
-                ))
-            }
+            Some(prev) if *prev != r => return Err(refusal(
+                format!("the statement touches tenants in two regions ({prev} and {r})"),
+                "send one statement per region; a statement may only touch one region's tenants",
+            )),
             Some(_) => {}
         }
     }
-    region.ok_or_else(|| refusal("no tenant found for the statement", "add a tenant predicate or SET regionguard.tenant"))
+    region.ok_or_else(|| {
+        refusal(
+            "no tenant found for the statement",
+            "add a tenant predicate or SET regionguard.tenant",
+        )
+    })
 }
 
 /// The region serving `tenant`, checked against the regions this proxy serves.
 pub async fn region_of(shared: &Shared, tenant: &str) -> Result<Arc<str>, PgError> {
     let found = shared.directory.region_of(tenant).await.map_err(|e| {
-        PgError::error(crate::protocol::error::sqlstate::CONNECTION_EXCEPTION, e.to_string())
-            .with_hint("the tenant directory's control database must be reachable to place new tenants")
+        PgError::error(
+            crate::protocol::error::sqlstate::CONNECTION_EXCEPTION,
+            e.to_string(),
+        )
+        .with_hint("the tenant directory's control database must be reachable to place new tenants")
     })?;
     let Some(region) = found else {
         return Err(refusal(

@@ -49,7 +49,9 @@ pub fn from_startup(req: &StartupRequest, shared: &Shared) -> Result<SessionSetu
                     "42704",
                     format!("unrecognized configuration parameter \"{other}\""),
                 )
-                .with_hint("RegionGuard accepts regionguard.region and regionguard.tenant at startup"))
+                .with_hint(
+                    "RegionGuard accepts regionguard.region and regionguard.tenant at startup",
+                ))
             }
         }
     }

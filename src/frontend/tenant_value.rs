@@ -95,17 +95,31 @@ mod tests {
 
     #[test]
     fn text_and_binary_ids() {
-        assert_eq!(from_param(&bind(vec![], vec![Some(b"acme")]), 1, 0).unwrap(), "acme");
+        assert_eq!(
+            from_param(&bind(vec![], vec![Some(b"acme")]), 1, 0).unwrap(),
+            "acme"
+        );
         let b = 42i32.to_be_bytes();
-        assert_eq!(from_param(&bind(vec![1], vec![Some(&b)]), 1, oid::INT4).unwrap(), "42");
+        assert_eq!(
+            from_param(&bind(vec![1], vec![Some(&b)]), 1, oid::INT4).unwrap(),
+            "42"
+        );
         let b = 7i64.to_be_bytes();
-        assert_eq!(from_param(&bind(vec![1], vec![Some(&b)]), 1, oid::INT8).unwrap(), "7");
-        let u = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(
+            from_param(&bind(vec![1], vec![Some(&b)]), 1, oid::INT8).unwrap(),
+            "7"
+        );
+        let u = [
+            0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ];
         assert_eq!(
             from_param(&bind(vec![1], vec![Some(&u)]), 1, oid::UUID).unwrap(),
             "12345678-9abc-def0-0102-030405060708"
         );
-        assert_eq!(from_param(&bind(vec![1], vec![Some(b"acme")]), 1, oid::TEXT).unwrap(), "acme");
+        assert_eq!(
+            from_param(&bind(vec![1], vec![Some(b"acme")]), 1, oid::TEXT).unwrap(),
+            "acme"
+        );
     }
 
     #[test]

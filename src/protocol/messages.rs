@@ -79,11 +79,17 @@ pub fn no_data(out: &mut BytesMut) {
 }
 
 pub fn empty_parameter_description(out: &mut BytesMut) {
-    put(out, pgwire::messages::data::ParameterDescription::new(Vec::new()));
+    put(
+        out,
+        pgwire::messages::data::ParameterDescription::new(Vec::new()),
+    );
 }
 
 pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    put(out, pgwire::messages::response::CommandComplete::new(tag.to_string()));
+    put(
+        out,
+        pgwire::messages::response::CommandComplete::new(tag.to_string()),
+    );
 }
 
 pub fn empty_query(out: &mut BytesMut) {

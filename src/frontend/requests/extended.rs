@@ -56,7 +56,10 @@ impl Requests {
             return Ok(());
         }
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
-        let analysis = self.shared.analysis.get_or_analyze(p.query, &self.shared.tenancy);
+        let analysis = self
+            .shared
+            .analysis
+            .get_or_analyze(p.query, &self.shared.tenancy);
         let name = p.name.to_string();
         for (_, b) in self.backends.iter_mut() {
             b.prepared.remove(&name);
@@ -84,7 +87,12 @@ impl Requests {
     /// Sends a message to the batch's region, or holds it until the region
     /// is known. `parse` / `describe` name the statement the message
     /// prepares or describes, for bookkeeping.
-    async fn send_or_hold(&mut self, msg: Bytes, parse: Option<String>, describe: Option<String>) -> Result<(), Quit> {
+    async fn send_or_hold(
+        &mut self,
+        msg: Bytes,
+        parse: Option<String>,
+        describe: Option<String>,
+    ) -> Result<(), Quit> {
         match self.batch.region.clone() {
             Some(region) => {
                 let b = self.backend(&region).await?;
@@ -107,7 +115,9 @@ impl Requests {
         }
         self.backend(region).await?;
         self.pin_held(region).await?;
-        let _ = self.expect.send(crate::frontend::expect::Expect::Relay { region: region.clone() });
+        let _ = self.expect.send(crate::frontend::expect::Expect::Relay {
+            region: region.clone(),
+        });
         let held = std::mem::take(&mut self.batch.held);
         let b = self.backend(region).await?;
         for (msg, parse, describe) in held {
@@ -163,7 +173,9 @@ impl Requests {
 
     /// Parameter types of `name`: as prepared, or as the server inferred.
     fn param_types(&mut self, name: &str, stmt_types: &[u32], count: usize) -> Vec<u32> {
-        let mut types: Vec<u32> = (0..count).map(|i| stmt_types.get(i).copied().unwrap_or(0)).collect();
+        let mut types: Vec<u32> = (0..count)
+            .map(|i| stmt_types.get(i).copied().unwrap_or(0))
+            .collect();
         for (i, t) in types.iter_mut().enumerate() {
             if *t == 0 {
                 for (_, b) in self.backends.iter_mut() {
@@ -184,12 +196,19 @@ impl Requests {
         let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
         let name = bind.statement.to_string();
         let portal = bind.portal.to_string();
-        let Some((analysis, stmt_types)) = self.statements.get(&name).map(|s| (s.analysis.clone(), s.types.clone())) else {
+        let Some((analysis, stmt_types)) = self
+            .statements
+            .get(&name)
+            .map(|s| (s.analysis.clone(), s.types.clone()))
+        else {
             // Unknown to the proxy: Postgres reports it.
             return self.send_or_hold(msg.clone(), None, None).await;
         };
         let types = self.param_types(&name, &stmt_types, bind.params.len());
-        let params = Params { bind: &bind, types: &types };
+        let params = Params {
+            bind: &bind,
+            types: &types,
+        };
         if self.txn == Txn::FailedHeld && !self.is_local_statement(&analysis) {
             return self.fail_batch(aborted()).await;
         }
@@ -197,7 +216,11 @@ impl Requests {
             let text = self
                 .statements
                 .get(&name)
-                .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok().map(|p| p.query.to_string()))
+                .and_then(|s| {
+                    frontend_msg::parse(&s.parse[HEADER_LEN..])
+                        .ok()
+                        .map(|p| p.query.to_string())
+                })
                 .unwrap_or_default();
             let action = match self.local_action(&analysis, &params, text).await {
                 Ok(a) => a,
@@ -238,7 +261,6 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
-        drop(params);
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
         let b = self.backend(&region).await?;
@@ -270,41 +292,50 @@ impl Requests {
 
     /// Keeps the proxy's view of the session in step with statements that
     /// change it and go to a backend.
-    async fn track_forwarded(&mut self, plan: &StatementPlan, params: &Params<'_>, region: &Arc<str>) -> Result<(), PgError> {
+    async fn track_forwarded(
+        &mut self,
+        plan: &StatementPlan,
+        params: &Params<'_>,
+        region: &Arc<str>,
+    ) -> Result<(), PgError> {
         match &plan.kind {
             StatementKind::SetTenant { local, value } => {
                 let v = self.tenant_value(value.as_ref(), Some(params))?;
                 if let Some(t) = &v {
                     if route::region_of(&self.shared, t).await? != *region {
                         return Err(route::refusal(
-                            format!("the session runs in region {region}; that tenant lives elsewhere"),
+                            format!(
+                                "the session runs in region {region}; that tenant lives elsewhere"
+                            ),
                             "finish the transaction before switching to a tenant of another region",
                         ));
                     }
                 }
                 apply_set(&mut self.tenant, *local, v, self.txn != Txn::Idle);
             }
-            StatementKind::Begin => {
-                if self.txn == Txn::Idle {
-                    self.txn = Txn::Pinned(region.clone());
-                }
+            StatementKind::Begin if self.txn == Txn::Idle => {
+                self.txn = Txn::Pinned(region.clone());
             }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
             }
-            StatementKind::SessionState { resets_tenant } => {
-                if *resets_tenant {
-                    self.tenant.session = None;
-                    self.tenant.local = None;
-                }
+            StatementKind::SessionState {
+                resets_tenant: true,
+            } => {
+                self.tenant.session = None;
+                self.tenant.local = None;
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn tenant_value(&self, value: Option<&TenantSource>, params: Option<&Params<'_>>) -> Result<Option<String>, PgError> {
+    fn tenant_value(
+        &self,
+        value: Option<&TenantSource>,
+        params: Option<&Params<'_>>,
+    ) -> Result<Option<String>, PgError> {
         Ok(match value {
             Some(TenantSource::Literal(t)) => Some(t.clone()),
             Some(TenantSource::Param(n)) => {
@@ -321,7 +352,12 @@ impl Requests {
         })
     }
 
-    async fn local_action(&mut self, analysis: &Analysis, params: &Params<'_>, text: String) -> Result<LocalAction, PgError> {
+    async fn local_action(
+        &mut self,
+        analysis: &Analysis,
+        params: &Params<'_>,
+        text: String,
+    ) -> Result<LocalAction, PgError> {
         let Some(plan) = single(analysis) else {
             return Err(aborted());
         };
@@ -331,7 +367,10 @@ impl Requests {
                 if let Some(t) = &v {
                     route::region_of(&self.shared, t).await?;
                 }
-                LocalAction::SetTenant { local: *local, value: v }
+                LocalAction::SetTenant {
+                    local: *local,
+                    value: v,
+                }
             }
             StatementKind::ShowTenant => LocalAction::ShowTenant,
             StatementKind::Begin => LocalAction::Begin(text),
@@ -351,7 +390,9 @@ impl Requests {
                 Some(PortalTarget::Local(action)) => {
                     let mut out = BytesMut::new();
                     match action {
-                        LocalAction::ShowTenant => messages::text_row_description(&mut out, crate::sql::TENANT_KEY),
+                        LocalAction::ShowTenant => {
+                            messages::text_row_description(&mut out, crate::sql::TENANT_KEY)
+                        }
                         _ => messages::no_data(&mut out),
                     }
                     self.local(out);
@@ -367,13 +408,18 @@ impl Requests {
                 None => self.send_or_hold(msg.clone(), None, None).await,
             };
         }
-        let stmt_local = self.statements.get(&name).map(|s| (s.local, s.analysis.clone()));
+        let stmt_local = self
+            .statements
+            .get(&name)
+            .map(|s| (s.local, s.analysis.clone()));
         if let Some((true, analysis)) = &stmt_local {
             if self.batch_is_local() {
                 let mut out = BytesMut::new();
                 messages::empty_parameter_description(&mut out);
                 match single(analysis).map(|p| &p.kind) {
-                    Some(StatementKind::ShowTenant) => messages::text_row_description(&mut out, crate::sql::TENANT_KEY),
+                    Some(StatementKind::ShowTenant) => {
+                        messages::text_row_description(&mut out, crate::sql::TENANT_KEY)
+                    }
                     _ => messages::no_data(&mut out),
                 }
                 self.local(out);
@@ -390,7 +436,9 @@ impl Requests {
         if self.batch.skipping {
             return Ok(());
         }
-        let portal = frontend_msg::execute(body).map_err(|e| self.malformed(e))?.to_string();
+        let portal = frontend_msg::execute(body)
+            .map_err(|e| self.malformed(e))?
+            .to_string();
         match self.portals.get(&portal).cloned() {
             Some(PortalTarget::Local(action)) => {
                 let mut out = BytesMut::new();
@@ -418,7 +466,11 @@ impl Requests {
                 messages::command_complete(out, "BEGIN");
             }
             LocalAction::End { commit } => {
-                let tag = if commit && self.txn != Txn::FailedHeld { "COMMIT" } else { "ROLLBACK" };
+                let tag = if commit && self.txn != Txn::FailedHeld {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
                 messages::command_complete(out, tag);
@@ -426,7 +478,11 @@ impl Requests {
             LocalAction::SetTenant { local, value } => {
                 let in_txn = self.txn != Txn::Idle;
                 if local && !in_txn {
-                    messages::warning(out, "25P01", "SET LOCAL can only be used in transaction blocks");
+                    messages::warning(
+                        out,
+                        "25P01",
+                        "SET LOCAL can only be used in transaction blocks",
+                    );
                 }
                 let tag = if value.is_some() { "SET" } else { "RESET" };
                 apply_set(&mut self.tenant, local, value, in_txn);
@@ -447,11 +503,15 @@ impl Requests {
         let name = name.to_string();
         if kind == b'P' {
             return match self.portals.remove(&name) {
-                Some(PortalTarget::Region(r)) if self.batch.region.as_ref().is_none_or(|b| *b == r) => {
+                Some(PortalTarget::Region(r))
+                    if self.batch.region.as_ref().is_none_or(|b| *b == r) =>
+                {
                     self.set_batch_region(&r).await?;
                     self.send_or_hold(msg.clone(), None, None).await
                 }
-                Some(PortalTarget::Region(_)) | Some(PortalTarget::Local(_)) | None if self.batch_is_local() => {
+                Some(PortalTarget::Region(_)) | Some(PortalTarget::Local(_)) | None
+                    if self.batch_is_local() =>
+                {
                     let mut out = BytesMut::new();
                     messages::close_complete(&mut out);
                     self.local(out);
@@ -526,14 +586,21 @@ impl Requests {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
         b.push_batch_end(msg);
-        let _ = self.expect.send(crate::frontend::expect::Expect::Relay { region: region.clone() });
+        let _ = self.expect.send(crate::frontend::expect::Expect::Relay {
+            region: region.clone(),
+        });
         self.last_region = region;
         Ok(())
     }
 }
 
 /// Bookkeeping for a message as it is written to a backend.
-fn note_sent(b: &mut crate::frontend::backends::Backend, msg: &[u8], parse: Option<&str>, describe: Option<&str>) {
+fn note_sent(
+    b: &mut crate::frontend::backends::Backend,
+    msg: &[u8],
+    parse: Option<&str>,
+    describe: Option<&str>,
+) {
     match msg.first() {
         Some(b'P') => {
             b.shared.expect_completion(b.batches, true);

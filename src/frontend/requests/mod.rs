@@ -62,7 +62,9 @@ enum Txn {
     Idle,
     /// BEGIN answered by the proxy, not yet sent: it goes to the region of
     /// the first statement that needs one.
-    Held { begin: String },
+    Held {
+        begin: String,
+    },
     /// A refusal failed a held transaction before it reached any backend.
     FailedHeld,
     /// The transaction runs in this region.
@@ -263,7 +265,10 @@ impl Requests {
 
     async fn query(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
         let sql = frontend_msg::query(body).map_err(|e| self.malformed(e))?;
-        let analysis = self.shared.analysis.get_or_analyze(sql, &self.shared.tenancy);
+        let analysis = self
+            .shared
+            .analysis
+            .get_or_analyze(sql, &self.shared.tenancy);
         if analysis.statements.is_empty() {
             let mut out = BytesMut::new();
             messages::empty_query(&mut out);
@@ -309,16 +314,15 @@ impl Requests {
             }
             match &plan.kind {
                 StatementKind::SetTenant { local, value } => {
-                    let v = match value {
-                        Some(TenantSource::Literal(t)) => Some(t.clone()),
-                        Some(TenantSource::Param(_)) => {
-                            return Err(route::refusal(
+                    let v =
+                        match value {
+                            Some(TenantSource::Literal(t)) => Some(t.clone()),
+                            Some(TenantSource::Param(_)) => return Err(route::refusal(
                                 "regionguard.tenant cannot come from a parameter in a simple query",
                                 "use a literal: SET regionguard.tenant = '<tenant>'",
-                            ))
-                        }
-                        None => None,
-                    };
+                            )),
+                            None => None,
+                        };
                     if let Some(t) = &v {
                         route::region_of(&self.shared, t).await?;
                     }
@@ -333,10 +337,10 @@ impl Requests {
                         after.tenant.local = None;
                     }
                 }
-                StatementKind::Begin => {
-                    if after.txn == Txn::Idle {
-                        after.txn = Txn::Held { begin: String::new() };
-                    }
+                StatementKind::Begin if after.txn == Txn::Idle => {
+                    after.txn = Txn::Held {
+                        begin: String::new(),
+                    };
                 }
                 StatementKind::Commit | StatementKind::Rollback => {
                     after.txn = Txn::Idle;
@@ -344,15 +348,14 @@ impl Requests {
                 }
                 _ => {}
             }
-            let placement = route::place(&self.shared, plan, None, after.tenant.effective()).await?;
+            let placement =
+                route::place(&self.shared, plan, None, after.tenant.effective()).await?;
             if let Placement::Region(r) = placement {
                 match &region {
-                    Some(prev) if *prev != r => {
-                        return Err(route::refusal(
-                            format!("the query needs two regions ({prev} and {r})"),
-                            "send statements for different regions separately, outside a transaction",
-                        ))
-                    }
+                    Some(prev) if *prev != r => return Err(route::refusal(
+                        format!("the query needs two regions ({prev} and {r})"),
+                        "send statements for different regions separately, outside a transaction",
+                    )),
                     _ => region = Some(r),
                 }
             }
@@ -376,14 +379,24 @@ impl Requests {
         self.home.clone()
     }
 
-    async fn send_query(&mut self, region: Arc<str>, msg: &Bytes, after: After) -> Result<(), Quit> {
+    async fn send_query(
+        &mut self,
+        region: Arc<str>,
+        msg: &Bytes,
+        after: After,
+    ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
         b.push_batch_end(msg);
-        let _ = self.expect.send(Expect::Relay { region: region.clone() });
+        let _ = self.expect.send(Expect::Relay {
+            region: region.clone(),
+        });
         if after.session_state {
-            let sql = frontend_msg::query(&msg[framing::HEADER_LEN..]).unwrap_or("").to_string();
-            self.share_session_state(&region, &sql, after.resets).await?;
+            let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
+                .unwrap_or("")
+                .to_string();
+            self.share_session_state(&region, &sql, after.resets)
+                .await?;
         }
         self.tenant = after.tenant;
         self.txn = match after.txn {
@@ -400,7 +413,12 @@ impl Requests {
 
     /// Sends session state (SET, LISTEN, PREPARE…) to the session's other
     /// open backends too, and remembers it for backends opened later.
-    async fn share_session_state(&mut self, sent_to: &Arc<str>, sql: &str, resets: bool) -> Result<(), Quit> {
+    async fn share_session_state(
+        &mut self,
+        sent_to: &Arc<str>,
+        sql: &str,
+        resets: bool,
+    ) -> Result<(), Quit> {
         if resets {
             self.backends.forget_replay();
         }
@@ -425,7 +443,9 @@ impl Requests {
             let begin = begin.clone();
             let b = self.backend(region).await?;
             b.push_query(if begin.is_empty() { "BEGIN" } else { &begin });
-            let _ = self.expect.send(Expect::Discard { region: region.clone() });
+            let _ = self.expect.send(Expect::Discard {
+                region: region.clone(),
+            });
             self.txn = Txn::Pinned(region.clone());
         }
         Ok(())
@@ -459,9 +479,12 @@ impl Requests {
     /// them: `regionguard.tenant` settings, and BEGIN/COMMIT/ROLLBACK of a
     /// transaction that has not reached a backend yet.
     async fn answer_locally(&mut self, plans: &[StatementPlan], sql: &str) -> Option<BytesMut> {
-        let all_tenant = plans
-            .iter()
-            .all(|p| matches!(p.kind, StatementKind::SetTenant { .. } | StatementKind::ShowTenant));
+        let all_tenant = plans.iter().all(|p| {
+            matches!(
+                p.kind,
+                StatementKind::SetTenant { .. } | StatementKind::ShowTenant
+            )
+        });
         let mut out = BytesMut::new();
         if all_tenant {
             for plan in plans {
@@ -482,7 +505,10 @@ impl Requests {
                 self.txn = Txn::Held { begin: text };
                 messages::command_complete(&mut out, "BEGIN");
             }
-            (StatementKind::Commit | StatementKind::Rollback, Txn::Held { .. } | Txn::FailedHeld) => {
+            (
+                StatementKind::Commit | StatementKind::Rollback,
+                Txn::Held { .. } | Txn::FailedHeld,
+            ) => {
                 let tag = if plan.kind == StatementKind::Commit && self.txn != Txn::FailedHeld {
                     "COMMIT"
                 } else {
@@ -509,22 +535,21 @@ impl Requests {
     ) -> Result<(), PgError> {
         match &plan.kind {
             StatementKind::SetTenant { local, value } => {
-                let v = match value {
-                    Some(TenantSource::Literal(t)) => Some(t.clone()),
-                    Some(TenantSource::Param(n)) => match bind {
-                        Some(p) => {
-                            let ty = p.types.get(n.saturating_sub(1)).copied().unwrap_or(0);
-                            Some(super::tenant_value::from_param(p.bind, *n, ty)?)
-                        }
-                        None => {
-                            return Err(route::refusal(
+                let v =
+                    match value {
+                        Some(TenantSource::Literal(t)) => Some(t.clone()),
+                        Some(TenantSource::Param(n)) => match bind {
+                            Some(p) => {
+                                let ty = p.types.get(n.saturating_sub(1)).copied().unwrap_or(0);
+                                Some(super::tenant_value::from_param(p.bind, *n, ty)?)
+                            }
+                            None => return Err(route::refusal(
                                 "regionguard.tenant cannot come from a parameter in a simple query",
                                 "use a literal: SET regionguard.tenant = '<tenant>'",
-                            ))
-                        }
-                    },
-                    None => None,
-                };
+                            )),
+                        },
+                        None => None,
+                    };
                 if let Some(t) = &v {
                     let region = route::region_of(&self.shared, t).await?;
                     if let Txn::Pinned(p) = &self.txn {
@@ -538,7 +563,11 @@ impl Requests {
                 }
                 let in_txn = self.txn != Txn::Idle;
                 if *local && !in_txn {
-                    messages::warning(out, "25P01", "SET LOCAL can only be used in transaction blocks");
+                    messages::warning(
+                        out,
+                        "25P01",
+                        "SET LOCAL can only be used in transaction blocks",
+                    );
                 }
                 apply_set(&mut self.tenant, *local, v, in_txn);
                 messages::command_complete(out, if value.is_some() { "SET" } else { "RESET" });
@@ -591,7 +620,9 @@ fn refuse_kind(kind: &StatementKind) -> Option<PgError> {
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "two-phase commit commands are not available through RegionGuard",
             )
-            .with_hint("RegionGuard uses PREPARE TRANSACTION itself to apply changes to every region"),
+            .with_hint(
+                "RegionGuard uses PREPARE TRANSACTION itself to apply changes to every region",
+            ),
         ),
         _ => None,
     }
