@@ -23,6 +23,12 @@ pub enum Expect {
     },
     /// Relay `region`'s responses up to and including its next ReadyForQuery.
     Relay { region: Arc<str> },
+    /// Relay `region`'s responses up to CopyInResponse (the COPY FROM STDIN
+    /// just executed started) or ErrorResponse (it did not).
+    RelayUntilCopyIn { region: Arc<str> },
+    /// A Sync sent while a COPY FROM STDIN may be running: Postgres ignores
+    /// it if the copy started, and answers it if the copy failed to start.
+    CopySync { region: Arc<str> },
     /// Read `region`'s responses up to its next ReadyForQuery and drop them:
     /// statements the proxy injected (a held BEGIN, session-state replay).
     Discard { region: Arc<str> },
@@ -30,6 +36,21 @@ pub enum Expect {
     Local(BytesMut),
     /// Write the error (if any) and end the session.
     End(Option<PgError>),
+}
+
+impl Expect {
+    /// A short name for logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Expect::Attach { .. } => "attach",
+            Expect::Relay { .. } => "relay",
+            Expect::RelayUntilCopyIn { .. } => "relay-until-copy-in",
+            Expect::CopySync { .. } => "copy-sync",
+            Expect::Discard { .. } => "discard",
+            Expect::Local(_) => "local",
+            Expect::End(_) => "end",
+        }
+    }
 }
 
 /// Completion messages of injected Parse/Close requests to swallow, and

@@ -43,6 +43,11 @@ struct Reader {
     done: u64,
     addr: String,
     fatal_seen: bool,
+    /// A COPY FROM STDIN started (CopyInResponse seen) and has not ended.
+    copy_active: bool,
+    /// The buffer starts with a response to a batch the queue has not
+    /// reached yet: leave this backend alone until then.
+    parked: bool,
 }
 
 impl Reader {
@@ -53,6 +58,14 @@ impl Reader {
         }
         self.rd.read_buf(&mut self.buf).await
     }
+}
+
+/// How a batch's responses are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Relay,
+    Discard,
+    UntilCopyIn,
 }
 
 /// The response side of a session.
@@ -101,6 +114,7 @@ impl Responses {
                     }
                 }
             };
+            tracing::trace!(item = item.describe(), "response plan");
             let step = match item {
                 Expect::Attach {
                     region,
@@ -118,6 +132,8 @@ impl Responses {
                             done: 0,
                             addr,
                             fatal_seen: false,
+                            copy_active: false,
+                            parked: false,
                         },
                     );
                     Ok(())
@@ -140,8 +156,17 @@ impl Responses {
                     let _ = self.flush().await;
                     return end;
                 }
-                Expect::Relay { region } => self.relay(&region, false).await,
-                Expect::Discard { region } => self.relay(&region, true).await,
+                Expect::Relay { region } => self.relay(&region, Mode::Relay).await,
+                Expect::Discard { region } => self.relay(&region, Mode::Discard).await,
+                Expect::RelayUntilCopyIn { region } => self.relay(&region, Mode::UntilCopyIn).await,
+                Expect::CopySync { region } => match self.readers.get_mut(&region) {
+                    Some(r) if r.copy_active => {
+                        r.shared.batch_done(r.done);
+                        r.done += 1;
+                        Ok(())
+                    }
+                    _ => self.relay(&region, Mode::Relay).await,
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -209,19 +234,35 @@ impl Responses {
             Ok(used) => used,
             Err(e) => return Err(self.lost(&region, &e.to_string()).await),
         };
-        for f in &reader.frames {
+        let mut consumed = 0;
+        for f in reader.frames.iter().take_while(|f| f.end <= used) {
+            let asynchronous = match f.tag {
+                b'A' | b'N' | b'S' => true,
+                b'E' => is_fatal(f.body(&reader.buf)),
+                _ => false,
+            };
+            if !asynchronous {
+                // A response that belongs to a batch queued later.
+                reader.parked = true;
+                break;
+            }
             if f.tag == b'E' {
-                reader.fatal_seen |= is_fatal(f.body(&reader.buf));
+                reader.fatal_seen = true;
             }
             self.out.extend_from_slice(f.bytes(&reader.buf));
+            consumed = f.end;
         }
-        reader.buf.advance(used);
+        reader.buf.advance(consumed);
         self.flush().await
     }
 
     /// Moves one batch's responses from `region` to the client (or drops
-    /// them), up to and including ReadyForQuery.
-    async fn relay(&mut self, region: &Arc<str>, discard: bool) -> Result<(), SessionEnd> {
+    /// them), up to and including ReadyForQuery (or the start of a COPY).
+    async fn relay(&mut self, region: &Arc<str>, mode: Mode) -> Result<(), SessionEnd> {
+        let discard = mode == Mode::Discard;
+        if let Some(r) = self.readers.get_mut(region) {
+            r.parked = false;
+        }
         loop {
             let Some(reader) = self.readers.get_mut(region) else {
                 return Err(SessionEnd::ClientError(format!(
@@ -235,6 +276,7 @@ impl Responses {
             let mut consumed = 0;
             let mut finished = false;
             for f in &reader.frames {
+                tracing::trace!(tag = %(f.tag as char), region = %region, "backend message");
                 consumed = f.end;
                 let bytes = f.bytes(&reader.buf);
                 match f.tag {
@@ -243,8 +285,17 @@ impl Responses {
                             self.out.extend_from_slice(bytes);
                         }
                     }
+                    b'G' => {
+                        reader.copy_active = true;
+                        self.out.extend_from_slice(bytes);
+                        if mode == Mode::UntilCopyIn {
+                            finished = true;
+                            break;
+                        }
+                    }
                     b'E' => {
                         reader.fatal_seen |= is_fatal(f.body(&reader.buf));
+                        reader.copy_active = false;
                         if let Some(replacement) = reader.shared.take_override(reader.done) {
                             replacement.encode(&mut self.out);
                         } else if discard {
@@ -254,6 +305,10 @@ impl Responses {
                             );
                         } else {
                             self.out.extend_from_slice(bytes);
+                        }
+                        if mode == Mode::UntilCopyIn {
+                            finished = true;
+                            break;
                         }
                     }
                     b't' => {
@@ -265,6 +320,7 @@ impl Responses {
                         }
                     }
                     b'Z' => {
+                        reader.copy_active = false;
                         reader.shared.batch_done(reader.done);
                         reader.done += 1;
                         if !discard {
@@ -344,24 +400,30 @@ impl Responses {
     }
 }
 
-/// Waits until any backend has bytes (or broke). With no backends it never
-/// completes, which leaves the other `select!` arms to decide.
+/// Waits until any backend that is not parked has bytes (or broke). With
+/// none it never completes, which leaves the other `select!` arms to decide.
 async fn read_any(readers: &mut HashMap<Arc<str>, Reader>) -> (Arc<str>, std::io::Result<usize>) {
-    if readers.len() == 1 {
-        if let Some((region, reader)) = readers.iter_mut().next() {
-            let r = reader.read_more().await;
-            return (region.clone(), r);
-        }
-    }
-    if readers.is_empty() {
+    let live = readers.values().filter(|r| !r.parked).count();
+    if live == 0 {
         return std::future::pending().await;
     }
-    let futures = readers.iter_mut().map(|(region, reader)| {
-        Box::pin(async move {
-            let r = reader.read_more().await;
-            (region.clone(), r)
-        })
-    });
+    if live == 1 {
+        for (region, reader) in readers.iter_mut() {
+            if !reader.parked {
+                let r = reader.read_more().await;
+                return (region.clone(), r);
+            }
+        }
+    }
+    let futures = readers
+        .iter_mut()
+        .filter(|(_, r)| !r.parked)
+        .map(|(region, reader)| {
+            Box::pin(async move {
+                let r = reader.read_more().await;
+                (region.clone(), r)
+            })
+        });
     futures_util::future::select_all(futures).await.0
 }
 

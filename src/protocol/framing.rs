@@ -85,6 +85,31 @@ pub fn scan(buf: &[u8], max_len: usize, frames: &mut Vec<Frame>) -> Result<usize
     Ok(pos)
 }
 
+/// Like [`scan`], but a bad header ends the scan instead of hiding the
+/// complete messages before it: those still deserve an answer.
+pub fn scan_until_error(
+    buf: &[u8],
+    max_len: usize,
+    frames: &mut Vec<Frame>,
+) -> (usize, Option<FrameError>) {
+    frames.clear();
+    let mut pos = 0;
+    loop {
+        match peek_header(&buf[pos..], max_len) {
+            Ok(Some((tag, total))) if buf.len() - pos >= total => {
+                frames.push(Frame {
+                    tag,
+                    start: pos,
+                    end: pos + total,
+                });
+                pos += total;
+            }
+            Ok(_) => return (pos, None),
+            Err(e) => return (pos, Some(e)),
+        }
+    }
+}
+
 /// How many more bytes the read buffer needs to hold the next message
 /// entirely; used to reserve once instead of growing repeatedly.
 pub fn needed(buf: &BytesMut, max_len: usize) -> Result<usize, FrameError> {

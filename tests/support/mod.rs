@@ -133,7 +133,15 @@ async fn start_region(
 
 /// Starts the proxy with `config`. Stop it with `proxy.shutdown().await`;
 /// if a test panics first, its tasks end with the test's runtime.
+/// Starts the proxy in this process. `RG_TEST_LOG=debug` (a tracing
+/// filter) shows its logs in the test's output.
 pub async fn start_proxy(config: Config) -> Proxy {
+    if let Ok(filter) = std::env::var("RG_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     Proxy::start(config).await.expect("start the proxy")
 }
 

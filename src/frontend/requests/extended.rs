@@ -2,6 +2,7 @@
 //! Flush and Sync, in batches that each run in one region.
 
 use super::{aborted, apply_set, Batch, PortalTarget, Quit, Requests, Stmt, Txn, FAIL_PORTAL};
+use crate::frontend::expect::Expect;
 use crate::frontend::route::{self, Params, Placement};
 use crate::frontend::tenant_value;
 use crate::protocol::error::PgError;
@@ -108,16 +109,13 @@ impl Requests {
     }
 
     /// Fixes the batch's region: a held BEGIN goes first, then the held
-    /// messages, and the response side is told to relay this region.
+    /// messages. The response side is told later, by [`Self::push_relay`].
     async fn set_batch_region(&mut self, region: &Arc<str>) -> Result<(), Quit> {
         if self.batch.region.is_some() {
             return Ok(());
         }
         self.backend(region).await?;
         self.pin_held(region).await?;
-        let _ = self.expect.send(crate::frontend::expect::Expect::Relay {
-            region: region.clone(),
-        });
         let held = std::mem::take(&mut self.batch.held);
         let b = self.backend(region).await?;
         for (msg, parse, describe) in held {
@@ -127,6 +125,18 @@ impl Requests {
         self.batch.region = Some(region.clone());
         self.last_region = region.clone();
         Ok(())
+    }
+
+    /// Tells the response side to relay the batch's region up to its
+    /// ReadyForQuery. Deferred until the client waits for answers (Flush,
+    /// Sync) so that a COPY FROM STDIN can be recognised first.
+    fn push_relay(&mut self) {
+        if let (Some(region), false) = (&self.batch.region, self.batch.relay_pushed) {
+            let _ = self.expect.send(Expect::Relay {
+                region: region.clone(),
+            });
+            self.batch.relay_pushed = true;
+        }
     }
 
     /// Makes sure `name` is prepared in `region`, preparing it there now
@@ -265,7 +275,15 @@ impl Requests {
         self.ensure_prepared(&region, &name).await?;
         let b = self.backend(&region).await?;
         b.push(msg);
-        self.portals.insert(portal, PortalTarget::Region(region));
+        let copy_in = matches!(
+            plan.map(|p| &p.kind),
+            Some(StatementKind::Copy {
+                from_stdin: true,
+                ..
+            })
+        );
+        self.portals
+            .insert(portal, PortalTarget::Region { region, copy_in });
         Ok(())
     }
 
@@ -398,7 +416,7 @@ impl Requests {
                     self.local(out);
                     Ok(())
                 }
-                Some(PortalTarget::Region(r)) => {
+                Some(PortalTarget::Region { region: r, .. }) => {
                     if let Some(err) = self.conflict(&r) {
                         return self.fail_batch(err).await;
                     }
@@ -446,12 +464,19 @@ impl Requests {
                 self.local(out);
                 Ok(())
             }
-            Some(PortalTarget::Region(r)) => {
+            Some(PortalTarget::Region { region: r, copy_in }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
                 }
                 self.set_batch_region(&r).await?;
-                self.send_or_hold(msg.clone(), None, None).await
+                self.send_or_hold(msg.clone(), None, None).await?;
+                if copy_in && !self.batch.relay_pushed {
+                    // Answers up to CopyInResponse now; the copy's end is
+                    // relayed with the Sync that follows CopyDone.
+                    let _ = self.expect.send(Expect::RelayUntilCopyIn { region: r });
+                    self.batch.copy_pending = true;
+                }
+                Ok(())
             }
             None => self.send_or_hold(msg.clone(), None, None).await,
         }
@@ -503,13 +528,13 @@ impl Requests {
         let name = name.to_string();
         if kind == b'P' {
             return match self.portals.remove(&name) {
-                Some(PortalTarget::Region(r))
+                Some(PortalTarget::Region { region: r, .. })
                     if self.batch.region.as_ref().is_none_or(|b| *b == r) =>
                 {
                     self.set_batch_region(&r).await?;
                     self.send_or_hold(msg.clone(), None, None).await
                 }
-                Some(PortalTarget::Region(_)) | Some(PortalTarget::Local(_)) | None
+                Some(PortalTarget::Region { .. }) | Some(PortalTarget::Local(_)) | None
                     if self.batch_is_local() =>
                 {
                     let mut out = BytesMut::new();
@@ -549,6 +574,7 @@ impl Requests {
         }
         match self.batch.region.clone() {
             Some(region) => {
+                self.push_relay();
                 let b = self.backend(&region).await?;
                 b.push(msg);
                 Ok(())
@@ -563,7 +589,17 @@ impl Requests {
             self.set_batch_region(&region).await?;
         }
         match self.batch.region.clone() {
+            Some(region) if self.batch.copy_pending => {
+                // Ignored by Postgres if the copy is running; the batch goes on.
+                let _ = self.expect.send(Expect::CopySync {
+                    region: region.clone(),
+                });
+                let b = self.backend(&region).await?;
+                b.push_batch_end(msg);
+                return Ok(());
+            }
             Some(region) => {
+                self.push_relay();
                 let b = self.backend(&region).await?;
                 b.push_batch_end(msg);
             }

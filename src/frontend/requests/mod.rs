@@ -83,7 +83,11 @@ struct Stmt {
 /// What a portal was bound from.
 #[derive(Clone)]
 enum PortalTarget {
-    Region(Arc<str>),
+    /// Bound in this region; `copy_in` when it runs COPY FROM STDIN.
+    Region {
+        region: Arc<str>,
+        copy_in: bool,
+    },
     Local(extended::LocalAction),
 }
 
@@ -95,6 +99,10 @@ struct Batch {
     held: Vec<(Bytes, Option<String>, Option<String>)>,
     /// A refusal happened: drop messages until Sync.
     skipping: bool,
+    /// The response side was told to relay this batch.
+    relay_pushed: bool,
+    /// A COPY FROM STDIN was executed and its CopyDone/CopyFail not seen.
+    copy_pending: bool,
 }
 
 pub struct Requests {
@@ -159,14 +167,12 @@ impl Requests {
                 Ok(0) | Err(_) => return self.gone().await,
                 Ok(_) => {}
             }
-            let used = match framing::scan(&buf, self.max_message, &mut frames) {
-                Ok(used) => used,
-                Err(e) => return self.fatal(frame_error(e)),
-            };
+            let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
             for f in &frames {
                 let msg = chunk.slice(f.start..f.end);
                 if self.handle(f.tag, msg).await.is_err() {
+                    tracing::trace!("request pump quits");
                     let _ = self.backends.flush().await;
                     return;
                 }
@@ -174,6 +180,10 @@ impl Requests {
             if self.backends.flush().await.is_err() {
                 // The response side notices the broken backend and reports it.
                 return;
+            }
+            if let Some(e) = bad {
+                // Messages before the bad one are answered first.
+                return self.fatal(frame_error(e));
             }
         }
     }
@@ -188,6 +198,7 @@ impl Requests {
     }
 
     fn local(&self, out: BytesMut) {
+        tracing::trace!(len = out.len(), "local answer");
         if !out.is_empty() {
             let _ = self.expect.send(Expect::Local(out));
         }
@@ -202,6 +213,7 @@ impl Requests {
     }
 
     async fn handle(&mut self, tag: u8, msg: Bytes) -> Result<(), Quit> {
+        tracing::trace!(tag = %(tag as char), len = msg.len(), "client message");
         let body = &msg[framing::HEADER_LEN..];
         match tag {
             b'Q' => self.query(&msg, body).await,
@@ -214,6 +226,9 @@ impl Requests {
             b'S' => self.sync(&msg).await,
             b'F' => self.function_call(&msg).await,
             b'd' | b'c' | b'f' => {
+                if tag != b'd' {
+                    self.batch.copy_pending = false;
+                }
                 let region = self.last_region.clone();
                 let b = self.backend(&region).await?;
                 b.push(&msg);
