@@ -22,6 +22,9 @@ pub struct Backend {
     /// the index of the batch being written now.
     pub batches: u64,
     out: BytesMut,
+    /// Housekeeping (Close of statements closed elsewhere) that waits for
+    /// this backend's next batch, so an idle backend stays silent.
+    deferred: BytesMut,
     /// Statements prepared here (`""` is the unnamed one).
     pub prepared: HashSet<String>,
 }
@@ -29,13 +32,22 @@ pub struct Backend {
 impl Backend {
     /// Queues bytes for this backend; written at the next flush.
     pub fn push(&mut self, bytes: &[u8]) {
+        if !self.deferred.is_empty() {
+            let deferred = self.deferred.split();
+            self.out.extend_from_slice(&deferred);
+        }
         self.out.extend_from_slice(bytes);
     }
 
     /// Queues a message and records that it ends a batch.
     pub fn push_batch_end(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
+        self.push(bytes);
         self.batches += 1;
+    }
+
+    /// Sends `bytes` with this backend's next batch.
+    pub fn defer(&mut self, bytes: &[u8]) {
+        self.deferred.extend_from_slice(bytes);
     }
 
     /// Queues a simple Query the proxy injects (its answer is discarded).
@@ -190,6 +202,7 @@ fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
         shared,
         batches: 0,
         out: BytesMut::with_capacity(16 * 1024),
+        deferred: BytesMut::new(),
         prepared: HashSet::new(),
     }
 }

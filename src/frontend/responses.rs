@@ -78,6 +78,9 @@ pub struct Responses {
     phase: watch::Receiver<Phase>,
     phase_open: bool,
     client_gone: watch::Receiver<bool>,
+    /// False once the request side ended without the client leaving (its
+    /// sender dropped): queued answers still go out.
+    gone_open: bool,
 }
 
 impl Responses {
@@ -95,6 +98,7 @@ impl Responses {
             phase,
             phase_open: true,
             client_gone,
+            gone_open: true,
         }
     }
 
@@ -195,7 +199,8 @@ impl Responses {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Expect>,
     ) -> Result<Option<Expect>, SessionEnd> {
-        if *self.phase.borrow() != Phase::Running && self.status == b'I' {
+        let phase = *self.phase.borrow();
+        if phase == Phase::Closing || (phase == Phase::Draining && self.status == b'I') {
             return Err(self.shutting_down().await);
         }
         tokio::select! {
@@ -347,7 +352,14 @@ impl Responses {
             };
             let read = tokio::select! {
                 read = reader.read_more() => read,
-                _ = self.client_gone.changed() => return Err(SessionEnd::ClientGone),
+                changed = self.client_gone.changed(), if self.gone_open => {
+                    if changed.is_err() {
+                        self.gone_open = false;
+                    } else if *self.client_gone.borrow() {
+                        return Err(SessionEnd::ClientGone);
+                    }
+                    continue;
+                }
                 changed = self.phase.changed(), if self.phase_open => {
                     if changed.is_err() {
                         self.phase_open = false;

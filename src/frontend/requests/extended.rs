@@ -552,7 +552,7 @@ impl Requests {
             b.shared.forget_statement(&name);
             if b.prepared.remove(&name) && target.as_ref() != Some(region) {
                 b.shared.expect_completion(b.batches, false);
-                b.push(msg);
+                b.defer(msg);
             }
         }
         if self.batch_is_local() {
