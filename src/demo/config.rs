@@ -21,8 +21,14 @@ pub(crate) fn build(clusters: &[Cluster], state: &State, port: u16) -> Result<Co
          address = \"127.0.0.1:{port}\"\n\
          [[auth.users]]\n\
          name = \"{PROXY_USER}\"\n\
-         verifier = \"{verifier}\"\n"
+         verifier = \"{verifier}\"\n\
+         [tenancy]\n\
+         tables = [\"customers\", \"orders\"]\n\
+         [tenants]\n"
     );
+    for (tenant, region) in super::schema::tenant_regions() {
+        let _ = writeln!(toml, "{tenant} = \"{region}\"");
+    }
     for cluster in clusters {
         let region = cluster.name();
         let password = state

@@ -202,7 +202,7 @@ fn print_urls(proxy: &Proxy, clusters: &[Cluster], state: &State) {
         }
     }
     println!(
-        "psql \"postgres://{user}:{password}@{addr}/{DATABASE}?options=-c%20regionguard.region%3Dus\""
+        "psql \"postgres://{user}:{password}@{addr}/{DATABASE}?options=-c%20regionguard.tenant%3Dglobex\""
     );
 }
 

@@ -86,6 +86,11 @@ const TENANTS: [Tenant; 3] = [
 
 /// SQL creating the tables and loading `region`'s tenant. Safe to run again:
 /// existing tables and rows are left as they are.
+/// `(tenant, region)` of the example tenants, for the demo's `[tenants]`.
+pub(crate) fn tenant_regions() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TENANTS.iter().map(|t| (t.name, t.region))
+}
+
 pub(crate) fn sql_for(region: &str) -> String {
     let mut sql = SCHEMA.to_string();
     for tenant in TENANTS.iter().filter(|t| t.region == region) {
