@@ -242,9 +242,6 @@ pub struct Tenancy {
     pub tables: Vec<String>,
     /// Per-table tenant column where it differs from `column`.
     pub columns: BTreeMap<String, String>,
-    /// Also treat every table that has the tenant column as tenant-scoped,
-    /// discovered from each region's catalog.
-    pub discover: bool,
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
@@ -256,7 +253,6 @@ impl Default for Tenancy {
             column: "tenant_id".into(),
             tables: Vec::new(),
             columns: BTreeMap::new(),
-            discover: false,
             global_tables: Vec::new(),
         }
     }
