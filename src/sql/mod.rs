@@ -229,6 +229,9 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
     if let Some(plan) = session::plan_from_head(&segment.head) {
         return plan;
     }
+    if let Some(plan) = plain_statement(segment, tenancy) {
+        return plan;
+    }
     let dialect = PostgreSqlDialect {};
     let mut parsed = Parser::parse_sql(&dialect, segment.text);
     if parsed.is_err() && segment.head.first().map(String::as_str) == Some("COPY") {
@@ -254,6 +257,28 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
             tenancy,
         ),
     }
+}
+
+/// A query or DML statement whose text names no tenant-scoped or global
+/// table and nothing of `regionguard`'s: it needs no tenant, whatever its
+/// shape, so it is not parsed. Statements with literals (simple-protocol
+/// clients) have a new text each time; parsing each would cost more than
+/// the round trip it delays.
+fn plain_statement(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> Option<StatementPlan> {
+    let kind = match segment.head.first().map(String::as_str) {
+        Some("SELECT" | "VALUES") => StatementKind::Read,
+        Some("INSERT" | "UPDATE" | "DELETE") => StatementKind::Write,
+        _ => return None,
+    };
+    let relevant = |w: &str| {
+        tenancy.mentions_scoped_word(w)
+            || tenancy.mentions_global_word(w)
+            || w.starts_with("regionguard")
+    };
+    if lexer::mentions_word(segment.text, relevant) {
+        return None;
+    }
+    Some(StatementPlan::new(kind))
 }
 
 /// A statement the parser could not read: refused when it names a
