@@ -291,6 +291,16 @@ impl Requests {
             self.local(out);
             return Ok(());
         }
+        let ends_txn = matches!(
+            analysis.statements.as_slice(),
+            [p] if matches!(p.kind, StatementKind::Commit | StatementKind::Rollback)
+        );
+        if self.txn == Txn::FailedHeld && !ends_txn {
+            let mut out = aborted().to_bytes();
+            messages::ready_for_query(&mut out, b'E');
+            self.local(out);
+            return Ok(());
+        }
         if let Some(out) = self.answer_locally(&analysis.statements, sql).await {
             let mut out = out;
             messages::ready_for_query(&mut out, self.status());
@@ -532,9 +542,6 @@ impl Requests {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
                 messages::command_complete(&mut out, tag);
-            }
-            (_, Txn::FailedHeld) => {
-                aborted().encode(&mut out);
             }
             _ => return None,
         }
