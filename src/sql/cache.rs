@@ -48,6 +48,9 @@ impl AnalysisCache {
                 return Arc::clone(&entry.1);
             }
         }
+        if let Some(plain) = super::analyze_plain(sql, tenancy) {
+            return Arc::new(plain);
+        }
         let analysis = Arc::new(analyze(sql, tenancy));
         if self.map.len() >= self.capacity {
             self.map.clear();

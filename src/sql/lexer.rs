@@ -169,7 +169,13 @@ pub(crate) fn sanitize_message(message: &str) -> String {
 pub(crate) fn mentions_word(sql: &str, is_table: impl Fn(&str) -> bool) -> bool {
     sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .filter(|w| !w.is_empty())
-        .any(|w| is_table(&w.to_lowercase()))
+        .any(|w| {
+            if w.chars().any(char::is_uppercase) {
+                is_table(&w.to_lowercase())
+            } else {
+                is_table(w)
+            }
+        })
 }
 
 #[cfg(test)]

@@ -259,6 +259,41 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
     }
 }
 
+/// The analysis of a single plain query or DML statement without
+/// comments, parameters or names that matter to routing, found by a scan of
+/// the text without tokenizing it. Simple-protocol clients send literals, so
+/// such texts rarely repeat: this keeps them out of the parser and the cache.
+pub fn analyze_plain(sql: &str, tenancy: &Tenancy) -> Option<Analysis> {
+    let text = sql.trim_start();
+    let body = text.trim_end().trim_end_matches(';');
+    if body.contains([';', '$']) || body.contains("--") || body.contains("/*") {
+        return None;
+    }
+    let first = body.split(|c: char| !c.is_ascii_alphabetic()).next()?;
+    let kind = if first.eq_ignore_ascii_case("select") || first.eq_ignore_ascii_case("values") {
+        StatementKind::Read
+    } else if ["insert", "update", "delete"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+    {
+        StatementKind::Write
+    } else {
+        return None;
+    };
+    let relevant = |w: &str| {
+        tenancy.mentions_scoped_word(w)
+            || tenancy.mentions_global_word(w)
+            || w.starts_with("regionguard")
+    };
+    if lexer::mentions_word(body, relevant) {
+        return None;
+    }
+    Some(Analysis {
+        statements: vec![StatementPlan::new(kind)],
+        param_count: 0,
+    })
+}
+
 /// A query or DML statement whose text names no tenant-scoped or global
 /// table and nothing of `regionguard`'s: it needs no tenant, whatever its
 /// shape, so it is not parsed. Statements with literals (simple-protocol

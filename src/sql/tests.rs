@@ -1100,10 +1100,17 @@ fn cache_is_bounded() {
     let cache = AnalysisCache::new(3);
     let t = tenancy();
     for i in 0..10 {
-        cache.get_or_analyze(&format!("SELECT {i}"), &t);
+        cache.get_or_analyze(
+            &format!("SELECT * FROM customers WHERE tenant_id = '{i}'"),
+            &t,
+        );
         assert!(cache.len() <= 3);
     }
     assert!(!cache.is_empty());
+    // Plain statements are analysed by a text scan and not cached at all.
+    cache.invalidate();
+    cache.get_or_analyze("SELECT 42", &t);
+    assert!(cache.is_empty());
 }
 
 #[test]
@@ -1131,4 +1138,40 @@ fn needs_no_tenant_quick_path() {
     assert!(analyze("SELECT 1; SET search_path = x", &tenancy()).needs_no_tenant());
     assert!(!analyze("SELECT 1; SELECT * FROM customers", &tenancy()).needs_no_tenant());
     assert!(!analyze("/* regionguard.tenant = 'a' */ SELECT 1", &tenancy()).needs_no_tenant());
+}
+
+#[test]
+fn plain_statements_skip_the_parser_only_when_nothing_matters() {
+    let t = tenancy();
+    let plain = |sql: &str| analyze_plain(sql, &t).map(|a| a.statements[0].kind.clone());
+    assert_eq!(
+        plain("SELECT abalance FROM pgbench_accounts WHERE aid = 7;"),
+        Some(StatementKind::Read)
+    );
+    assert_eq!(
+        plain("  update pgbench_tellers set tbalance = 1 where tid = 2"),
+        Some(StatementKind::Write)
+    );
+    // Anything that may matter goes to the full analysis.
+    for sql in [
+        "SELECT * FROM customers WHERE tenant_id = 'acme'",
+        "SELECT * FROM Public.CUSTOMERS",
+        "SELECT * FROM countries",
+        "SELECT current_setting('regionguard.tenant')",
+        "SELECT 1 /* regionguard.tenant = 'acme' */",
+        "SELECT 1 -- comment",
+        "SELECT $1",
+        "SELECT 1; SELECT 2",
+        "BEGIN",
+        "SET search_path = x",
+        "CREATE TABLE t (a int)",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+    ] {
+        assert_eq!(plain(sql), None, "{sql}");
+    }
+    // And the shortcut agrees with the full analysis.
+    for sql in ["SELECT 1", "DELETE FROM pgbench_history WHERE 1 = 1"] {
+        let full = analyze(sql, &t);
+        assert_eq!(analyze_plain(sql, &t).as_ref(), Some(&full), "{sql}");
+    }
 }
