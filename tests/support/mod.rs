@@ -116,6 +116,188 @@ impl TestRegions {
     }
 }
 
+/// Tenants used by the routing tests: two per region.
+pub const ROUTING_TENANTS: [(&str, &str); 6] = [
+    ("acme", "eu"),
+    ("umbrella", "eu"),
+    ("globex", "us"),
+    ("hooli", "us"),
+    ("initech", "apac"),
+    ("wayne", "apac"),
+];
+
+/// The tenant-scoped schema of the routing tests, created directly in every
+/// region by [`TestRegions::create_routing_schema`].
+pub const ROUTING_SCHEMA: &str = "\
+    CREATE TABLE customers (tenant_id text NOT NULL, id bigint NOT NULL, email text, \
+        full_name text, PRIMARY KEY (tenant_id, id));\n\
+    CREATE TABLE orders (tenant_id text NOT NULL, id bigint NOT NULL, customer_id bigint, \
+        amount numeric, PRIMARY KEY (tenant_id, id));\n";
+
+impl TestRegions {
+    /// The cluster of `region`, mutably (to stop or restart it).
+    pub fn cluster_mut(&mut self, region: &str) -> &mut Cluster {
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name() == region)
+            .unwrap_or_else(|| panic!("no test region `{region}` (have {REGIONS:?})"))
+    }
+
+    /// Stops `region`'s server (`pg_ctl stop -m fast`).
+    pub async fn stop_region(&mut self, region: &str) {
+        self.cluster_mut(region)
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("stop region `{region}`: {e}"));
+    }
+
+    /// Starts `region`'s server again (its port may change if taken).
+    pub async fn restart_region(&mut self, region: &str) {
+        self.cluster_mut(region)
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("restart region `{region}`: {e}"));
+    }
+
+    /// The region whose server listens on `port`, if any.
+    pub fn region_at_port(&self, port: u16) -> Option<&'static str> {
+        REGIONS.into_iter().find(|r| self.port(r) == port)
+    }
+
+    /// [`TestRegions::proxy_config`] plus routing: `customers` and `orders`
+    /// tenant-scoped on `tenant_id`, and `tenants` (tenant, region) as the
+    /// static `[tenants]` directory.
+    pub fn routing_config(&self, tenants: &[(&str, &str)]) -> Config {
+        let mut config = self.proxy_config();
+        config.tenancy.column = "tenant_id".into();
+        config.tenancy.tables = vec!["customers".into(), "orders".into()];
+        config.tenants = tenants
+            .iter()
+            .map(|(t, r)| (t.to_string(), r.to_string()))
+            .collect();
+        config
+    }
+
+    /// Creates [`ROUTING_SCHEMA`] directly (not through the proxy) in every
+    /// region.
+    pub async fn create_routing_schema(&self) {
+        self.batch_everywhere(ROUTING_SCHEMA).await;
+    }
+
+    /// Runs `sql` directly in every region.
+    pub async fn batch_everywhere(&self, sql: &str) {
+        for region in REGIONS {
+            self.client(region)
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("run directly in region `{region}`: {e}\n{sql}"));
+        }
+    }
+
+    /// `(tenant_id, id)` of every row of `table`, read directly in
+    /// `region`, sorted. `table`'s tenant column must be castable to text.
+    pub async fn rows_in(&self, region: &str, table: &str) -> Vec<(String, i64)> {
+        let sql = format!("SELECT tenant_id::text, id FROM {table} ORDER BY 1, 2");
+        self.client(region)
+            .await
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("read {table} directly in region `{region}`: {e}"))
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
+    /// The regions in which `table` holds a row `(tenant, id)`, read directly.
+    pub async fn regions_holding(&self, table: &str, tenant: &str, id: i64) -> Vec<&'static str> {
+        let sql = format!("SELECT count(*) FROM {table} WHERE tenant_id::text = $1 AND id = $2");
+        let mut out = Vec::new();
+        for region in REGIONS {
+            let n: i64 = self
+                .client(region)
+                .await
+                .query_one(&sql, &[&tenant, &id])
+                .await
+                .unwrap_or_else(|e| panic!("count {table} directly in region `{region}`: {e}"))
+                .get(0);
+            if n > 0 {
+                out.push(region);
+            }
+        }
+        out
+    }
+}
+
+/// A client through `proxy` with no `regionguard.region` and, when given,
+/// the startup option `-c regionguard.tenant=<tenant>`.
+pub async fn tenant_client(proxy: &Proxy, tenant: Option<&str>) -> Client {
+    let mut config = proxy_pg_config(proxy, None);
+    if let Some(t) = tenant {
+        config.options(format!("-c regionguard.tenant={t}"));
+    }
+    connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connect through the proxy (tenant {tenant:?}): {e}"))
+}
+
+/// The region that served `sql` (a query returning the server's port as
+/// its only value) on `client`, by port.
+pub async fn served_by(regions: &TestRegions, client: &Client, sql: &str) -> &'static str {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let port: u16 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|p| p.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    regions
+        .region_at_port(port)
+        .unwrap_or_else(|| panic!("port {port} is no region's"))
+}
+
+/// Checks a residency refusal: SQLSTATE `code`, a hint, and none of
+/// `secrets` (tenant ids, values) in the message, detail or hint. Returns
+/// the error's message.
+pub fn expect_refusal<T: std::fmt::Debug>(
+    r: Result<T, tokio_postgres::Error>,
+    code: &str,
+    secrets: &[&str],
+    what: &str,
+) -> String {
+    let err = match r {
+        Ok(v) => panic!("{what}: expected a refusal ({code}), got {v:?}"),
+        Err(e) => e,
+    };
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{what}: not a server error: {err:?}"));
+    assert_eq!(db.code().code(), code, "{what}: {db:?}");
+    let hint = db
+        .hint()
+        .unwrap_or_else(|| panic!("{what}: the refusal has no hint: {db:?}"));
+    assert!(!hint.trim().is_empty(), "{what}: empty hint");
+    for secret in secrets {
+        for (field, text) in [
+            ("message", Some(db.message())),
+            ("detail", db.detail()),
+            ("hint", Some(hint)),
+        ] {
+            if let Some(text) = text {
+                assert!(
+                    !text.contains(secret),
+                    "{what}: the {field} {text:?} contains {secret:?}"
+                );
+            }
+        }
+    }
+    db.message().to_string()
+}
+
 async fn start_region(
     root: &std::path::Path,
     name: &str,
@@ -374,6 +556,95 @@ pub mod raw {
                 _ => {}
             }
         }
+    }
+
+    /// Connects to the proxy (trust auth assumed) with extra startup
+    /// `params` and reads up to the first ReadyForQuery.
+    pub async fn trusted_session_with(
+        addr: std::net::SocketAddr,
+        params: &[(&str, &str)],
+    ) -> TcpStream {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
+        let mut all = vec![("user", super::PROXY_USER), ("database", super::DATABASE)];
+        all.extend_from_slice(params);
+        s.write_all(&startup_packet(&all))
+            .await
+            .expect("send startup");
+        loop {
+            match read_message(&mut s).await {
+                Some((b'Z', _)) => return s,
+                Some((b'E', body)) => panic!("startup refused: {:?}", fields(&body)),
+                Some(_) => {}
+                None => panic!("proxy closed during startup"),
+            }
+        }
+    }
+
+    /// Runs `sql` through the unnamed statement and portal with `params`
+    /// bound in *text* format (Parse with no types, Bind, Execute, Sync);
+    /// returns the messages up to ReadyForQuery.
+    pub async fn extended_text_query(
+        s: &mut TcpStream,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut parse = vec![0u8];
+        parse.extend_from_slice(sql.as_bytes());
+        parse.push(0);
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        out.extend(message(b'P', &parse));
+        let mut bind = vec![0u8, 0u8];
+        bind.extend_from_slice(&1i16.to_be_bytes());
+        bind.extend_from_slice(&0i16.to_be_bytes()); // all text
+        bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    bind.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    bind.extend_from_slice(v.as_bytes());
+                }
+                None => bind.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        bind.extend_from_slice(&0i16.to_be_bytes()); // results: text
+        out.extend(message(b'B', &bind));
+        let mut execute = vec![0u8];
+        execute.extend_from_slice(&0i32.to_be_bytes());
+        out.extend(message(b'E', &execute));
+        out.extend(message(b'S', &[]));
+        s.write_all(&out).await.expect("send extended query");
+        let mut got = Vec::new();
+        loop {
+            let m = read_message(s)
+                .await
+                .expect("response before ReadyForQuery");
+            let done = m.0 == b'Z';
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// The fields of the first ErrorResponse among `msgs`, if any.
+    pub fn first_error(msgs: &[(u8, Vec<u8>)]) -> Option<std::collections::HashMap<u8, String>> {
+        msgs.iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, body)| fields(body))
+    }
+
+    /// The text values of the first column of every DataRow among `msgs`.
+    pub fn first_column(msgs: &[(u8, Vec<u8>)]) -> Vec<Option<String>> {
+        msgs.iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, body)| {
+                let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+                (len >= 0).then(|| String::from_utf8_lossy(&body[6..6 + len as usize]).into_owned())
+            })
+            .collect()
     }
 
     /// Sends a simple Query and returns the messages up to ReadyForQuery.
