@@ -114,7 +114,6 @@ async fn region_down_refuses_its_tenants_while_others_serve() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: when a region's server goes down, the FATAL 57P01 of the session's idle backend there is relayed to the client, which closes the whole client session (eu/apac included)"]
 async fn session_that_used_the_down_region_survives() {
     let mut regions = TestRegions::start().await;
     regions.create_routing_schema().await;

@@ -75,7 +75,6 @@ async fn refused_simple_queries_reach_no_region() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: extended-protocol Parse of a statement the proxy refuses is still sent to the session's region (eu) — its text (with literal values) reaches a region, and Postgres's own errors (e.g. 42P01) win over the 42501 refusal"]
 async fn refused_prepared_statements_reach_no_region() {
     let (regions, proxy) = setup().await;
     within(30, "refused prepared statements", async {
@@ -101,7 +100,6 @@ async fn refused_prepared_statements_reach_no_region() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: extended-protocol Parse/Describe goes to the session's region before placement, so a us tenant's literal values are parsed (and logged) in eu before the statement is re-prepared in us"]
 async fn literal_values_reach_only_the_tenants_region() {
     let (regions, proxy) = setup().await;
     within(30, "literal values", async {

@@ -247,7 +247,6 @@ async fn savepoints_pass_inside_a_pinned_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a refused SET LOCAL/SET regionguard.tenant (tenant of another region) inside a pinned transaction does not fail the transaction: later statements run and COMMIT commits"]
 async fn refused_set_local_fails_the_transaction() {
     let (regions, proxy) = setup().await;
     within(30, "refused SET LOCAL in tx", async {
@@ -279,7 +278,6 @@ async fn refused_set_local_fails_the_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: BEGIN; then preparing a statement whose tenant is a $n parameter (Parse/Describe/Sync) pins the held transaction to the session's region; executing it for another region's tenant is then refused"]
 async fn prepare_inside_a_held_transaction_does_not_pin_it() {
     let (regions, proxy) = setup().await;
     within(30, "prepare in a held tx", async {

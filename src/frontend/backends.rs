@@ -45,6 +45,10 @@ impl Backend {
         self.batches += 1;
     }
 
+    fn is_dead(&self) -> bool {
+        self.shared.dead.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Sends `bytes` with this backend's next batch.
     pub fn defer(&mut self, bytes: &[u8]) {
         self.deferred.extend_from_slice(bytes);
@@ -121,6 +125,9 @@ impl Backends {
         shared: &Shared,
         expect: &mpsc::UnboundedSender<Expect>,
     ) -> Result<&mut Backend, PgError> {
+        if self.map.get(region).is_some_and(|b| b.is_dead()) {
+            self.map.remove(region);
+        }
         if !self.map.contains_key(region) {
             let b = self.open(region, shared, expect).await?;
             self.map.insert(region.clone(), b);
@@ -175,10 +182,12 @@ impl Backends {
         Ok(b)
     }
 
-    /// Writes every backend's queued bytes.
+    /// Writes every backend's queued bytes. A backend found dead is
+    /// dropped; any other write failure is the caller's to report.
     pub async fn flush(&mut self) -> Result<(), Arc<str>> {
+        self.map.retain(|_, b| !b.is_dead());
         for (region, b) in self.map.iter_mut() {
-            if b.flush().await.is_err() {
+            if b.flush().await.is_err() && !b.is_dead() {
                 return Err(region.clone());
             }
         }

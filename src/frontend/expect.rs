@@ -70,6 +70,9 @@ pub struct BackendShared {
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
     param_types: Mutex<std::collections::HashMap<String, Vec<u32>>>,
+    /// The response side saw this idle backend die and dropped it; the
+    /// request side opens a new one when the region is next needed.
+    pub dead: std::sync::atomic::AtomicBool,
 }
 
 impl BackendShared {

@@ -48,6 +48,8 @@ struct Reader {
     /// The buffer starts with a response to a batch the queue has not
     /// reached yet: leave this backend alone until then.
     parked: bool,
+    /// Transaction status of this backend's last ReadyForQuery.
+    status: u8,
 }
 
 impl Reader {
@@ -138,6 +140,7 @@ impl Responses {
                             fatal_seen: false,
                             copy_active: false,
                             parked: false,
+                            status: b'I',
                         },
                     );
                     Ok(())
@@ -227,10 +230,24 @@ impl Responses {
         region: Arc<str>,
         read: std::io::Result<usize>,
     ) -> Result<(), SessionEnd> {
+        // An idle backend of a session that has others can die (its server
+        // restarted) without taking the session down: it is dropped, and the
+        // region reopened (or refused with 08006) when next needed.
+        let spare = self.readers.len() > 1;
         let Some(reader) = self.readers.get_mut(&region) else {
             return Ok(());
         };
+        let expendable = spare && reader.status == b'I';
         match read {
+            Ok(0) | Err(_) if expendable => {
+                tracing::warn!(region = %region, "an idle backend connection closed; dropped from the session");
+                reader
+                    .shared
+                    .dead
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.readers.remove(&region);
+                return Ok(());
+            }
             Ok(0) => return Err(self.lost(&region, "server closed the connection").await),
             Err(e) => return Err(self.lost(&region, &e.to_string()).await),
             Ok(_) => {}
@@ -251,11 +268,15 @@ impl Responses {
                 reader.parked = true;
                 break;
             }
+            consumed = f.end;
             if f.tag == b'E' {
                 reader.fatal_seen = true;
+                if expendable {
+                    // Its end is handled when the connection closes.
+                    continue;
+                }
             }
             self.out.extend_from_slice(f.bytes(&reader.buf));
-            consumed = f.end;
         }
         reader.buf.advance(consumed);
         self.flush().await
@@ -270,9 +291,8 @@ impl Responses {
         }
         loop {
             let Some(reader) = self.readers.get_mut(region) else {
-                return Err(SessionEnd::ClientError(format!(
-                    "internal: no backend for region {region}"
-                )));
+                // Dropped while idle, before the request side noticed.
+                return Err(self.lost(region, "the connection closed while idle").await);
             };
             let scanned = framing::scan(&reader.buf, MAX_BACKEND_MESSAGE, &mut reader.frames);
             if let Err(e) = scanned {
@@ -326,6 +346,7 @@ impl Responses {
                     }
                     b'Z' => {
                         reader.copy_active = false;
+                        reader.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
                         reader.shared.batch_done(reader.done);
                         reader.done += 1;
                         if !discard {

@@ -115,6 +115,18 @@ pub async fn place(
     region_of_all(shared, &tenants).await.map(Placement::Region)
 }
 
+/// Whether placing `plan` needs bind parameters (a tenant from `$n`).
+pub fn needs_params(plan: &StatementPlan) -> bool {
+    let param = |v: &TenantSource| matches!(v, TenantSource::Param(_));
+    let in_requirement = match &plan.tenant {
+        TenantRequirement::Values(v) | TenantRequirement::Unconstrained { values: v, .. } => {
+            v.iter().any(param)
+        }
+        _ => false,
+    };
+    in_requirement || plan.tenant_assignments.iter().any(param)
+}
+
 fn disagree(tables: &[String]) -> PgError {
     refusal(
         format!(

@@ -67,6 +67,25 @@ impl Requests {
             b.shared.forget_statement(&name);
         }
         let local = self.batch_is_local() && self.is_local_statement(&analysis);
+        if !local {
+            // Place what the text alone decides now, so a statement is
+            // refused before it reaches any region and its literals only
+            // ever reach their own tenant's region.
+            if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
+                match route::place(&self.shared, plan, None, self.tenant.effective()).await {
+                    Ok(Placement::Region(r)) => {
+                        if let Some(err) = self.conflict(&r) {
+                            return self.fail_batch(err).await;
+                        }
+                        if self.batch.hint.is_none() {
+                            self.batch.hint = Some(r);
+                        }
+                    }
+                    Ok(Placement::Neutral) => {}
+                    Err(e) => return self.fail_batch(e).await,
+                }
+            }
+        }
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -115,7 +134,9 @@ impl Requests {
             return Ok(());
         }
         self.backend(region).await?;
-        self.pin_held(region).await?;
+        if self.batch.executes {
+            self.pin_held(region).await?;
+        }
         let held = std::mem::take(&mut self.batch.held);
         let b = self.backend(region).await?;
         for (msg, parse, describe) in held {
@@ -125,6 +146,15 @@ impl Requests {
         self.batch.region = Some(region.clone());
         self.last_region = region.clone();
         Ok(())
+    }
+
+    /// Where a batch goes that nothing in it placed: the region its Parse
+    /// texts belong to, else the session's region.
+    fn batch_home(&self) -> Arc<str> {
+        match &self.batch.hint {
+            Some(r) => r.clone(),
+            None => self.neutral_region(&self.tenant),
+        }
     }
 
     /// Tells the response side to relay the batch's region up to its
@@ -160,6 +190,7 @@ impl Requests {
     async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
         self.batch.skipping = true;
+        self.batch.executes = true;
         if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
             if matches!(self.txn, Txn::Held { .. }) {
                 self.txn = Txn::FailedHeld;
@@ -169,7 +200,7 @@ impl Requests {
         }
         let region = match (&self.batch.region, &self.txn) {
             (Some(r), _) | (None, Txn::Pinned(r)) => r.clone(),
-            _ => self.neutral_region(&self.tenant.clone()),
+            _ => self.batch_home(),
         };
         self.set_batch_region(&region).await?;
         let b = self.backend(&region).await?;
@@ -204,6 +235,7 @@ impl Requests {
             return Ok(());
         }
         let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
+        self.batch.executes = true;
         let name = bind.statement.to_string();
         let portal = bind.portal.to_string();
         let Some((analysis, stmt_types)) = self
@@ -457,6 +489,7 @@ impl Requests {
         let portal = frontend_msg::execute(body)
             .map_err(|e| self.malformed(e))?
             .to_string();
+        self.batch.executes = true;
         match self.portals.get(&portal).cloned() {
             Some(PortalTarget::Local(action)) => {
                 let mut out = BytesMut::new();
@@ -569,7 +602,7 @@ impl Requests {
             return Ok(());
         }
         if self.batch.region.is_none() && !self.batch.held.is_empty() {
-            let region = self.neutral_region(&self.tenant.clone());
+            let region = self.batch_home();
             self.set_batch_region(&region).await?;
         }
         match self.batch.region.clone() {
@@ -585,7 +618,7 @@ impl Requests {
 
     pub(super) async fn sync(&mut self, msg: &Bytes) -> Result<(), Quit> {
         if self.batch.region.is_none() && !self.batch.held.is_empty() && !self.batch.skipping {
-            let region = self.neutral_region(&self.tenant.clone());
+            let region = self.batch_home();
             self.set_batch_region(&region).await?;
         }
         match self.batch.region.clone() {

@@ -103,6 +103,13 @@ struct Batch {
     relay_pushed: bool,
     /// A COPY FROM STDIN was executed and its CopyDone/CopyFail not seen.
     copy_pending: bool,
+    /// The batch executes something (Bind, Execute): a held BEGIN must go
+    /// ahead of it. A batch that only prepares or describes does not pin
+    /// the transaction.
+    executes: bool,
+    /// The region a held Parse's own literals place it in: where the batch
+    /// goes if nothing else decides, so the text reaches no other region.
+    hint: Option<Arc<str>>,
 }
 
 pub struct Requests {
@@ -301,11 +308,14 @@ impl Requests {
             self.local(out);
             return Ok(());
         }
-        if let Some(out) = self.answer_locally(&analysis.statements, sql).await {
-            let mut out = out;
-            messages::ready_for_query(&mut out, self.status());
-            self.local(out);
-            return Ok(());
+        match self.answer_locally(&analysis.statements, sql).await {
+            Ok(Some(mut out)) => {
+                messages::ready_for_query(&mut out, self.status());
+                self.local(out);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(err) => return self.refuse_query(err).await,
         }
         let placed = match self.place_query(&analysis.statements).await {
             Ok((region, after)) => match self.open(&region).await {
@@ -503,7 +513,11 @@ impl Requests {
     /// Statements the proxy answers itself when the whole query is made of
     /// them: `regionguard.tenant` settings, and BEGIN/COMMIT/ROLLBACK of a
     /// transaction that has not reached a backend yet.
-    async fn answer_locally(&mut self, plans: &[StatementPlan], sql: &str) -> Option<BytesMut> {
+    async fn answer_locally(
+        &mut self,
+        plans: &[StatementPlan],
+        sql: &str,
+    ) -> Result<Option<BytesMut>, PgError> {
         let all_tenant = plans.iter().all(|p| {
             matches!(
                 p.kind,
@@ -512,18 +526,18 @@ impl Requests {
         });
         let mut out = BytesMut::new();
         if all_tenant {
+            // A failing statement undoes the query's earlier settings, as an
+            // aborted transaction undoes SET in Postgres.
+            let before = self.tenant.clone();
             for plan in plans {
                 if let Err(e) = self.tenant_statement(plan, None, &mut out).await {
-                    e.encode(&mut out);
-                    if matches!(self.txn, Txn::Held { .. }) {
-                        self.txn = Txn::FailedHeld;
-                    }
-                    break;
+                    self.tenant = before;
+                    return Err(e);
                 }
             }
-            return Some(out);
+            return Ok(Some(out));
         }
-        let [plan] = plans else { return None };
+        let [plan] = plans else { return Ok(None) };
         let text = sql.trim().trim_end_matches(';').trim().to_string();
         match (&plan.kind, &self.txn) {
             (StatementKind::Begin, Txn::Idle) => {
@@ -543,9 +557,9 @@ impl Requests {
                 self.tenant.local = None;
                 messages::command_complete(&mut out, tag);
             }
-            _ => return None,
+            _ => return Ok(None),
         }
-        Some(out)
+        Ok(Some(out))
     }
 
     /// SET/RESET/SHOW regionguard.tenant, answered by the proxy.
