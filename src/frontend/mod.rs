@@ -1,4 +1,5 @@
-//! One client session: handshake, backend session, relay.
+//! One client session: handshake, startup, then the request and response
+//! pumps (ADR 3 and 4).
 
 mod backends;
 mod cancel;
