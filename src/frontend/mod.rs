@@ -154,6 +154,10 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
             end = &mut resp => break end,
         }
     };
+    if matches!(end, responses::SessionEnd::ClientError(_)) && !req_done {
+        // Let the request side drain the client briefly (it stops by itself).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), &mut req).await;
+    }
     shared.cancel.remove(&pid);
     match end {
         responses::SessionEnd::ClientGone => tracing::debug!("session ended by the client"),

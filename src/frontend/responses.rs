@@ -161,6 +161,9 @@ impl Responses {
                         None => SessionEnd::ClientGone,
                     };
                     let _ = self.flush().await;
+                    // FIN now, so the client sees the error and the end even
+                    // while the request side still drains what it sent.
+                    let _ = self.client.shutdown().await;
                     return end;
                 }
                 Expect::Relay { region } => self.relay(&region, Mode::Relay).await,

@@ -165,7 +165,10 @@ impl Requests {
         loop {
             let need = match framing::needed(&buf, self.max_message) {
                 Ok(n) => n,
-                Err(e) => return self.fatal(frame_error(e)),
+                Err(e) => {
+                    self.fatal(frame_error(e));
+                    return drain(client).await;
+                }
             };
             if buf.capacity() - buf.len() < need.max(READ_CHUNK / 4) {
                 buf.reserve(need.max(READ_CHUNK));
@@ -190,7 +193,8 @@ impl Requests {
             }
             if let Some(e) = bad {
                 // Messages before the bad one are answered first.
-                return self.fatal(frame_error(e));
+                self.fatal(frame_error(e));
+                return drain(client).await;
             }
         }
     }
@@ -616,6 +620,20 @@ impl Requests {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// After a fatal protocol error: reads and drops what the client is still
+/// sending (a large message, say) for a moment, so that closing the socket
+/// does not reset the connection before the client has read the error.
+async fn drain(mut client: ReadHalf) {
+    let mut sink = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            _ => return,
+        }
     }
 }
 
