@@ -37,11 +37,14 @@ impl TestRegions {
     /// Starts `eu`, `us` and `apac` concurrently, each with role
     /// [`ROLE`] and database [`DATABASE`].
     pub async fn start() -> TestRegions {
+        reap_orphans();
         let dir = tempfile::Builder::new()
             .prefix("regionguard-test-")
             .tempdir_in(regionguard::localpg::scratch_dir())
             .expect("create temp dir for test clusters");
         let root = dir.path();
+        std::fs::write(root.join(OWNER_FILE), std::process::id().to_string())
+            .expect("write the owner file");
         let (eu, us, apac) = tokio::try_join!(
             start_region(root, REGIONS[0]),
             start_region(root, REGIONS[1]),
@@ -296,6 +299,48 @@ pub fn expect_refusal<T: std::fmt::Debug>(
         }
     }
     db.message().to_string()
+}
+
+/// Names the test process that owns a test directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Stops the servers and removes the directories of test processes that
+/// died without cleaning up (killed by a timeout, say: Drop never ran).
+fn reap_orphans() {
+    let Ok(entries) = std::fs::read_dir(regionguard::localpg::scratch_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_test_dir = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("regionguard-test-"));
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).ok();
+        let Some(owner) = owner.and_then(|o| o.trim().parse::<i32>().ok()) else {
+            continue; // Being created right now, or not ours.
+        };
+        if !is_test_dir || std::path::Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        for region in REGIONS {
+            let data = dir.join(region).join("data");
+            let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            let Some(pid) = pid else { continue };
+            // Only a postmaster of that very directory, never a reused pid.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("postgres") && cmdline.contains(&*data.to_string_lossy()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 async fn start_region(
