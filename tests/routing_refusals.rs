@@ -7,6 +7,7 @@ mod support;
 use support::{
     expect_refusal, raw, start_proxy, tenant_client, within, TestRegions, REGIONS, ROUTING_TENANTS,
 };
+use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 
 /// Every tenant id the tests use: none may appear in a refusal.
@@ -399,5 +400,51 @@ async fn copy_from_stdin_into_a_tenant_table_is_refused_0a000() {
     for region in REGIONS {
         assert!(regions.rows_in(region, "customers").await.is_empty());
     }
+    proxy.shutdown().await;
+}
+
+/// A statement prepared with SQL `PREPARE` is invisible to the proxy's
+/// analysis at Bind time: binding it through the protocol must not run it
+/// unplaced (here: a tenant-scoped statement after the tenant was reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_of_a_statement_the_proxy_did_not_prepare_is_refused() {
+    let regions = TestRegions::start().await;
+    regions.create_routing_schema().await;
+    let mut config = regions.routing_config(&ROUTING_TENANTS);
+    config.auth.method = regionguard::config::AuthMethod::Trust;
+    let proxy = start_proxy(config).await;
+    within(30, "bind of SQL-prepared statement", async {
+        let mut s = raw::trusted_session(proxy.local_addr()).await;
+        let msgs = raw::simple_query(
+            &mut s,
+            "SET regionguard.tenant = 'acme'; PREPARE p AS SELECT count(*) FROM customers",
+        )
+        .await;
+        assert!(
+            raw::first_error(&msgs).is_none(),
+            "PREPARE placed by the session tenant"
+        );
+        raw::simple_query(&mut s, "RESET regionguard.tenant").await;
+        // Bind "p" to the unnamed portal, Execute, Sync.
+        let mut out = raw::message(b'B', b"\0p\0\0\0\0\0\0\0");
+        out.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        out.extend(raw::message(b'S', b""));
+        s.write_all(&out).await.expect("send bind");
+        let mut msgs = Vec::new();
+        while let Some(m) = raw::read_message(&mut s).await {
+            let done = m.0 == b'Z';
+            msgs.push(m);
+            if done {
+                break;
+            }
+        }
+        let e = raw::first_error(&msgs).expect("bind refused");
+        assert_eq!(e.get(&b'C').map(String::as_str), Some("42501"), "{e:?}");
+        assert!(e.contains_key(&b'H'), "hint: {e:?}");
+        assert!(!msgs.iter().any(|(t, _)| *t == b'D'), "no rows: {msgs:?}");
+        let msgs = raw::simple_query(&mut s, "SELECT 1").await;
+        assert_eq!(raw::first_column(&msgs), [Some("1".to_string())]);
+    })
+    .await;
     proxy.shutdown().await;
 }

@@ -243,8 +243,14 @@ impl Requests {
             .get(&name)
             .map(|s| (s.analysis.clone(), s.types.clone()))
         else {
-            // Unknown to the proxy: Postgres reports it.
-            return self.send_or_hold(msg.clone(), None, None).await;
+            // Not prepared through Parse (SQL PREPARE, or no such
+            // statement): its text was never placed, so it is not run.
+            return self
+                .fail_batch(route::refusal(
+                    format!("prepared statement \"{name}\" was not prepared through the extended protocol, so RegionGuard cannot place it"),
+                    "prepare statements with Parse (a driver's prepare) instead of SQL PREPARE",
+                ))
+                .await;
         };
         let types = self.param_types(&name, &stmt_types, bind.params.len());
         let params = Params {
@@ -288,7 +294,7 @@ impl Requests {
             Ok(Placement::Region(r)) => r,
             Ok(Placement::Neutral) => match &self.batch.region {
                 Some(r) => r.clone(),
-                None => self.neutral_region(&self.tenant.clone()),
+                None => self.neutral_region(&self.tenant),
             },
             Err(e) => return self.fail_batch(e).await,
         };
@@ -650,7 +656,7 @@ impl Requests {
     }
 
     pub(super) async fn function_call(&mut self, msg: &Bytes) -> Result<(), Quit> {
-        let region = self.neutral_region(&self.tenant.clone());
+        let region = self.neutral_region(&self.tenant);
         self.backend(&region).await?;
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
