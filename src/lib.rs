@@ -11,3 +11,4 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod sql;
+pub mod types;

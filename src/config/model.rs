@@ -28,6 +28,12 @@ pub struct Config {
     /// Optional directory table in a control database, for large fleets.
     #[serde(default)]
     pub directory: Option<Directory>,
+    /// Data classes by name (`pii`, `financial`, …) and how they are protected.
+    #[serde(default)]
+    pub classes: BTreeMap<String, DataClass>,
+    /// Classified columns: table name → column name → classification.
+    #[serde(default)]
+    pub classified: BTreeMap<String, BTreeMap<String, ClassifiedColumn>>,
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
@@ -156,6 +162,92 @@ pub struct Region {
     pub connect_timeout_secs: u64,
     /// Tried in order; the first that accepts serves the session.
     pub hosts: Vec<Host>,
+    /// Where this region's root key (KEK) comes from. Required when any
+    /// column is classified; a proxy only loads the keys of its own regions.
+    #[serde(default)]
+    pub key: Option<KeySource>,
+}
+
+/// A region root key source. The material it yields is one or more lines
+/// `<version>:<base64 of 32 bytes>` (or a single bare base64 key, version
+/// 1); the highest version wraps new data keys, the others still unwrap.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "kebab-case")]
+pub enum KeySource {
+    /// A file readable by the proxy's user only (mode 0600 or stricter).
+    File { path: PathBuf },
+    /// An environment variable holding the key material.
+    Env { var: String },
+    /// A program (argv, no shell) that prints the key material on stdout:
+    /// the seam for a KMS.
+    Command { argv: Vec<String> },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File { path } => write!(f, "KeySource::File({})", path.display()),
+            KeySource::Env { var } => write!(f, "KeySource::Env({var})"),
+            KeySource::Command { argv } => {
+                write!(
+                    f,
+                    "KeySource::Command({})",
+                    argv.first().map_or("", String::as_str)
+                )
+            }
+        }
+    }
+}
+
+/// How the columns of a data class are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protection {
+    /// Random nonce: equal values encrypt differently; no search.
+    Randomized,
+    /// Nonce derived from the value: equal values of one tenant encrypt
+    /// equally, so `=`, `IN`, `GROUP BY` and equality joins work.
+    Deterministic,
+}
+
+/// A data class (`pii`, `financial`, `internal`, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataClass {
+    pub encrypt: Protection,
+}
+
+/// One classified column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifiedColumn {
+    /// A name from `[classes]`.
+    pub class: String,
+    /// The logical type the application sees (`text`, `int4`, `timestamptz`,
+    /// `text[]`, …); the database column stores ciphertext as `bytea` (or
+    /// `text`/`varchar` holding base64).
+    #[serde(rename = "type")]
+    pub logical_type: String,
+    /// Equality search is needed: the column is encrypted deterministically
+    /// whatever its class says.
+    #[serde(default)]
+    pub searchable: bool,
+    /// Deterministic columns compared with each other in joins share a
+    /// group name; their ciphertexts are bound to the group instead of the
+    /// table and column, so equal values match across them.
+    #[serde(default)]
+    pub equality_group: Option<String>,
+}
+
+impl ClassifiedColumn {
+    /// The protection this column gets, given its class's.
+    pub fn protection(&self, class: Protection) -> Protection {
+        if self.searchable {
+            Protection::Deterministic
+        } else {
+            class
+        }
+    }
 }
 
 fn default_connect_timeout() -> u64 {

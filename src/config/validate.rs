@@ -30,6 +30,7 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     validate_auth(c)?;
     validate_regions(c)?;
     validate_tenancy(c)?;
+    validate_classification(c)?;
     if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
         return Err(ConfigError::invalid(
             "logging.level",
@@ -227,6 +228,94 @@ fn validate_tenancy(c: &Config) -> Result<(), ConfigError> {
                 "directory.channel",
                 format!("`{}` is not a channel name", d.channel),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_classification(c: &Config) -> Result<(), ConfigError> {
+    for name in c.classes.keys() {
+        if !is_identifier(name) {
+            return Err(ConfigError::invalid(
+                format!("classes.{name}"),
+                "class names are identifiers (letters, digits, `_`)",
+            ));
+        }
+    }
+    for (table, columns) in &c.classified {
+        let scoped = c
+            .tenancy
+            .tables
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(table));
+        if !scoped {
+            return Err(ConfigError::invalid(
+                format!("classified.{table}"),
+                format!(
+                    "`{table}` is not in tenancy.tables: classified columns are encrypted with their tenant's key, so their table must be tenant-scoped"
+                ),
+            ));
+        }
+        for (column, col) in columns {
+            let key = format!("classified.{table}.{column}");
+            if !is_identifier(column) {
+                return Err(ConfigError::invalid(key, "not a column name"));
+            }
+            let tenant_column = c.tenancy.columns.get(table).unwrap_or(&c.tenancy.column);
+            if column.eq_ignore_ascii_case(tenant_column) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "the tenant column routes statements and cannot be encrypted",
+                ));
+            }
+            let Some(class) = c.classes.get(&col.class) else {
+                return Err(ConfigError::invalid(
+                    format!("{key}.class"),
+                    format!(
+                        "class `{}` is not defined in [classes] (defined: {})",
+                        col.class,
+                        c.classes.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            if col.equality_group.is_some()
+                && col.protection(class.encrypt) != super::Protection::Deterministic
+            {
+                return Err(ConfigError::invalid(
+                    format!("{key}.equality_group"),
+                    "only deterministic (searchable) columns can be compared across columns",
+                ));
+            }
+            if let Err(e) = crate::types::LogicalType::parse(&col.logical_type) {
+                return Err(ConfigError::invalid(format!("{key}.type"), e));
+            }
+        }
+    }
+    if !c.classified.is_empty() {
+        for (name, region) in &c.regions {
+            if region.key.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("regions.{name}.key"),
+                    "required when columns are classified: the region's root key source (file, env or command)",
+                ));
+            }
+        }
+    }
+    for (name, region) in &c.regions {
+        match &region.key {
+            Some(super::KeySource::Env { var }) if var.is_empty() => {
+                return Err(ConfigError::invalid(
+                    format!("regions.{name}.key.var"),
+                    "must name an environment variable",
+                ))
+            }
+            Some(super::KeySource::Command { argv }) if argv.is_empty() => {
+                return Err(ConfigError::invalid(
+                    format!("regions.{name}.key.argv"),
+                    "must name a program to run",
+                ))
+            }
+            _ => {}
         }
     }
     Ok(())
