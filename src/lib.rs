@@ -2,6 +2,7 @@
 //! region and encrypted. See README.md and docs/.
 
 pub mod backend;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod frontend;

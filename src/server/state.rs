@@ -5,7 +5,8 @@ use crate::backend::{CancelTarget, RegionTls};
 use crate::config::{Config, Region};
 use crate::protocol::scram::Verifier;
 use crate::routing::directory::Directory;
-use crate::sql::{AnalysisCache, Tenancy};
+use crate::sql::{AnalysisCache, Classification, Tenancy};
+use crate::types::LogicalType;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -62,6 +63,26 @@ impl Shared {
         for table in &t.global_tables {
             tenancy.add_global(table);
         }
+        let mut classification = Classification::default();
+        for (table, columns) in &config.classified {
+            for (column, c) in columns {
+                let (Some(class), Ok(logical)) = (
+                    config.classes.get(&c.class),
+                    LogicalType::parse(&c.logical_type),
+                ) else {
+                    // Validation refuses such a config before it gets here.
+                    continue;
+                };
+                classification.add(
+                    table,
+                    column,
+                    logical,
+                    c.protection(class.encrypt),
+                    c.equality_group.as_deref(),
+                );
+            }
+        }
+        tenancy.set_classification(classification);
         tenancy
     }
 
