@@ -8,7 +8,7 @@
 //! The same read checks that every classified column stores ciphertext in a
 //! usable type (`bytea`, or `text`/`varchar` holding base64).
 
-use crate::sql::{Classification, ColumnClass, Tenancy};
+use crate::sql::{ColumnClass, Tenancy};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -40,8 +40,8 @@ pub struct RegionCatalog {
     by_name: HashMap<(String, String), Storage>,
     /// Classified columns whose storage type cannot hold ciphertext.
     problems: Vec<String>,
-    /// The map was read at least once.
-    pub loaded: bool,
+    /// When the map was read (`None`: never).
+    pub read_at: Option<std::time::Instant>,
 }
 
 impl RegionCatalog {
@@ -72,9 +72,9 @@ impl RegionCatalog {
         &self.problems
     }
 
-    /// Whether any classified table exists in this region.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+    /// Whether classified table `table` (configured name) was found.
+    pub fn has_table(&self, table: &str) -> bool {
+        self.by_name.keys().any(|(t, _)| t == table)
     }
 }
 
@@ -118,10 +118,10 @@ impl Catalogs {
         tenancy: &Tenancy,
     ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
         let classification = tenancy.classification();
-        let names = table_names(classification);
+        let names = classification.table_names();
         let rows = client.query(COLUMNS, &[&names]).await?;
         let mut catalog = RegionCatalog {
-            loaded: true,
+            read_at: Some(std::time::Instant::now()),
             ..RegionCatalog::default()
         };
         for row in rows {
@@ -168,9 +168,4 @@ impl Catalogs {
         }
         Ok(catalog)
     }
-}
-
-/// The bare table names of the classified tables.
-fn table_names(classification: &Classification) -> Vec<String> {
-    classification.table_names()
 }

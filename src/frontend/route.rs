@@ -45,6 +45,19 @@ pub async fn place(
     params: Option<&Params<'_>>,
     session_tenant: Option<&str>,
 ) -> Result<Placement, PgError> {
+    place_tenants(shared, plan, params, session_tenant)
+        .await
+        .map(|(p, _)| p)
+}
+
+/// Like [`place`], also returning the statement's tenants (empty when it
+/// touches no tenant data): the keys of classified columns are theirs.
+pub async fn place_tenants(
+    shared: &Shared,
+    plan: &StatementPlan,
+    params: Option<&Params<'_>>,
+    session_tenant: Option<&str>,
+) -> Result<(Placement, Vec<String>), PgError> {
     let explicit = match (plan.comment_tenant.as_deref(), session_tenant) {
         (Some(c), Some(s)) if c != s => {
             return Err(refusal(
@@ -79,7 +92,7 @@ pub async fn place(
         }
         TenantRequirement::None => match explicit {
             Some(t) if plan.comment_tenant.is_some() => vec![t.to_string()],
-            _ => return Ok(Placement::Neutral),
+            _ => return Ok((Placement::Neutral, Vec::new())),
         },
         TenantRequirement::Values(values) => {
             let found = resolve(values, params)?;
@@ -112,7 +125,8 @@ pub async fn place(
             "keep the tenant column unchanged; copy the rows through the application instead",
         ));
     }
-    region_of_all(shared, &tenants).await.map(Placement::Region)
+    let region = region_of_all(shared, &tenants).await?;
+    Ok((Placement::Region(region), tenants))
 }
 
 /// Whether placing `plan` needs bind parameters (a tenant from `$n`).
