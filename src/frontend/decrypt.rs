@@ -83,7 +83,10 @@ pub fn row_description(
     if pos != body.len() {
         return None;
     }
-    if !raw.iter().any(|f| catalog.field(f.table, f.attnum).is_some()) {
+    if !raw
+        .iter()
+        .any(|f| catalog.field(f.table, f.attnum).is_some())
+    {
         return None;
     }
     let mut fields = Vec::with_capacity(n);
@@ -216,7 +219,17 @@ impl RowPlan {
         class
             .logical
             .binary_to_text(&canonical, format)
-            .map_err(|e| PgError::error(DATA_CORRUPTED, format!("decrypted value of column {} does not decode as {}: {}", class.qualified(), class.logical.name(), e.message())))
+            .map_err(|e| {
+                PgError::error(
+                    DATA_CORRUPTED,
+                    format!(
+                        "decrypted value of column {} does not decode as {}: {}",
+                        class.qualified(),
+                        class.logical.name(),
+                        e.message()
+                    ),
+                )
+            })
     }
 }
 
@@ -235,10 +248,14 @@ fn no_tenant(class: &ColumnClass) -> PgError {
 fn tenant_text(value: &[u8], column: Option<(u32, bool)>) -> Option<String> {
     let (type_oid, binary) = column?;
     if !binary {
-        return std::str::from_utf8(value).ok().map(|s| s.trim_end().to_string());
+        return std::str::from_utf8(value)
+            .ok()
+            .map(|s| s.trim_end().to_string());
     }
     match type_oid {
-        25 | 1043 | 1042 | 19 => std::str::from_utf8(value).ok().map(|s| s.trim_end().to_string()),
+        25 | 1043 | 1042 | 19 => std::str::from_utf8(value)
+            .ok()
+            .map(|s| s.trim_end().to_string()),
         21 => Some(i16::from_be_bytes(value.try_into().ok()?).to_string()),
         23 => Some(i32::from_be_bytes(value.try_into().ok()?).to_string()),
         20 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
@@ -262,9 +279,7 @@ fn stored_envelope(stored: &[u8], storage: Storage, binary: bool) -> Result<Vec<
     match (storage, binary) {
         (Storage::Bytea, true) => Ok(stored.to_vec()),
         (Storage::Bytea, false) => bytea_text(stored),
-        (Storage::Text, _) => {
-            crate::crypto::envelope::from_text(stored).map_err(|e| e.to_string())
-        }
+        (Storage::Text, _) => crate::crypto::envelope::from_text(stored).map_err(|e| e.to_string()),
     }
 }
 

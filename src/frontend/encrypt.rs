@@ -63,7 +63,9 @@ pub fn crypto_error(e: &CryptoError) -> PgError {
 /// Refusal of a statement the crypto plan cannot serve.
 pub fn refusal(plan: &CryptoPlan) -> Option<PgError> {
     let r = plan.refusal.as_ref()?;
-    Some(PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, r.reason.clone()).with_hint(r.hint.clone()))
+    Some(
+        PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, r.reason.clone()).with_hint(r.hint.clone()),
+    )
 }
 
 /// Loads the keys `plan` needs in `region`: write keys (created on a
@@ -122,7 +124,9 @@ fn row_tenant(src: &TenantSource, params: Option<&Params<'_>>) -> Result<String,
                 super::tenant_value::from_param(p.bind, *n, ty)
             }
             None => Err(route::refusal(
-                format!("the row's tenant comes from parameter ${n}, which a simple query cannot bind"),
+                format!(
+                    "the row's tenant comes from parameter ${n}, which a simple query cannot bind"
+                ),
                 "use the extended protocol or a literal tenant id",
             )),
         },
@@ -140,7 +144,10 @@ fn target_keys<'k>(
         let tenant = row_tenant(src, params)?;
         return match keys.get(&tenant) {
             Some(k) => Ok((tenant, k)),
-            None => Err(PgError::error(sqlstate::INTERNAL_ERROR, "row tenant keys missing")),
+            None => Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "row tenant keys missing",
+            )),
         };
     }
     match keys.single() {
@@ -170,7 +177,11 @@ fn seal(
 fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
     PgError::error(
         e.sqlstate(),
-        format!("invalid value for encrypted column {}: {}", class.qualified(), e.message()),
+        format!(
+            "invalid value for encrypted column {}: {}",
+            class.qualified(),
+            e.message()
+        ),
     )
     .with_hint(format!(
         "the column's logical type is {}",
@@ -194,7 +205,10 @@ pub fn rewrite_text(
                 continue;
             };
             let Some(keys) = keys else {
-                return Err(PgError::error(sqlstate::INTERNAL_ERROR, "statement keys missing"));
+                return Err(PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    "statement keys missing",
+                ));
             };
             let (tenant, tenant_keys) = target_keys(keys, target, None)?;
             let class = &target.column;
@@ -214,7 +228,10 @@ pub fn rewrite_text(
     let mut at = 0;
     for (start, end, replacement) in edits {
         if start < at || end > sql.len() {
-            return Err(PgError::error(sqlstate::INTERNAL_ERROR, "overlapping literal rewrite"));
+            return Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "overlapping literal rewrite",
+            ));
         }
         out.push_str(&sql[at..start]);
         out.push_str(&replacement);
@@ -277,7 +294,10 @@ fn binary_compatible(declared: u32, logical: &LogicalType) -> bool {
     declared == 0
         || declared == logical.oid()
         || (TEXTUAL.contains(&declared)
-            && matches!(logical, LogicalType::Text | LogicalType::Varchar | LogicalType::Bpchar))
+            && matches!(
+                logical,
+                LogicalType::Text | LogicalType::Varchar | LogicalType::Bpchar
+            ))
 }
 
 /// A Bind message with every classified parameter encrypted: the values
@@ -306,7 +326,10 @@ pub fn rewrite_bind(
         let Some(value) = bind.params.get(idx) else {
             return Err(PgError::error(
                 sqlstate::PROTOCOL_VIOLATION,
-                format!("bind message supplies {} parameters, but the statement uses ${n}", bind.params.len()),
+                format!(
+                    "bind message supplies {} parameters, but the statement uses ${n}",
+                    bind.params.len()
+                ),
             ));
         };
         let storage = catalog.storage(class);

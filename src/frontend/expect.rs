@@ -6,8 +6,8 @@
 //! backend→client pump works through the queue, so the client sees answers
 //! in the order it asked, whichever region produced them.
 
-use crate::net::ReadHalf;
 use super::encrypt::StatementKeys;
+use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -73,7 +73,7 @@ pub struct BackendShared {
     /// Statement names whose Describe is in flight, so the response side
     /// can file the ParameterDescription under the right statement, with
     /// the logical types of its classified parameters.
-    describes: Mutex<VecDeque<(u64, String, Vec<(usize, u32)>)>>,
+    describes: Mutex<VecDeque<(u64, String, ParamTypes)>>,
     /// One entry per Describe sent in an extended batch, answered by
     /// RowDescription or NoData: whether the answer goes to the client,
     /// and the keys when it describes a portal about to be executed (the
@@ -87,6 +87,9 @@ pub struct BackendShared {
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
 }
+
+/// Logical type OIDs of a statement's classified parameters, by 1-based number.
+pub type ParamTypes = Vec<(usize, u32)>;
 
 /// What a RowDescription answering a Describe is for.
 pub struct RowUse {

@@ -164,11 +164,7 @@ impl AnswerCrypto {
                 let Some(plan) = &self.rows else {
                     return false;
                 };
-                let format = self
-                    .format
-                    .lock()
-                    .map(|f| f.clone())
-                    .unwrap_or_default();
+                let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
                 match plan.data_row(body, &format) {
                     Ok(row) => out.extend_from_slice(&row),
                     Err(e) => {
@@ -211,7 +207,10 @@ fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     let mut pos = 0;
     let name = read_cstr(body, &mut pos)?;
     let value = read_cstr(body, &mut pos)?;
-    Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?))
+    Some((
+        std::str::from_utf8(name).ok()?,
+        std::str::from_utf8(value).ok()?,
+    ))
 }
 
 impl Responses {
@@ -446,7 +445,14 @@ impl Responses {
                 consumed = f.end;
                 let bytes = f.bytes(&reader.buf);
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
-                    if crypto.message(f.tag, f.body(&reader.buf), region, reader, &query, &mut self.out) {
+                    if crypto.message(
+                        f.tag,
+                        f.body(&reader.buf),
+                        region,
+                        reader,
+                        &query,
+                        &mut self.out,
+                    ) {
                         continue;
                     }
                 }

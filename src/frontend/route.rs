@@ -37,22 +37,11 @@ pub struct Params<'a> {
     pub types: &'a [u32],
 }
 
-/// Decides where `plan` runs. `session_tenant` is the effective
-/// `regionguard.tenant` of the session (SET LOCAL, SET or startup option).
+/// Decides where `plan` runs, and returns the statement's tenants (empty
+/// when it touches no tenant data; the keys of classified columns are
+/// theirs). `session_tenant` is the effective `regionguard.tenant` of the
+/// session (SET LOCAL, SET or startup option).
 pub async fn place(
-    shared: &Shared,
-    plan: &StatementPlan,
-    params: Option<&Params<'_>>,
-    session_tenant: Option<&str>,
-) -> Result<Placement, PgError> {
-    place_tenants(shared, plan, params, session_tenant)
-        .await
-        .map(|(p, _)| p)
-}
-
-/// Like [`place`], also returning the statement's tenants (empty when it
-/// touches no tenant data): the keys of classified columns are theirs.
-pub async fn place_tenants(
     shared: &Shared,
     plan: &StatementPlan,
     params: Option<&Params<'_>>,

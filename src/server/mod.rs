@@ -46,13 +46,19 @@ async fn check_catalogs(shared: &Shared) -> Result<(), StartError> {
         let Ok(client) = keyring.store_client(&region).await else {
             continue;
         };
-        match shared.catalogs.refresh(&region, &client, &shared.tenancy).await {
+        match shared
+            .catalogs
+            .refresh(&region, &client, &shared.tenancy)
+            .await
+        {
             Ok(catalog) => {
                 if !catalog.problems().is_empty() {
                     return Err(StartError::Catalog(catalog.problems().join("; ")));
                 }
             }
-            Err(e) => tracing::warn!(%region, error = %e, "cannot read the region's catalog at start"),
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "cannot read the region's catalog at start")
+            }
         }
     }
     Ok(())
@@ -65,11 +71,19 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
-        let Some(keyring) = &shared.keyring else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(keyring) = &shared.keyring else {
+            return;
+        };
         for region in shared.regions.keys() {
             if let Ok(client) = keyring.store_client(region).await {
-                if let Err(e) = shared.catalogs.refresh(region, &client, &shared.tenancy).await {
+                if let Err(e) = shared
+                    .catalogs
+                    .refresh(region, &client, &shared.tenancy)
+                    .await
+                {
                     tracing::debug!(%region, error = %e, "catalog refresh failed");
                 }
             }

@@ -8,7 +8,7 @@ use crate::crypto::Keyring;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::scram::Verifier;
 use crate::routing::directory::Directory;
-use crate::sql::{AnalysisCache, Classification, Tenancy};
+use crate::sql::{AnalysisCache, Classification, CryptoPlan, Tenancy};
 use crate::types::LogicalType;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap};
@@ -96,16 +96,21 @@ impl Shared {
     /// `region`'s map of classified columns, read again when it is older
     /// than a second and lacks one of `tables` (created since it was read).
     /// A wrong storage type refuses the statement (42804) naming the column.
-    pub async fn ensure_catalog<'a>(
+    pub async fn ensure_catalog(
         &self,
         region: &str,
-        mut tables: impl Iterator<Item = &'a str>,
+        plans: &[&CryptoPlan],
     ) -> Result<Arc<RegionCatalog>, PgError> {
         let current = self.catalogs.get(region);
         let fresh = current
             .read_at
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
-        let complete = current.read_at.is_some() && tables.all(|t| current.has_table(t));
+        let mut complete = current.read_at.is_some();
+        for plan in plans {
+            for t in &plan.targets {
+                complete &= current.has_table(&t.column.table);
+            }
+        }
         let catalog = if complete || fresh {
             current
         } else {

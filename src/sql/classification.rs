@@ -32,11 +32,14 @@ impl ColumnClass {
     }
 }
 
+/// A table's classified columns by (lowercased) name.
+pub type Columns = HashMap<String, Arc<ColumnClass>>;
+
 /// Classified columns by bare table name, then column.
 #[derive(Debug, Clone, Default)]
 pub struct Classification {
     /// bare table name → (configured schema, column → class)
-    tables: HashMap<String, Vec<(Option<String>, HashMap<String, Arc<ColumnClass>>)>>,
+    tables: HashMap<String, Vec<(Option<String>, Columns)>>,
 }
 
 impl Classification {
@@ -68,7 +71,10 @@ impl Classification {
             Some((_, columns)) => {
                 columns.insert(column.clone(), Arc::clone(&class));
             }
-            None => entries.push((schema, HashMap::from([(column.clone(), Arc::clone(&class))]))),
+            None => entries.push((
+                schema,
+                HashMap::from([(column.clone(), Arc::clone(&class))]),
+            )),
         }
     }
 

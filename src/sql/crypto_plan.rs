@@ -27,9 +27,9 @@ use super::predicates::{ident, tenant_value};
 use super::{Tenancy, TenantSource};
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Insert, JoinConstraint, JoinOperator, ObjectName, OnConflictAction,
-    OnInsert, OrderByKind, Query, Select, SelectItem, SetExpr, SetQuantifier, Statement,
-    TableFactor, TableObject, UnaryOperator, Value, Visit, Visitor,
+    FunctionArguments, GroupByExpr, Insert, JoinConstraint, JoinOperator, ObjectName,
+    OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem, SetExpr, SetQuantifier,
+    Statement, TableFactor, TableObject, UnaryOperator, Value, Visit, Visitor,
 };
 use sqlparser::tokenizer::Location;
 use std::collections::{HashMap, HashSet};
@@ -216,7 +216,8 @@ impl<'c, 't> Planner<'c, 't> {
             fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
                 if let Some(with) = &q.with {
                     for cte in &with.cte_tables {
-                        self.0.add_relation(ident(&cte.alias.name), Relation::Derived);
+                        self.0
+                            .add_relation(ident(&cte.alias.name), Relation::Derived);
                     }
                 }
                 ControlFlow::Continue(())
@@ -279,8 +280,10 @@ impl<'c, 't> Planner<'c, 't> {
                     }
                 });
                 for (alias, class) in found {
-                    if !self.0.derived.contains_key(&alias) {
-                        self.0.derived.insert(alias, class);
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        self.0.derived.entry(alias)
+                    {
+                        slot.insert(class);
                         self.1 = true;
                     }
                 }
@@ -339,10 +342,11 @@ impl<'c, 't> Planner<'c, 't> {
             [] => None,
             [one] => Some(Arc::clone(one)),
             [first, rest @ ..] => {
-                if rest
-                    .iter()
-                    .all(|c| c.binding == first.binding && c.logical == first.logical && c.protection == first.protection)
-                {
+                if rest.iter().all(|c| {
+                    c.binding == first.binding
+                        && c.logical == first.logical
+                        && c.protection == first.protection
+                }) {
                     return Some(Arc::clone(first));
                 }
                 let names: Vec<String> = found.iter().map(|c| c.qualified()).collect();
@@ -440,7 +444,11 @@ impl<'c, 't> Planner<'c, 't> {
         let tenant_index = tenant_column.and_then(|t| listed.iter().position(|c| c == t));
         if let Some(source) = &insert.source {
             if listed.is_empty() {
-                let first = columns.values().next().map(|c| c.qualified()).unwrap_or_default();
+                let first = columns
+                    .values()
+                    .next()
+                    .map(|c| c.qualified())
+                    .unwrap_or_default();
                 self.refuse(
                     &first,
                     format!("INSERT into {table} without a column list: the classified columns' positions are unknown"),
@@ -448,9 +456,7 @@ impl<'c, 't> Planner<'c, 't> {
                 );
             } else if let SetExpr::Values(values) = source.body.as_ref() {
                 for row in &values.rows {
-                    let row_tenant = tenant_index
-                        .and_then(|i| row.get(i))
-                        .and_then(tenant_value);
+                    let row_tenant = tenant_index.and_then(|i| row.get(i)).and_then(tenant_value);
                     for (i, column) in listed.iter().enumerate() {
                         let (Some(class), Some(expr)) = (columns.get(column), row.get(i)) else {
                             continue;
@@ -528,7 +534,10 @@ impl<'c, 't> Planner<'c, 't> {
                         Expr::Identifier(i) => ident(i) == class.column && !on_conflict,
                         Expr::CompoundIdentifier(parts) => {
                             parts.last().map(ident).as_deref() == Some(class.column.as_str())
-                                && self.resolve(&a.value).iter().any(|c| c.binding == class.binding)
+                                && self
+                                    .resolve(&a.value)
+                                    .iter()
+                                    .any(|c| c.binding == class.binding)
                         }
                         _ => false,
                     };
@@ -545,7 +554,10 @@ impl<'c, 't> Planner<'c, 't> {
                     {
                         self.refuse(
                             &class.column,
-                            format!("assigning encrypted column {} in a column tuple is not supported", class.qualified()),
+                            format!(
+                                "assigning encrypted column {} in a column tuple is not supported",
+                                class.qualified()
+                            ),
                             "assign it on its own: SET col = $n",
                         );
                     }
@@ -681,7 +693,10 @@ impl<'c, 't> Planner<'c, 't> {
             }) {
                 self.refuse(
                     &class.column,
-                    format!("SELECT INTO would copy encrypted column {} into another table", class.qualified()),
+                    format!(
+                        "SELECT INTO would copy encrypted column {} into another table",
+                        class.qualified()
+                    ),
                     "a ciphertext is bound to its table and column and would not decrypt elsewhere",
                 );
             }
@@ -696,12 +711,16 @@ impl<'c, 't> Planner<'c, 't> {
                     _ => None,
                 };
                 let class = match positional {
-                    Some(n) => s.projection.get(n.wrapping_sub(1)).and_then(|item| match item {
-                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                            self.resolve(e).into_iter().next()
-                        }
-                        _ => None,
-                    }),
+                    Some(n) => s
+                        .projection
+                        .get(n.wrapping_sub(1))
+                        .and_then(|item| match item {
+                            SelectItem::UnnamedExpr(e)
+                            | SelectItem::ExprWithAlias { expr: e, .. } => {
+                                self.resolve(e).into_iter().next()
+                            }
+                            _ => None,
+                        }),
                     None => self.resolve_one(e),
                 };
                 if let Some(class) = class {
@@ -820,10 +839,8 @@ impl<'c, 't> Planner<'c, 't> {
                     }
                 }
             }
-            Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
-                if self.resolve_one(inner).is_some() {
-                    self.allow(inner);
-                }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) if self.resolve_one(inner).is_some() => {
+                self.allow(inner);
             }
             Expr::Function(f) => {
                 let name = last_part(&f.name).unwrap_or_default();
@@ -831,10 +848,13 @@ impl<'c, 't> Planner<'c, 't> {
                     return;
                 }
                 if let FunctionArguments::List(list) = &f.args {
-                    if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_slice() {
+                    if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_slice()
+                    {
                         if let Some(class) = self.resolve_one(arg) {
-                            let distinct =
-                                matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+                            let distinct = matches!(
+                                list.duplicate_treatment,
+                                Some(DuplicateTreatment::Distinct)
+                            );
                             if distinct && !class.deterministic() {
                                 self.refuse_randomized(&class, "count(DISTINCT …)");
                             }
@@ -906,7 +926,8 @@ impl<'c, 't> Planner<'c, 't> {
                         return ControlFlow::Break(());
                     }
                 }
-                self.stack.push((!matches!(e, Expr::Nested(_))).then(|| describe(e)));
+                self.stack
+                    .push((!matches!(e, Expr::Nested(_))).then(|| describe(e)));
                 ControlFlow::Continue(())
             }
             fn post_visit_expr(&mut self, _e: &Expr) -> ControlFlow<()> {
@@ -958,12 +979,16 @@ impl<'c, 't> Planner<'c, 't> {
             if uses.get(n).copied().unwrap_or(0) > classes.len() {
                 refusal = Some((
                     first.column.clone(),
-                    format!("parameter ${n} is used both for encrypted column {} and elsewhere", first.qualified()),
+                    format!(
+                        "parameter ${n} is used both for encrypted column {} and elsewhere",
+                        first.qualified()
+                    ),
                 ));
-            } else if classes
-                .iter()
-                .any(|c| c.binding != first.binding || c.logical != first.logical || c.protection != first.protection)
-            {
+            } else if classes.iter().any(|c| {
+                c.binding != first.binding
+                    || c.logical != first.logical
+                    || c.protection != first.protection
+            }) {
                 refusal = Some((
                     first.column.clone(),
                     format!("parameter ${n} is used for differently encrypted columns"),
@@ -971,7 +996,11 @@ impl<'c, 't> Planner<'c, 't> {
             }
         }
         if let Some((column, reason)) = refusal {
-            self.refuse(&column, reason, "use a separate parameter for each use of the value");
+            self.refuse(
+                &column,
+                reason,
+                "use a separate parameter for each use of the value",
+            );
         }
     }
 }
@@ -989,7 +1018,10 @@ impl Visitor for Projections<'_, '_, '_> {
                 if let Some(class) = self.0.resolve(&item.expr).into_iter().next() {
                     self.0.refuse(
                         &class.column,
-                        format!("ORDER BY on encrypted column {} is not supported", class.qualified()),
+                        format!(
+                            "ORDER BY on encrypted column {} is not supported",
+                            class.qualified()
+                        ),
                         "ciphertext has no meaningful order; sort in the application",
                     );
                 }
@@ -1015,7 +1047,9 @@ fn walk_selects(p: &mut Planner<'_, '_>, body: &SetExpr) {
                 let mut randomized = None;
                 for_each_select(body, &mut |s: &Select| {
                     for item in &s.projection {
-                        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+                        if let SelectItem::UnnamedExpr(e)
+                        | SelectItem::ExprWithAlias { expr: e, .. } = item
+                        {
                             if randomized.is_none() {
                                 randomized = p.resolve(e).into_iter().find(|c| !c.deterministic());
                             }

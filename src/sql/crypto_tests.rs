@@ -10,10 +10,34 @@ fn tenancy() -> Tenancy {
     t.add_scoped("orders", None);
     t.add_scoped("leads", None);
     let mut c = Classification::default();
-    c.add("customers", "email", LogicalType::Text, Protection::Deterministic, Some("email"));
-    c.add("customers", "full_name", LogicalType::Text, Protection::Randomized, None);
-    c.add("customers", "born", LogicalType::Date, Protection::Deterministic, None);
-    c.add("leads", "email", LogicalType::Text, Protection::Deterministic, Some("email"));
+    c.add(
+        "customers",
+        "email",
+        LogicalType::Text,
+        Protection::Deterministic,
+        Some("email"),
+    );
+    c.add(
+        "customers",
+        "full_name",
+        LogicalType::Text,
+        Protection::Randomized,
+        None,
+    );
+    c.add(
+        "customers",
+        "born",
+        LogicalType::Date,
+        Protection::Deterministic,
+        None,
+    );
+    c.add(
+        "leads",
+        "email",
+        LogicalType::Text,
+        Protection::Deterministic,
+        Some("email"),
+    );
     t.set_classification(c);
     t
 }
@@ -65,10 +89,16 @@ fn insert_values_encrypts_literals_and_params_per_row_tenant() {
     assert!(p.touches_classified);
     assert_eq!(literal_slices(sql, &p), vec!["'x@y'", "E'é\\n'"]);
     assert_eq!(p.targets.len(), 3);
-    assert_eq!(p.targets[0].row_tenant, Some(TenantSource::Literal("a".into())));
+    assert_eq!(
+        p.targets[0].row_tenant,
+        Some(TenantSource::Literal("a".into()))
+    );
     assert_eq!(p.targets[1].value, ValueSource::Param(1));
     assert_eq!(p.targets[1].column.column, "full_name");
-    assert_eq!(p.targets[2].row_tenant, Some(TenantSource::Literal("b".into())));
+    assert_eq!(
+        p.targets[2].row_tenant,
+        Some(TenantSource::Literal("b".into()))
+    );
     match &p.targets[2].value {
         ValueSource::Literal { text, .. } => assert_eq!(text, "é\n"),
         other => panic!("{other:?}"),
@@ -102,17 +132,33 @@ fn negative_numbers_and_multiline_spans() {
 
 #[test]
 fn updates_and_upserts() {
-    let sql = "UPDATE customers SET email = $2, full_name = 'z' WHERE tenant_id = $1 AND email = 'old'";
+    let sql =
+        "UPDATE customers SET email = $2, full_name = 'z' WHERE tenant_id = $1 AND email = 'old'";
     let p = accepted(sql);
     assert_eq!(p.targets.len(), 3);
     accepted("INSERT INTO customers (tenant_id, id, email) VALUES ('a', 1, 'e') ON CONFLICT (tenant_id, id) DO UPDATE SET email = EXCLUDED.email");
     let p = accepted("INSERT INTO customers (tenant_id, id, email) VALUES ('a', 1, 'e') ON CONFLICT (tenant_id, id) DO UPDATE SET full_name = 'q'");
     assert_eq!(p.targets.len(), 2);
-    assert_eq!(p.targets[1].row_tenant, Some(TenantSource::Literal("a".into())));
-    refused("UPDATE customers SET email = lower($1) WHERE tenant_id = 'a'", "computed value");
-    refused("UPDATE customers SET email = full_name WHERE tenant_id = 'a'", "computed value");
-    refused("UPDATE customers SET (email, id) = ('a', 1) WHERE tenant_id = 'a'", "tuple");
-    refused("INSERT INTO customers (tenant_id, email) SELECT tenant_id, email FROM leads", "INSERT … SELECT");
+    assert_eq!(
+        p.targets[1].row_tenant,
+        Some(TenantSource::Literal("a".into()))
+    );
+    refused(
+        "UPDATE customers SET email = lower($1) WHERE tenant_id = 'a'",
+        "computed value",
+    );
+    refused(
+        "UPDATE customers SET email = full_name WHERE tenant_id = 'a'",
+        "computed value",
+    );
+    refused(
+        "UPDATE customers SET (email, id) = ('a', 1) WHERE tenant_id = 'a'",
+        "tuple",
+    );
+    refused(
+        "INSERT INTO customers (tenant_id, email) SELECT tenant_id, email FROM leads",
+        "INSERT … SELECT",
+    );
     refused("INSERT INTO customers VALUES ('a', 1, 'x')", "column list");
 }
 
@@ -126,29 +172,82 @@ fn reads_and_equality() {
     accepted("SELECT * FROM customers c JOIN leads l ON c.email = l.email AND c.tenant_id = l.tenant_id WHERE c.tenant_id = 'a'");
     accepted("SELECT * FROM customers WHERE tenant_id = 'a' AND email <> 'x' AND email = NULL");
     accepted("SELECT e FROM (SELECT email AS e FROM customers WHERE tenant_id = 'a') s");
-    accepted("INSERT INTO customers (tenant_id, email) VALUES ('a', 'b') RETURNING email, full_name");
+    accepted(
+        "INSERT INTO customers (tenant_id, email) VALUES ('a', 'b') RETURNING email, full_name",
+    );
 }
 
 #[test]
 fn operations_over_ciphertext_are_refused() {
-    refused("SELECT * FROM customers WHERE tenant_id = 'a' AND email LIKE 'x%'", "LIKE");
-    refused("SELECT * FROM customers WHERE tenant_id = 'a' AND born < '2000-01-01'", "operator <");
-    refused("SELECT * FROM customers WHERE tenant_id = 'a' ORDER BY email", "ORDER BY");
-    refused("SELECT max(email) FROM customers WHERE tenant_id = 'a'", "function max");
-    refused("SELECT lower(c.email) FROM customers c WHERE tenant_id = 'a'", "function lower");
-    refused("SELECT email::text FROM customers WHERE tenant_id = 'a'", "cast");
-    refused("SELECT * FROM customers WHERE tenant_id = 'a' AND full_name = 'x'", "random nonce");
-    refused("SELECT DISTINCT full_name FROM customers WHERE tenant_id = 'a'", "DISTINCT");
-    refused("SELECT full_name FROM customers WHERE tenant_id = 'a' GROUP BY 1", "GROUP BY");
-    refused("SELECT count(DISTINCT full_name) FROM customers WHERE tenant_id = 'a'", "count(DISTINCT");
-    refused("SELECT * FROM customers c JOIN customers d ON c.email = d.born WHERE c.tenant_id = 'a'", "bound to different");
-    refused("SELECT * FROM customers WHERE tenant_id = 'a' AND email = id::text", "computed value");
-    refused("SELECT * FROM (SELECT email AS e FROM customers WHERE tenant_id = 'a') s WHERE e LIKE 'a'", "LIKE");
-    refused("SELECT * FROM customers WHERE tenant_id = $1 AND email = $2 AND id = $2", "elsewhere");
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = 'a' AND email LIKE 'x%'",
+        "LIKE",
+    );
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = 'a' AND born < '2000-01-01'",
+        "operator <",
+    );
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = 'a' ORDER BY email",
+        "ORDER BY",
+    );
+    refused(
+        "SELECT max(email) FROM customers WHERE tenant_id = 'a'",
+        "function max",
+    );
+    refused(
+        "SELECT lower(c.email) FROM customers c WHERE tenant_id = 'a'",
+        "function lower",
+    );
+    refused(
+        "SELECT email::text FROM customers WHERE tenant_id = 'a'",
+        "cast",
+    );
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = 'a' AND full_name = 'x'",
+        "random nonce",
+    );
+    refused(
+        "SELECT DISTINCT full_name FROM customers WHERE tenant_id = 'a'",
+        "DISTINCT",
+    );
+    refused(
+        "SELECT full_name FROM customers WHERE tenant_id = 'a' GROUP BY 1",
+        "GROUP BY",
+    );
+    refused(
+        "SELECT count(DISTINCT full_name) FROM customers WHERE tenant_id = 'a'",
+        "count(DISTINCT",
+    );
+    refused(
+        "SELECT * FROM customers c JOIN customers d ON c.email = d.born WHERE c.tenant_id = 'a'",
+        "bound to different",
+    );
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = 'a' AND email = id::text",
+        "computed value",
+    );
+    refused(
+        "SELECT * FROM (SELECT email AS e FROM customers WHERE tenant_id = 'a') s WHERE e LIKE 'a'",
+        "LIKE",
+    );
+    refused(
+        "SELECT * FROM customers WHERE tenant_id = $1 AND email = $2 AND id = $2",
+        "elsewhere",
+    );
     refused("CREATE TABLE x AS SELECT email FROM customers", "copying");
-    refused("INSERT INTO orders (tenant_id, note) SELECT tenant_id, email FROM customers", "copying");
-    refused("SELECT email INTO x FROM customers WHERE tenant_id = 'a'", "SELECT INTO");
-    refused("SELECT full_name FROM customers UNION SELECT full_name FROM customers", "UNION");
+    refused(
+        "INSERT INTO orders (tenant_id, note) SELECT tenant_id, email FROM customers",
+        "copying",
+    );
+    refused(
+        "SELECT email INTO x FROM customers WHERE tenant_id = 'a'",
+        "SELECT INTO",
+    );
+    refused(
+        "SELECT full_name FROM customers UNION SELECT full_name FROM customers",
+        "UNION",
+    );
 }
 
 #[test]

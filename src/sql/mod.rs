@@ -29,8 +29,8 @@ mod tests;
 
 pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
-pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
 pub use comment::TENANT_KEY;
+pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
 pub use tenancy::Tenancy;
 
 use comment::CommentTenant;

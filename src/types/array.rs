@@ -25,7 +25,10 @@ struct Array {
 }
 
 fn malformed() -> TypeError {
-    TypeError::new(sqlstate::INVALID_TEXT_REPRESENTATION, "malformed array literal")
+    TypeError::new(
+        sqlstate::INVALID_TEXT_REPRESENTATION,
+        "malformed array literal",
+    )
 }
 
 fn too_many_dims() -> TypeError {
@@ -497,10 +500,7 @@ mod tests {
             r#"{"a b","",NULL,"NULL",",x","q\"\\","a "}"#
         );
         assert_eq!(round("bytea[]", r#"{"\\x01"}"#), r#"{"\\x01"}"#);
-        assert_eq!(
-            round("text[]", "{{a},{b}}"),
-            "{{a},{b}}"
-        );
+        assert_eq!(round("text[]", "{{a},{b}}"), "{{a},{b}}");
     }
 
     #[test]
@@ -508,8 +508,19 @@ mod tests {
         let ty = LogicalType::parse("int4[]").unwrap();
         let f = SessionFormat::default();
         for bad in [
-            "", "1", "{", "{1", "{1,}", "{,1}", "{{1},2}", "{1,{2}}", "{{1,2},{3}}", "{1}x",
-            "{{}}", "[1:3]={1,2}", "{1 2}",
+            "",
+            "1",
+            "{",
+            "{1",
+            "{1,}",
+            "{,1}",
+            "{{1},2}",
+            "{1,{2}}",
+            "{{1,2},{3}}",
+            "{1}x",
+            "{{}}",
+            "[1:3]={1,2}",
+            "{1 2}",
         ] {
             assert!(ty.text_to_binary(bad.as_bytes(), &f).is_err(), "{bad:?}");
         }
@@ -518,7 +529,9 @@ mod tests {
             "22P02"
         );
         assert_eq!(
-            ty.text_to_binary(b"{{{{{{{1}}}}}}}", &f).unwrap_err().sqlstate(),
+            ty.text_to_binary(b"{{{{{{{1}}}}}}}", &f)
+                .unwrap_err()
+                .sqlstate(),
             "54000"
         );
     }
@@ -541,7 +554,9 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23]
         );
         // A huge element count with no data fails without allocating it.
-        let huge = [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0x07, 0xff, 0xff, 0xff, 0, 0, 0, 1];
+        let huge = [
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0x07, 0xff, 0xff, 0xff, 0, 0, 0, 1,
+        ];
         assert!(ty.check_binary(&huge).is_err());
     }
 }

@@ -74,7 +74,7 @@ impl Requests {
             // refused before it reaches any region and its literals only
             // ever reach their own tenant's region.
             if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
-                match route::place_tenants(&self.shared, plan, None, self.tenant.effective()).await {
+                match route::place(&self.shared, plan, None, self.tenant.effective()).await {
                     Ok((Placement::Region(r), tenants)) => {
                         if let Some(err) = self.conflict(&r) {
                             return self.fail_batch(err).await;
@@ -142,10 +142,7 @@ impl Requests {
                 ));
             };
             self.open(&region).await?;
-            let catalog = self
-                .shared
-                .ensure_catalog(&region, plan.crypto.targets.iter().map(|t| t.column.table.as_str()))
-                .await?;
+            let catalog = self.shared.ensure_catalog(&region, &[&plan.crypto]).await?;
             let keys = encrypt::load_keys(&self.shared, &region, plan, &tenants, None).await?;
             let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
             text = std::borrow::Cow::Owned(encrypt::rewrite_text(
@@ -352,8 +349,7 @@ impl Requests {
                 if let Some(e) = super::refuse_kind(&plan.kind) {
                     return self.fail_batch(e).await;
                 }
-                route::place_tenants(&self.shared, plan, Some(&params), self.tenant.effective())
-                    .await
+                route::place(&self.shared, plan, Some(&params), self.tenant.effective()).await
             }
             None => Ok((Placement::Neutral, Vec::new())),
         };
@@ -382,7 +378,7 @@ impl Requests {
         }
         let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty()) {
             Some(plan) => {
-                let sealed = (&region, &tenants, sealed_for.as_deref());
+                let sealed = (&region, &tenants[..], sealed_for.as_deref());
                 match self
                     .encrypt_bind(msg, body, plan, &params, &stmt_types, sealed)
                     .await
@@ -436,13 +432,15 @@ impl Requests {
                 "prepare the statement again after switching tenants, or pass the values as parameters",
             ));
         }
-        let catalog = self
-            .shared
-            .ensure_catalog(region, plan.crypto.targets.iter().map(|t| t.column.table.as_str()))
-            .await?;
+        let catalog = self.shared.ensure_catalog(region, &[&plan.crypto]).await?;
         let keys = encrypt::load_keys(&self.shared, region, plan, tenants, Some(params))
             .await?
-            .ok_or_else(|| PgError::error(crate::protocol::error::sqlstate::INTERNAL_ERROR, "statement keys missing"))?;
+            .ok_or_else(|| {
+                PgError::error(
+                    crate::protocol::error::sqlstate::INTERNAL_ERROR,
+                    "statement keys missing",
+                )
+            })?;
         let has_params = plan
             .crypto
             .targets
@@ -452,8 +450,15 @@ impl Requests {
             return Ok((msg.clone(), keys));
         }
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
-        let rewritten =
-            encrypt::rewrite_bind(body, &plan.crypto, &keys, params, declared, &catalog, &format)?;
+        let rewritten = encrypt::rewrite_bind(
+            body,
+            &plan.crypto,
+            &keys,
+            params,
+            declared,
+            &catalog,
+            &format,
+        )?;
         Ok((Bytes::from(rewritten), keys))
     }
 
@@ -622,7 +627,8 @@ impl Requests {
             .and_then(|(_, a)| single(a))
             .map(|p| encrypt::param_overrides(&p.crypto))
             .unwrap_or_default();
-        self.send_or_hold(msg.clone(), None, Some((name, overrides))).await
+        self.send_or_hold(msg.clone(), None, Some((name, overrides)))
+            .await
     }
 
     pub(super) async fn execute(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {

@@ -27,10 +27,10 @@ use crate::types::SessionFormat;
 
 mod extended;
 use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use postgres_protocol::message::frontend;
 use tokio::sync::{mpsc, watch};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -398,18 +398,17 @@ impl Requests {
                 return Err(e);
             }
         }
-        let catalog = self
-            .shared
-            .ensure_catalog(region, plans.iter().flat_map(|p| p.crypto.targets.iter().map(|t| t.column.table.as_str())))
-            .await?;
+        let cryptos: Vec<&crate::sql::CryptoPlan> = plans.iter().map(|p| &p.crypto).collect();
+        let catalog = self.shared.ensure_catalog(region, &cryptos).await?;
         let mut keys = Vec::with_capacity(plans.len());
         for (plan, tenants) in plans.iter().zip(tenants) {
             keys.push(encrypt::load_keys(&self.shared, region, plan, tenants, None).await?);
         }
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
-        let cryptos: Vec<&crate::sql::CryptoPlan> = plans.iter().map(|p| &p.crypto).collect();
         let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
-            Some(encrypt::rewrite_text(sql, &cryptos, &keys, &catalog, &format)?)
+            Some(encrypt::rewrite_text(
+                sql, &cryptos, &keys, &catalog, &format,
+            )?)
         } else {
             None
         };
@@ -486,7 +485,7 @@ impl Requests {
                 _ => {}
             }
             let (placement, found) =
-                route::place_tenants(&self.shared, plan, None, after.tenant.effective()).await?;
+                route::place(&self.shared, plan, None, after.tenant.effective()).await?;
             tenants.push(found);
             if let Placement::Region(r) = placement {
                 match &region {
