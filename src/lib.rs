@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod copy;
 pub mod demo;
 pub mod frontend;
 pub mod localpg;
