@@ -3,6 +3,7 @@
 
 mod backends;
 mod cancel;
+mod copy_in;
 mod expect;
 mod handshake;
 mod requests;

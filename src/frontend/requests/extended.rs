@@ -86,6 +86,14 @@ impl Requests {
                 }
             }
         }
+        let (msg, copy) = if local {
+            (msg.clone(), None)
+        } else {
+            match self.plan_copy_parse(&analysis, &p, msg).await {
+                Ok(planned) => planned,
+                Err(e) => return self.fail_batch(e).await,
+            }
+        };
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -93,6 +101,7 @@ impl Requests {
                 analysis,
                 types: p.param_types,
                 local,
+                copy,
             },
         );
         if local {
@@ -101,7 +110,7 @@ impl Requests {
             self.local(out);
             return Ok(());
         }
-        self.send_or_hold(msg.clone(), Some(name), None).await
+        self.send_or_hold(msg, Some(name), None).await
     }
 
     /// Sends a message to the batch's region, or holds it until the region
@@ -238,10 +247,10 @@ impl Requests {
         self.batch.executes = true;
         let name = bind.statement.to_string();
         let portal = bind.portal.to_string();
-        let Some((analysis, stmt_types)) = self
+        let Some((analysis, stmt_types, copy_plan)) = self
             .statements
             .get(&name)
-            .map(|s| (s.analysis.clone(), s.types.clone()))
+            .map(|s| (s.analysis.clone(), s.types.clone(), s.copy.clone()))
         else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
@@ -252,6 +261,16 @@ impl Requests {
                 ))
                 .await;
         };
+        if copy_plan.is_none()
+            && single(&analysis).is_some_and(crate::frontend::copy_in::is_per_row)
+        {
+            return self
+                .fail_batch(route::refusal(
+                    format!("COPY statement \"{name}\" was not planned for row checks"),
+                    "prepare the COPY statement again",
+                ))
+                .await;
+        }
         let types = self.param_types(&name, &stmt_types, bind.params.len());
         let params = Params {
             bind: &bind,
@@ -320,8 +339,14 @@ impl Requests {
                 ..
             })
         );
-        self.portals
-            .insert(portal, PortalTarget::Region { region, copy_in });
+        self.portals.insert(
+            portal,
+            PortalTarget::Region {
+                region,
+                copy_in,
+                copy_plan,
+            },
+        );
         Ok(())
     }
 
@@ -503,12 +528,22 @@ impl Requests {
                 self.local(out);
                 Ok(())
             }
-            Some(PortalTarget::Region { region: r, copy_in }) => {
+            Some(PortalTarget::Region {
+                region: r,
+                copy_in,
+                copy_plan,
+            }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
                 }
                 self.set_batch_region(&r).await?;
                 self.send_or_hold(msg.clone(), None, None).await?;
+                if let Some(plan) = copy_plan {
+                    self.copy_in = Some(super::copy::ActiveCopy::new(
+                        crate::frontend::copy_in::CopyIn::new(plan, r.clone()),
+                        false,
+                    ));
+                }
                 if copy_in && !self.batch.relay_pushed {
                     // Answers up to CopyInResponse now; the copy's end is
                     // relayed with the Sync that follows CopyDone.

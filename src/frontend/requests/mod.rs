@@ -23,6 +23,7 @@ use crate::protocol::messages;
 use crate::server::state::Shared;
 use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
 
+mod copy;
 mod extended;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
@@ -78,6 +79,8 @@ struct Stmt {
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
     local: bool,
+    /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
+    copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
 
 /// What a portal was bound from.
@@ -87,6 +90,8 @@ enum PortalTarget {
     Region {
         region: Arc<str>,
         copy_in: bool,
+        /// Its rows' tenants are checked (tenant-scoped table).
+        copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
     },
     Local(extended::LocalAction),
 }
@@ -127,6 +132,8 @@ pub struct Requests {
     batch: Batch,
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
+    /// A COPY FROM STDIN whose rows are checked on their way.
+    copy_in: Option<copy::ActiveCopy>,
     max_message: usize,
 }
 
@@ -155,6 +162,7 @@ impl Requests {
             statements: HashMap::new(),
             portals: HashMap::new(),
             batch: Batch::default(),
+            copy_in: None,
             max_message,
         }
     }
@@ -226,6 +234,13 @@ impl Requests {
     async fn handle(&mut self, tag: u8, msg: Bytes) -> Result<(), Quit> {
         tracing::trace!(tag = %(tag as char), len = msg.len(), "client message");
         let body = &msg[framing::HEADER_LEN..];
+        if !matches!(tag, b'd' | b'c' | b'f' | b'H' | b'S') {
+            // Any other message ends a checked COPY (or follows one that
+            // never started); its backend must not take unchecked rows.
+            self.end_copy_in().await?;
+        } else if self.copy_in.is_some() && matches!(tag, b'd' | b'c' | b'f') {
+            return self.copy_in_message(tag, msg).await;
+        }
         match tag {
             b'Q' => self.query(&msg, body).await,
             b'P' => self.parse(&msg, body).await,
@@ -328,8 +343,27 @@ impl Requests {
             },
             Err(e) => Err(e),
         };
-        match placed {
-            Ok((region, after)) => self.send_query(region, msg, after).await,
+        let (region, after) = match placed {
+            Ok(placed) => placed,
+            Err(err) => return self.refuse_query(err).await,
+        };
+        match self.plan_copy_query(&analysis, sql, &region).await {
+            Ok(None) => self.send_query(region, msg, after).await,
+            Ok(Some((copy, rewritten))) => {
+                let msg = match rewritten {
+                    Some(sql) => {
+                        let mut b = BytesMut::new();
+                        if postgres_protocol::message::frontend::query(&sql, &mut b).is_err() {
+                            return Ok(());
+                        }
+                        b.freeze()
+                    }
+                    None => msg.clone(),
+                };
+                self.send_query(region, &msg, after).await?;
+                self.copy_in = Some(copy::ActiveCopy::new(copy, true));
+                Ok(())
+            }
             Err(err) => self.refuse_query(err).await,
         }
     }
