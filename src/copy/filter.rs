@@ -81,7 +81,7 @@ impl CopyInFilter {
     /// the output on the way.
     pub fn next_row(&mut self) -> Result<Option<CopyRow>, CopyError> {
         loop {
-            match self.splitter.next()? {
+            match self.splitter.next_item()? {
                 None => return Ok(None),
                 Some(Item::BinaryHeader(h)) => self.out.extend_from_slice(&h),
                 Some(Item::Header(line)) => {

@@ -273,11 +273,10 @@ impl CopyFormat {
                 }
             }
         }
-        if !csv
-            && !(self.force_quote.is_none()
-                && self.force_not_null.is_none()
-                && self.force_null.is_none())
-        {
+        let forces = !(self.force_quote.is_none()
+            && self.force_not_null.is_none()
+            && self.force_null.is_none());
+        if forces && !csv {
             return Err(CopyError::unsupported(
                 "COPY FORCE_QUOTE, FORCE_NOT_NULL and FORCE_NULL are available only in CSV mode",
             ));

@@ -167,7 +167,7 @@ impl RowSplitter {
 
     /// The next complete item, `None` when more input is needed (or after
     /// [`Item::End`]).
-    pub fn next(&mut self) -> Result<Option<Item>, CopyError> {
+    pub fn next_item(&mut self) -> Result<Option<Item>, CopyError> {
         match self.phase {
             Phase::Ended => {
                 if self.kind == FormatKind::Binary && !self.buf.is_empty() {

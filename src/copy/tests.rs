@@ -18,12 +18,12 @@ fn split_all(format: &CopyFormat, chunks: &[&[u8]]) -> Result<Vec<Item>, CopyErr
     let mut items = Vec::new();
     for c in chunks {
         s.push(c);
-        while let Some(item) = s.next()? {
+        while let Some(item) = s.next_item()? {
             items.push(item);
         }
     }
     s.end_of_input();
-    while let Some(item) = s.next()? {
+    while let Some(item) = s.next_item()? {
         items.push(item);
     }
     Ok(items)
@@ -70,7 +70,7 @@ fn modern_and_legacy_options() {
         (f.kind, f.delimiter, f.null.as_slice()),
         (FormatKind::Text, b'\t', &b"\\N"[..])
     );
-    assert_eq!(fmt("WITH (FORMAT text, HEADER)").header, true);
+    assert!(fmt("WITH (FORMAT text, HEADER)").header);
     assert_eq!(fmt("WITH (ENCODING 'UTF8', FREEZE)").kind, FormatKind::Text);
     let s = parse_copy("COPY public.\"Orders\" (\"Id\", Name) FROM STDIN;").unwrap();
     assert_eq!(s.table.as_deref(), Some("public.\"Orders\""));
@@ -288,16 +288,16 @@ fn binary_header_tuples_trailer() {
 fn rows_over_the_limit_are_refused() {
     let mut s = RowSplitter::new(&CopyFormat::text(), 16);
     s.push(b"0123456789");
-    assert!(s.next().unwrap().is_none());
+    assert!(s.next_item().unwrap().is_none());
     s.push(b"0123456789");
-    assert_eq!(s.next().unwrap_err().code, "54000");
+    assert_eq!(s.next_item().unwrap_err().code, "54000");
     let mut s = RowSplitter::new(&CopyFormat::binary(), 64);
     let mut data = binary_stream(&[], false);
     data.extend_from_slice(&1i16.to_be_bytes());
     data.extend_from_slice(&1000i32.to_be_bytes());
     s.push(&data);
-    assert!(matches!(s.next(), Ok(Some(Item::BinaryHeader(_)))));
-    assert_eq!(s.next().unwrap_err().code, "54000");
+    assert!(matches!(s.next_item(), Ok(Some(Item::BinaryHeader(_)))));
+    assert_eq!(s.next_item().unwrap_err().code, "54000");
 }
 
 #[test]

@@ -229,7 +229,7 @@ impl CopyIn {
         let mut out = BytesMut::new();
         if let Some(bytes) = self.filter.take_output() {
             for chunk in bytes.chunks(OUT_CHUNK) {
-                out.extend_from_slice(&[b'd']);
+                out.extend_from_slice(b"d");
                 out.extend_from_slice(&((chunk.len() + 4) as i32).to_be_bytes());
                 out.extend_from_slice(chunk);
             }
