@@ -600,3 +600,54 @@ async fn psql_copy_round_trip() {
     assert_eq!(got[1].1.len(), 1000);
     proxy.shutdown().await;
 }
+
+/// A client that sends another message in the middle of a checked COPY
+/// (here a Parse the proxy holds back) cannot then slip unchecked rows into
+/// the backend's still-open COPY: the proxy fails that COPY first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_after_an_interruption_never_reaches_the_region() {
+    let (regions, proxy) = setup().await;
+    within(20, "interrupted COPY", async {
+        let mut s = raw::trusted_session_with(
+            proxy.local_addr(),
+            &[("options", "-c regionguard.tenant=initech")],
+        )
+        .await;
+        let mut out = Vec::new();
+        out.extend(raw::message(
+            b'P',
+            b"\0COPY customers (tenant_id, id) FROM STDIN\0\0\0",
+        ));
+        out.extend(raw::message(b'B', b"\0\0\0\0\0\0\0\0"));
+        out.extend(raw::message(b'E', b"\0\0\0\0\0"));
+        out.extend(raw::message(b'S', b""));
+        s.write_all(&out).await.expect("send COPY");
+        raw::read_until(&mut s, b'G').await.expect("CopyInResponse");
+        let mut out = Vec::new();
+        out.extend(raw::message(b'd', b"initech\t1\n"));
+        out.extend(raw::message(b'P', b"\0SELECT 1\0\0\0"));
+        out.extend(raw::message(b'd', b"acme\t2\n"));
+        out.extend(raw::message(b'c', b""));
+        out.extend(raw::message(b'S', b""));
+        s.write_all(&out).await.expect("send the rest");
+        let mut msgs = Vec::new();
+        while let Some(m) = raw::read_message(&mut s).await {
+            let done = m.0 == b'Z';
+            msgs.push(m);
+            if done {
+                break;
+            }
+        }
+        assert!(
+            raw::first_error(&msgs).is_some(),
+            "the COPY failed: {msgs:?}"
+        );
+        let msgs = raw::simple_query(&mut s, "SELECT 1").await;
+        assert_eq!(raw::first_column(&msgs), [Some("1".to_string())]);
+    })
+    .await;
+    for r in REGIONS {
+        assert!(regions.rows_in(r, "customers").await.is_empty(), "{r}");
+    }
+    proxy.shutdown().await;
+}

@@ -512,9 +512,9 @@ pub fn with_column_list(sql: &str, table: &str, columns: &[String]) -> Option<St
         .collect();
     Some(format!(
         "{} ({}){}",
-        &sql[..end],
+        sql.get(..end)?,
         list.join(", "),
-        &sql[end..]
+        sql.get(end..)?
     ))
 }
 
