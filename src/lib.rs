@@ -2,8 +2,10 @@
 //! region and encrypted. See README.md and docs/.
 
 pub mod backend;
+pub mod catalog;
 pub mod config;
 pub mod copy;
+pub mod crypto;
 pub mod demo;
 pub mod frontend;
 pub mod localpg;

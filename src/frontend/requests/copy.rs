@@ -40,7 +40,53 @@ fn per_row_plan(analysis: &Analysis) -> Option<&crate::sql::StatementPlan> {
     analysis.statements.iter().find(|p| copy_in::is_per_row(p))
 }
 
+/// Whether a query holds a COPY FROM STDIN whose rows need checking.
+pub(super) fn has_per_row_copy(analysis: &Analysis) -> bool {
+    per_row_plan(analysis).is_some()
+}
+
+/// A COPY FROM STDIN into a table with classified columns: its rows would
+/// have to be encrypted on their way, which [`CopyIn::process_row`] does
+/// not do yet.
+pub(super) fn classified_copy_refusal() -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "COPY FROM STDIN into a table with classified columns is not supported yet",
+    )
+    .with_hint("insert the rows with INSERT statements")
+}
+
 impl Requests {
+    /// Sends a checked COPY's statement (with its column list written out
+    /// when it had none) and starts filtering the client's COPY data.
+    pub(super) async fn send_copy_query(
+        &mut self,
+        region: Arc<str>,
+        msg: &Bytes,
+        after: super::After,
+        copy: CopyIn,
+        rewritten: Option<String>,
+    ) -> Result<(), Quit> {
+        let msg = match rewritten {
+            Some(sql) => {
+                let mut b = BytesMut::new();
+                if postgres_protocol::message::frontend::query(&sql, &mut b).is_err() {
+                    return self
+                        .refuse_query(PgError::error(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            "the COPY statement with its column list is too long",
+                        ))
+                        .await;
+                }
+                b.freeze()
+            }
+            None => msg.clone(),
+        };
+        self.send_query(region, &msg, after, None).await?;
+        self.copy_in = Some(ActiveCopy::new(copy, true));
+        Ok(())
+    }
+
     /// For a simple Query that is a COPY FROM STDIN into a tenant-scoped
     /// table placed in `region`: its filter, and the text to send instead.
     pub(super) async fn plan_copy_query(

@@ -13,6 +13,7 @@
 //! fails exactly as Postgres would fail it.
 
 use super::backends::Backends;
+use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
 use super::route::{self, Params, Placement};
 use crate::net::ReadHalf;
@@ -22,10 +23,12 @@ use crate::protocol::frontend_msg;
 use crate::protocol::messages;
 use crate::server::state::Shared;
 use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
+use crate::types::SessionFormat;
 
 mod copy;
 mod extended;
 use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -74,11 +77,17 @@ enum Txn {
 
 /// A statement prepared by the client (extended protocol).
 struct Stmt {
+    /// The Parse as sent to backends (classified literals encrypted,
+    /// classified parameter types left to the server).
     parse: Bytes,
     analysis: Arc<Analysis>,
+    /// Parameter types as the client declared them.
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
     local: bool,
+    /// The tenants whose keys encrypted the text's classified literals:
+    /// the statement may only run for them.
+    sealed_for: Option<Vec<String>>,
     /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
@@ -90,6 +99,9 @@ enum PortalTarget {
     Region {
         region: Arc<str>,
         copy_in: bool,
+        /// The statement touches classified columns: its rows are
+        /// decrypted with these keys.
+        keys: Option<Arc<StatementKeys>>,
         /// Its rows' tenants are checked (tenant-scoped table).
         copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
     },
@@ -101,7 +113,7 @@ struct Batch {
     region: Option<Arc<str>>,
     /// Messages waiting for the batch's region, with the statement name of
     /// held Parses (so they count as prepared there once sent).
-    held: Vec<(Bytes, Option<String>, Option<String>)>,
+    held: Vec<(Bytes, Option<String>, Option<Described>)>,
     /// A refusal happened: drop messages until Sync.
     skipping: bool,
     /// The response side was told to relay this batch.
@@ -116,6 +128,10 @@ struct Batch {
     /// goes if nothing else decides, so the text reaches no other region.
     hint: Option<Arc<str>>,
 }
+
+/// A Describe of a statement: its name and the logical types of its
+/// classified parameters (1-based number, type OID).
+type Described = (String, Vec<(usize, u32)>);
 
 pub struct Requests {
     shared: Arc<Shared>,
@@ -135,6 +151,8 @@ pub struct Requests {
     /// A COPY FROM STDIN whose rows are checked on their way.
     copy_in: Option<copy::ActiveCopy>,
     max_message: usize,
+    /// The session's text I/O settings (for parsing literals to encrypt).
+    format: Arc<std::sync::Mutex<SessionFormat>>,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -148,6 +166,7 @@ impl Requests {
         backends: Backends,
         tenant: TenantSetting,
         home: Arc<str>,
+        format: Arc<std::sync::Mutex<SessionFormat>>,
     ) -> Self {
         let max_message = shared.config.listen.max_message_bytes;
         Requests {
@@ -164,6 +183,7 @@ impl Requests {
             batch: Batch::default(),
             copy_in: None,
             max_message,
+            format,
         }
     }
 
@@ -337,40 +357,108 @@ impl Requests {
             Err(err) => return self.refuse_query(err).await,
         }
         let placed = match self.place_query(&analysis.statements).await {
-            Ok((region, after)) => match self.open(&region).await {
-                Ok(()) => Ok((region, after)),
+            Ok((region, after, tenants)) => match self.open(&region).await {
+                Ok(()) => Ok((region, after, tenants)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
-        let (region, after) = match placed {
+        let (region, after, tenants) = match placed {
             Ok(placed) => placed,
             Err(err) => return self.refuse_query(err).await,
         };
-        match self.plan_copy_query(&analysis, sql, &region).await {
-            Ok(None) => self.send_query(region, msg, after).await,
-            Ok(Some((copy, rewritten))) => {
+        match self
+            .encrypt_query(sql, &analysis.statements, &tenants, &region)
+            .await
+        {
+            Ok(None) => match self.plan_copy_query(&analysis, sql, &region).await {
+                Ok(None) => self.send_query(region, msg, after, None).await,
+                Ok(Some((copy, rewritten))) => {
+                    self.send_copy_query(region, msg, after, copy, rewritten)
+                        .await
+                }
+                Err(err) => self.refuse_query(err).await,
+            },
+            Ok(Some((rewritten, keys))) => {
+                if copy::has_per_row_copy(&analysis) {
+                    // Rows of COPY data are not encrypted yet: never store them.
+                    return self.refuse_query(copy::classified_copy_refusal()).await;
+                }
                 let msg = match rewritten {
-                    Some(sql) => {
-                        let mut b = BytesMut::new();
-                        if postgres_protocol::message::frontend::query(&sql, &mut b).is_err() {
-                            return Ok(());
+                    Some(text) => {
+                        let mut out = BytesMut::with_capacity(text.len() + 6);
+                        if frontend::query(&text, &mut out).is_err() {
+                            return self
+                                .refuse_query(PgError::error(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    "the statement with its encrypted values is too long",
+                                ))
+                                .await;
                         }
-                        b.freeze()
+                        out.freeze()
                     }
                     None => msg.clone(),
                 };
-                self.send_query(region, &msg, after).await?;
-                self.copy_in = Some(copy::ActiveCopy::new(copy, true));
-                Ok(())
+                self.send_query(region, &msg, after, Some(keys)).await
             }
             Err(err) => self.refuse_query(err).await,
         }
     }
 
+    /// Encrypts the literals of a simple query's statements that touch
+    /// classified columns; returns the rewritten text (when any literal
+    /// changed) and the keys its answers decrypt with. `None` when no
+    /// statement touches a classified column.
+    async fn encrypt_query(
+        &self,
+        sql: &str,
+        plans: &[StatementPlan],
+        tenants: &[Vec<String>],
+        region: &Arc<str>,
+    ) -> Result<Option<(Option<String>, Arc<StatementKeys>)>, PgError> {
+        if !plans.iter().any(|p| !p.crypto.is_empty()) {
+            return Ok(None);
+        }
+        for plan in plans {
+            if let Some(e) = encrypt::refusal(&plan.crypto) {
+                return Err(e);
+            }
+        }
+        let cryptos: Vec<&crate::sql::CryptoPlan> = plans.iter().map(|p| &p.crypto).collect();
+        let catalog = self.shared.ensure_catalog(region, &cryptos).await?;
+        let mut keys = Vec::with_capacity(plans.len());
+        for (plan, tenants) in plans.iter().zip(tenants) {
+            keys.push(encrypt::load_keys(&self.shared, region, plan, tenants, None).await?);
+        }
+        let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+        let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
+            Some(encrypt::rewrite_text(
+                sql, &cryptos, &keys, &catalog, &format,
+            )?)
+        } else {
+            None
+        };
+        let mut all = StatementKeys {
+            region: region.clone(),
+            tenants: Vec::new(),
+        };
+        for k in keys.into_iter().flatten() {
+            for (tenant, tk) in &k.tenants {
+                if all.get(tenant).is_none() {
+                    all.tenants.push((tenant.clone(), tk.clone()));
+                }
+            }
+        }
+        Ok(Some((rewritten, Arc::new(all))))
+    }
+
     /// Places every statement of a simple query; they must agree on one
     /// region. Returns the region and the session state after the query.
-    async fn place_query(&self, plans: &[StatementPlan]) -> Result<(Arc<str>, After), PgError> {
+    async fn place_query(
+        &self,
+        plans: &[StatementPlan],
+    ) -> Result<(Arc<str>, After, Vec<Vec<String>>), PgError> {
+        let mut tenants = Vec::with_capacity(plans.len());
         let mut after = After {
             tenant: self.tenant.clone(),
             txn: self.txn.clone(),
@@ -400,6 +488,7 @@ impl Requests {
                         route::region_of(&self.shared, t).await?;
                     }
                     apply_set(&mut after.tenant, *local, v, after.txn != Txn::Idle);
+                    tenants.push(Vec::new());
                     continue;
                 }
                 StatementKind::SessionState { resets_tenant } => {
@@ -421,8 +510,9 @@ impl Requests {
                 }
                 _ => {}
             }
-            let placement =
+            let (placement, found) =
                 route::place(&self.shared, plan, None, after.tenant.effective()).await?;
+            tenants.push(found);
             if let Placement::Region(r) = placement {
                 match &region {
                     Some(prev) if *prev != r => return Err(route::refusal(
@@ -434,7 +524,7 @@ impl Requests {
             }
         }
         let region = region.unwrap_or_else(|| self.neutral_region(&after.tenant));
-        Ok((region, after))
+        Ok((region, after, tenants))
     }
 
     /// Where statements without tenant data go.
@@ -457,12 +547,14 @@ impl Requests {
         region: Arc<str>,
         msg: &Bytes,
         after: After,
+        keys: Option<Arc<StatementKeys>>,
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
+            query: keys,
         });
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
@@ -531,7 +623,10 @@ impl Requests {
                 let b = self.backend(&region).await?;
                 b.shared.override_error(b.batches, err);
                 b.push_query(FAIL_QUERY);
-                let _ = self.expect.send(Expect::Relay { region });
+                let _ = self.expect.send(Expect::Relay {
+                    region,
+                    query: None,
+                });
             }
             Txn::Held { .. } | Txn::FailedHeld => {
                 self.txn = Txn::FailedHeld;
