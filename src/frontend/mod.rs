@@ -7,6 +7,7 @@ mod copy_in;
 mod decrypt;
 pub mod encrypt;
 mod expect;
+mod fanout;
 mod handshake;
 mod requests;
 mod responses;

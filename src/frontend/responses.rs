@@ -8,7 +8,7 @@
 
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
-use super::expect::{BackendShared, Expect, RowUse};
+use super::expect::{BackendShared, Collected, Expect, RowUse};
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
@@ -88,6 +88,10 @@ pub struct Responses {
     gone_open: bool,
     /// Set when columns are classified: decryption of answers.
     crypto: Option<AnswerCrypto>,
+    /// Answers go to a [`Expect::Collect`] buffer, not to the client: no
+    /// flushing, and neither the client leaving nor shutdown interrupts
+    /// the two-phase commit in progress.
+    collecting: bool,
 }
 
 /// What the answer path needs to decrypt.
@@ -243,6 +247,7 @@ impl Responses {
             client_gone,
             gone_open: true,
             crypto,
+            collecting: false,
         }
     }
 
@@ -308,6 +313,13 @@ impl Responses {
                     let _ = self.client.shutdown().await;
                     return end;
                 }
+                Expect::Collect { regions, reply } => match self.collect(regions).await {
+                    Ok(collected) => {
+                        let _ = reply.send(collected);
+                        Ok(())
+                    }
+                    Err(end) => Err(end),
+                },
                 Expect::Relay { region, query } => self.relay(&region, Mode::Relay, query).await,
                 Expect::Discard { region } => self.relay(&region, Mode::Discard, None).await,
                 Expect::RelayUntilCopyIn { region } => {
@@ -334,7 +346,7 @@ impl Responses {
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {
-        if self.out.is_empty() {
+        if self.out.is_empty() || self.collecting {
             return Ok(());
         }
         let r = self.client.write_all(&self.out).await;
@@ -427,6 +439,49 @@ impl Responses {
         }
         reader.buf.advance(consumed);
         self.flush().await
+    }
+
+    /// Reads each region's answers to a statement applied in several
+    /// regions into buffers of their own (see [`Expect::Collect`]).
+    async fn collect(
+        &mut self,
+        regions: Vec<(Arc<str>, usize)>,
+    ) -> Result<Vec<Collected>, SessionEnd> {
+        // Earlier answers reach the client first.
+        self.flush().await?;
+        let mut all = Vec::with_capacity(regions.len());
+        for (region, count) in regions {
+            let mut batches = Vec::with_capacity(count);
+            let mut lost = None;
+            for _ in 0..count {
+                self.collecting = true;
+                let saved = std::mem::take(&mut self.out);
+                let step = self.relay(&region, Mode::Relay, None).await;
+                let got = std::mem::replace(&mut self.out, saved);
+                self.collecting = false;
+                match step {
+                    Ok(()) => batches.push(got),
+                    Err(SessionEnd::BackendLost { reason, .. }) => {
+                        tracing::warn!(region = %region, %reason, "backend connection lost during a multi-region statement");
+                        if let Some(r) = self.readers.remove(&region) {
+                            r.shared
+                                .dead
+                                .store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        batches.push(got);
+                        lost = Some(reason);
+                        break;
+                    }
+                    Err(end) => return Err(end),
+                }
+            }
+            all.push(Collected {
+                region,
+                batches,
+                lost,
+            });
+        }
+        Ok(all)
     }
 
     /// Moves one batch's responses from `region` to the client (or drops
@@ -546,7 +601,7 @@ impl Responses {
             };
             let read = tokio::select! {
                 read = reader.read_more() => read,
-                changed = self.client_gone.changed(), if self.gone_open => {
+                changed = self.client_gone.changed(), if self.gone_open && !self.collecting => {
                     if changed.is_err() {
                         self.gone_open = false;
                     } else if *self.client_gone.borrow() {
@@ -554,7 +609,7 @@ impl Responses {
                     }
                     continue;
                 }
-                changed = self.phase.changed(), if self.phase_open => {
+                changed = self.phase.changed(), if self.phase_open && !self.collecting => {
                     if changed.is_err() {
                         self.phase_open = false;
                     } else if *self.phase.borrow() == Phase::Closing {
@@ -590,7 +645,7 @@ impl Responses {
             .get(region)
             .map(|r| (r.addr.clone(), r.fatal_seen))
             .unwrap_or_default();
-        if !already_told {
+        if !already_told && !self.collecting {
             PgError::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 format!("connection to region {region} ({addr}) was lost: {reason}"),

@@ -155,6 +155,9 @@ impl Proxy {
         let keyring = load_keys(&config).await?;
         let catalogs = crate::catalog::Catalogs::new(regions.keys().cloned());
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let twophase = Arc::new(
+            crate::routing::twophase::TwoPhase::new(&config).map_err(StartError::BackendTls)?,
+        );
         let directory = Arc::new(crate::routing::directory::Directory::new(&config));
         directory.spawn_refresher();
         let shared = Arc::new(Shared {
@@ -170,11 +173,15 @@ impl Proxy {
             phase: phase_rx,
             keyring,
             catalogs,
+            twophase,
         });
         check_catalogs(&shared).await?;
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
         }
+        // Prepared transactions left by a crash are resolved now, not left
+        // holding their locks (ADR 8).
+        shared.twophase.spawn_recovery(shared.phase.clone());
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(address = %local_addr, "RegionGuard listening");
         Ok(Proxy {

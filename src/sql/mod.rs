@@ -17,6 +17,7 @@ mod cache;
 mod classification;
 mod comment;
 mod crypto_plan;
+mod ddl;
 mod lexer;
 mod predicates;
 mod session;
@@ -31,6 +32,7 @@ pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
+pub use ddl::{ddl_forms, DdlForm};
 pub use tenancy::Tenancy;
 
 use comment::CommentTenant;
