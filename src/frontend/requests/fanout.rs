@@ -851,7 +851,7 @@ impl Requests {
             self.roll_back(&runs, &gid).await?;
             if let Some(run) = runs
                 .iter()
-                .find(|r| matches!(r.prepare, Prepare::Failed(_)))
+                .find(|r| r.lost.is_none() && matches!(r.prepare, Prepare::Failed(_)))
             {
                 if let Prepare::Failed(bytes) = &run.prepare {
                     return Ok((prepare_failure(&run.region, bytes, &rolled_back), true));
@@ -916,14 +916,14 @@ fn names(runs: &[RegionRun]) -> String {
 fn failure_answer(runs: &[RegionRun], detail: &str) -> BytesMut {
     if let Some(run) = runs
         .iter()
-        .find(|r| r.failed && answer::first_error(&r.answer).is_some())
+        .find(|r| r.failed && r.lost.is_none() && answer::first_error(&r.answer).is_some())
     {
         let named = answer::name_region_in_error(&run.answer, &run.region, detail, "");
         return answer::without_ready(&named);
     }
     if let Some(run) = runs
         .iter()
-        .find(|r| matches!(r.prepare, Prepare::Failed(_)))
+        .find(|r| r.lost.is_none() && matches!(r.prepare, Prepare::Failed(_)))
     {
         if let Prepare::Failed(bytes) = &run.prepare {
             let mut out = answer::without_ready(&runs[0].answer);
@@ -950,14 +950,20 @@ fn failure_answer(runs: &[RegionRun], detail: &str) -> BytesMut {
     out
 }
 
+/// The error for a region whose connection broke. Its own FATAL error (a
+/// server shutting down, a terminated backend) becomes the reason: the
+/// client's session goes on, so it gets an ERROR.
 fn lost_error(out: &mut BytesMut, run: &RegionRun, detail: &str) {
+    let reason = answer::first_error(&run.answer)
+        .map(|e| e.message)
+        .or_else(|| run.lost.clone())
+        .unwrap_or_else(|| "no answer".into());
     answer::error(
         out,
         sqlstate::CONNECTION_FAILURE,
         &format!(
-            "region {}: connection lost while applying the statement: {}",
+            "region {}: connection lost while applying the statement: {reason}",
             run.region,
-            run.lost.as_deref().unwrap_or("no answer")
         ),
         detail,
         &format!("retry when region {} is reachable again", run.region),
@@ -1010,7 +1016,7 @@ fn settle_unwrapped(runs: &[RegionRun], name: &str) -> BytesMut {
     let hint = "fix the cause and run it again (IF NOT EXISTS / IF EXISTS make it safe to repeat where it was applied)";
     let mut out = match runs
         .iter()
-        .find(|r| r.failed && answer::first_error(&r.answer).is_some())
+        .find(|r| r.failed && r.lost.is_none() && answer::first_error(&r.answer).is_some())
     {
         Some(run) => answer::without_ready(&answer::name_region_in_error(
             &run.answer,
