@@ -14,10 +14,13 @@
 //!
 //! Recovery scans `pg_prepared_xacts` of every region for `regionguard:`
 //! ids and finishes each one by its decision (commit if logged, abort
-//! otherwise). At start a proxy resolves its own leftovers at once (same
-//! proxy id: its previous life); ids of other proxies, and its own while it
-//! runs, only once they are older than the grace period, so a transaction
-//! another proxy is still deciding is not rolled back under it.
+//! otherwise). A proxy resolves its own ids (same proxy id) at once unless
+//! one of its sessions is still deciding them (they are registered while
+//! in flight): those are leftovers of its previous life, or of a session
+//! that gave up. Ids of other proxies are resolved only once they are older
+//! than the grace period, so a transaction another proxy is still deciding
+//! is not rolled back under it (and if it is, the decision log's key makes
+//! that proxy roll back too).
 
 use crate::backend::control::ControlConnector;
 use crate::config::Config;
@@ -79,6 +82,27 @@ pub fn parse_gid(gid: &str) -> Option<Gid<'_>> {
     })
 }
 
+/// A transaction id in flight; dropping it lets recovery resolve the id
+/// (a session that stops caring — or vanishes — leaves it to recovery).
+pub struct InFlight {
+    gid: String,
+    owner: Arc<TwoPhase>,
+}
+
+impl InFlight {
+    pub fn as_str(&self) -> &str {
+        &self.gid
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.owner.in_flight.lock() {
+            set.remove(&self.gid);
+        }
+    }
+}
+
 /// What was decided for a prepared transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -132,6 +156,8 @@ struct RegionControl {
 
 /// The two-phase commit coordinator of one proxy, shared by its sessions.
 pub struct TwoPhase {
+    /// Ids this process is preparing or deciding right now.
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     proxy_id: String,
     decision_region: Arc<str>,
     grace: Duration,
@@ -157,6 +183,7 @@ impl TwoPhase {
             config.two_phase.proxy_id.clone()
         };
         Ok(TwoPhase {
+            in_flight: Default::default(),
             proxy_id,
             decision_region: Arc::from(config.default_region.as_str()),
             grace: Duration::from_secs(config.two_phase.recovery_grace_secs),
@@ -173,13 +200,29 @@ impl TwoPhase {
         &self.decision_region
     }
 
-    /// A new transaction id: `regionguard:<proxy>:<32 hex>:<decision region>`.
-    pub fn new_gid(&self) -> String {
+    /// A new transaction id, `regionguard:<proxy>:<32 hex>:<decision
+    /// region>`, registered as in flight (recovery leaves it alone) until
+    /// the returned guard drops.
+    pub fn new_gid(self: &Arc<Self>) -> InFlight {
         let id: u128 = rand::random();
-        format!(
+        let gid = format!(
             "{GID_PREFIX}{}:{id:032x}:{}",
             self.proxy_id, self.decision_region
-        )
+        );
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.insert(gid.clone());
+        }
+        InFlight {
+            gid,
+            owner: Arc::clone(self),
+        }
+    }
+
+    fn is_in_flight(&self, gid: &str) -> bool {
+        self.in_flight
+            .lock()
+            .map(|s| s.contains(gid))
+            .unwrap_or(false)
     }
 
     /// The control client of `region`, reconnecting when the last one
@@ -275,7 +318,7 @@ impl TwoPhase {
             let mut delay = Duration::from_millis(500);
             for _ in 0..8 {
                 tokio::time::sleep(delay).await;
-                let report = me.pass(Some(&gid), false).await;
+                let report = me.pass(Some(&gid)).await;
                 if report.skipped == 0 && report.unreachable.is_empty() {
                     return;
                 }
@@ -292,9 +335,8 @@ impl TwoPhase {
     pub fn spawn_recovery(self: &Arc<Self>, mut phase: watch::Receiver<Phase>) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut at_start = true;
             loop {
-                let report = me.pass(None, at_start).await;
+                let report = me.pass(None).await;
                 if report.committed + report.rolled_back > 0 {
                     tracing::info!(
                         committed = report.committed,
@@ -302,7 +344,6 @@ impl TwoPhase {
                         "resolved prepared transactions left behind"
                     );
                 }
-                at_start = false;
                 tokio::select! {
                     _ = tokio::time::sleep(RECOVERY_INTERVAL) => {}
                     changed = phase.changed() => {
@@ -317,7 +358,7 @@ impl TwoPhase {
 
     /// One recovery pass over every region (only `gid` when given: a
     /// transaction this proxy gave up on, resolved at once).
-    pub async fn pass(&self, only: Option<&str>, at_start: bool) -> RecoveryReport {
+    pub async fn pass(&self, only: Option<&str>) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         // gid → (regions holding it, whether every copy is past the grace period)
         let mut found: BTreeMap<String, (Vec<Arc<str>>, bool)> = BTreeMap::new();
@@ -342,7 +383,8 @@ impl TwoPhase {
                 report.skipped += 1;
                 continue;
             };
-            let eligible = only.is_some() || *old || (at_start && parsed.proxy == self.proxy_id);
+            let mine = parsed.proxy == self.proxy_id;
+            let eligible = only.is_some() || (mine && !self.is_in_flight(gid)) || (*old && !mine);
             if !eligible {
                 report.skipped += 1;
                 continue;

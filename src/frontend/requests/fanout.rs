@@ -575,7 +575,7 @@ impl Requests {
         if let Some(gid) = &gid {
             for region in &fan.regions {
                 if let Some(b) = self.backends.existing(region) {
-                    b.push_query(&prepare_sql(gid));
+                    b.push_query(&prepare_sql(gid.as_str()));
                 }
             }
         }
@@ -593,7 +593,9 @@ impl Requests {
             .map(|(c, lead)| RegionRun::new(c, *lead, gid.is_some()))
             .collect();
         let out = match (fan.mode, gid) {
-            (FanMode::Atomic, Some(gid)) => self.settle_atomic(runs, &gid, fan.refused).await?,
+            (FanMode::Atomic, Some(gid)) => {
+                self.settle_atomic(runs, gid.as_str(), fan.refused).await?
+            }
             (FanMode::Unwrapped(name), _) => settle_unwrapped(&runs, name),
             _ => self.settle_in_transaction(runs, fan.refused).await,
         };
@@ -816,7 +818,8 @@ impl Requests {
             messages::command_complete(&mut out, "ROLLBACK");
             return Ok((out, false));
         }
-        let gid = self.shared.twophase.new_gid();
+        let in_flight = self.shared.twophase.new_gid();
+        let gid = in_flight.as_str().to_string();
         let mut counts = Vec::new();
         let mut missing = Vec::new();
         for region in &regions {
@@ -914,6 +917,10 @@ fn names(runs: &[RegionRun]) -> String {
 /// it; else the error of a region whose PREPARE failed; else the lost
 /// region's. Everything before the error is the primary's answer.
 fn failure_answer(runs: &[RegionRun], detail: &str) -> BytesMut {
+    if same_failure_everywhere(runs) {
+        // As one server would have failed: nothing to tell apart.
+        return answer::without_ready(&runs[0].answer);
+    }
     if let Some(run) = runs
         .iter()
         .find(|r| r.failed && r.lost.is_none() && answer::first_error(&r.answer).is_some())
@@ -948,6 +955,17 @@ fn failure_answer(runs: &[RegionRun], detail: &str) -> BytesMut {
         ),
     }
     out
+}
+
+/// Whether every region failed the client's statement with the same
+/// error: then the primary's answer is relayed as it is, so the client sees
+/// exactly what one server would have said.
+fn same_failure_everywhere(runs: &[RegionRun]) -> bool {
+    let first = runs.first().and_then(|r| answer::first_error(&r.answer));
+    first.is_some()
+        && runs
+            .iter()
+            .all(|r| r.failed && r.lost.is_none() && answer::first_error(&r.answer) == first)
 }
 
 /// The error for a region whose connection broke. Its own FATAL error (a
@@ -1002,7 +1020,7 @@ fn settle_unwrapped(runs: &[RegionRun], name: &str) -> BytesMut {
         .filter(|r| r.failed || r.lost.is_some())
         .map(|r| &*r.region)
         .collect();
-    if failed.is_empty() {
+    if failed.is_empty() || same_failure_everywhere(runs) {
         let mut out = answer::without_ready(&runs[0].answer);
         out.extend_from_slice(&differing_tags(runs));
         answer::ready(&mut out, b'I');
