@@ -679,19 +679,30 @@ impl Requests {
     async fn commit_prepared(&mut self, runs: &[RegionRun], gid: &str) -> Result<BytesMut, Quit> {
         let sql = Decision::Commit.statement(gid);
         let mut counts = Vec::new();
+        let mut pending = Vec::new();
+        let mut warnings = BytesMut::new();
         for run in runs {
-            if let Ok(b) = self
+            match self
                 .backends
                 .get(&run.region, &self.shared, &self.expect)
                 .await
             {
-                b.push_query(&sql);
-                counts.push((run.region.clone(), 1));
+                Ok(b) => {
+                    b.push_query(&sql);
+                    counts.push((run.region.clone(), 1));
+                }
+                Err(e) => {
+                    pending.push(run.region.clone());
+                    answer::warning(
+                        &mut warnings,
+                        "01000",
+                        &format!("region {} has not confirmed the commit yet: {}", run.region, e.message),
+                        Some(&format!("The statement is committed (the decision is logged); RegionGuard completes transaction {gid} in region {} as soon as it can.", run.region)),
+                    );
+                }
             }
         }
         let collected = self.collect(counts).await?;
-        let mut pending = Vec::new();
-        let mut warnings = BytesMut::new();
         for c in &collected {
             let batch = c.batches.first();
             let done = batch.is_some_and(|b| {
@@ -1080,4 +1091,157 @@ fn differing_tags(runs: &[RegionRun]) -> BytesMut {
         )),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(tag: &str, error: Option<(&str, &str)>, status: u8) -> BytesMut {
+        let mut b = BytesMut::new();
+        messages::parse_complete(&mut b);
+        match error {
+            Some((code, message)) => answer::error(&mut b, code, message, "", ""),
+            None => messages::command_complete(&mut b, tag),
+        }
+        messages::ready_for_query(&mut b, status);
+        b
+    }
+
+    fn run(region: &str, own: BytesMut, prepare: BytesMut, lost: Option<&str>) -> RegionRun {
+        let mut begin = BytesMut::new();
+        messages::command_complete(&mut begin, "BEGIN");
+        messages::ready_for_query(&mut begin, b'T');
+        RegionRun::new(
+            Collected {
+                region: Arc::from(region),
+                batches: vec![begin, own, prepare],
+                lost: lost.map(str::to_string),
+            },
+            1,
+            true,
+        )
+    }
+
+    fn prepared() -> BytesMut {
+        let mut b = BytesMut::new();
+        messages::command_complete(&mut b, "PREPARE TRANSACTION");
+        messages::ready_for_query(&mut b, b'I');
+        b
+    }
+
+    fn rolled_back() -> BytesMut {
+        let mut b = BytesMut::new();
+        messages::command_complete(&mut b, "ROLLBACK");
+        messages::ready_for_query(&mut b, b'I');
+        b
+    }
+
+    #[test]
+    fn reads_each_region_outcome() {
+        let ok = run("eu", batch("CREATE TABLE", None, b'T'), prepared(), None);
+        assert!(!ok.failed && matches!(ok.prepare, Prepare::Prepared));
+        let bad = run(
+            "us",
+            batch("", Some(("42P07", "exists")), b'E'),
+            rolled_back(),
+            None,
+        );
+        assert!(bad.failed && matches!(bad.prepare, Prepare::RolledBack));
+        assert_eq!(bad.status, b'I');
+    }
+
+    #[test]
+    fn the_failing_region_is_named_unless_all_failed_alike() {
+        let runs = vec![
+            run("eu", batch("CREATE TABLE", None, b'T'), prepared(), None),
+            run(
+                "us",
+                batch("", Some(("42P07", "exists")), b'E'),
+                rolled_back(),
+                None,
+            ),
+        ];
+        let out = failure_answer(&runs, "rolled back");
+        let e = answer::first_error(&out).expect("error");
+        assert_eq!(e.code, "42P07");
+        assert_eq!(e.message, "region us: exists");
+
+        let same = vec![
+            run(
+                "eu",
+                batch("", Some(("P0001", "custom")), b'E'),
+                rolled_back(),
+                None,
+            ),
+            run(
+                "us",
+                batch("", Some(("P0001", "custom")), b'E'),
+                rolled_back(),
+                None,
+            ),
+        ];
+        let e = answer::first_error(&failure_answer(&same, "x")).expect("error");
+        assert_eq!(e.message, "custom", "as one server would say it");
+    }
+
+    #[test]
+    fn a_lost_region_is_an_error_not_fatal() {
+        let mut fatal = BytesMut::new();
+        answer::encode_fields(
+            &mut fatal,
+            b'E',
+            &[
+                (b'S', "FATAL".into()),
+                (b'C', "57P01".into()),
+                (b'M', "terminating connection".into()),
+            ],
+        );
+        let runs = vec![
+            run("eu", batch("CREATE TABLE", None, b'T'), prepared(), None),
+            RegionRun::new(
+                Collected {
+                    region: Arc::from("apac"),
+                    batches: vec![fatal],
+                    lost: Some("server closed the connection".into()),
+                },
+                0,
+                true,
+            ),
+        ];
+        let out = failure_answer(&runs, "rolled back");
+        let e = answer::first_error(&out).expect("error");
+        assert_eq!(e.code, "08006");
+        assert!(e.message.starts_with("region apac: "), "{}", e.message);
+        assert!(
+            e.message.contains("terminating connection"),
+            "{}",
+            e.message
+        );
+        let mut frames = Vec::new();
+        crate::protocol::framing::scan(&out, 1 << 20, &mut frames).expect("frames");
+        for f in frames.iter().filter(|f| f.tag == b'E') {
+            let fields = answer::fields(f.body(&out));
+            assert!(
+                fields.iter().all(|(c, v)| *c != b'S' || v == "ERROR"),
+                "{fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_partial_non_transactional_statement_says_where_it_applied() {
+        let runs = vec![
+            run("eu", batch("CREATE INDEX", None, b'I'), prepared(), None),
+            run(
+                "us",
+                batch("", Some(("42P07", "exists")), b'I'),
+                prepared(),
+                None,
+            ),
+        ];
+        let out = settle_unwrapped(&runs, "CREATE INDEX CONCURRENTLY");
+        let body = String::from_utf8_lossy(&out);
+        assert!(body.contains("applied in eu; failed in us"), "{body}");
+    }
 }
