@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -66,20 +67,47 @@ impl RegionTls {
     }
 }
 
-/// Connects to the first host of `region` that accepts, with `params` as the
-/// session's startup parameters (besides user and database).
+/// Which host of a region accepted writes last: sessions try it first.
+/// Shared by every session of the proxy.
+#[derive(Debug, Default)]
+pub struct Primary(AtomicUsize);
+
+impl Primary {
+    /// Index of the host in the region's `hosts`.
+    pub fn index(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects to the region's primary — the first host, starting with the
+/// one that was primary last time, that accepts the login and is not a hot
+/// standby (`in_hot_standby`, reported by Postgres 14 and later) — with
+/// `params` as the session's startup parameters (besides user and
+/// database). The hosts are the region's own, so a failover never leaves
+/// its residency zone: when the primary fails, the next session lands on
+/// whichever host has been promoted.
 pub async fn connect(
     region_name: &str,
     region: &Region,
     tls: &RegionTls,
+    primary: &Primary,
     params: &[(String, String)],
 ) -> Result<BackendConn, ConnectError> {
     let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
-    for host in &region.hosts {
+    let n = region.hosts.len();
+    let first = primary.index() % n.max(1);
+    for i in (0..n).map(|k| (first + k) % n) {
+        let host = &region.hosts[i];
         let addr = format!("{}:{}", host.host, host.port);
         match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params)).await {
-            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Ok(conn)) => {
+                if primary.0.swap(i, Ordering::Relaxed) != i {
+                    tracing::info!(region = region_name, host = %addr, "region primary is now this host");
+                }
+                return Ok(conn);
+            }
+            Ok(Err(HostError::Standby)) => reasons.push(format!("{addr}: a read-only standby")),
             Ok(Err(HostError::Refused(error_response))) => {
                 return Err(ConnectError::Refused {
                     region: region_name.to_string(),
@@ -99,6 +127,8 @@ pub async fn connect(
 enum HostError {
     Failed(String),
     Refused(BytesMut),
+    /// The server is a hot standby: sessions need the primary.
+    Standby,
 }
 
 impl From<std::io::Error> for HostError {
@@ -189,6 +219,12 @@ async fn connect_host(
                 return Err(HostError::Failed(error_text(&body)));
             }
             Message::ReadyForQuery(body) => {
+                if params_out
+                    .iter()
+                    .any(|(k, v)| k == "in_hot_standby" && v == "on")
+                {
+                    return Err(HostError::Standby);
+                }
                 let (pid, secret) =
                     key.ok_or_else(|| HostError::Failed("server sent no BackendKeyData".into()))?;
                 return Ok(BackendConn {

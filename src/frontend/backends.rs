@@ -149,7 +149,7 @@ impl Backends {
                 format!("region {region} is not configured"),
             )
         })?;
-        let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
+        let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &self.params)
             .await
             .map_err(|e| match e {
                 ConnectError::Unavailable { .. } => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())

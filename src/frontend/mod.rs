@@ -94,6 +94,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         &setup.region,
         &region.config,
         &region.tls,
+        &region.primary,
         &setup.backend_params,
     )
     .await

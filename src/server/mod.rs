@@ -133,6 +133,7 @@ impl Proxy {
                 RegionRuntime {
                     config: region.clone(),
                     tls: rt,
+                    primary: crate::backend::Primary::default(),
                 },
             );
         }

@@ -30,6 +30,8 @@ pub enum Phase {
 pub struct RegionRuntime {
     pub config: Region,
     pub tls: RegionTls,
+    /// The host that accepted writes last.
+    pub primary: crate::backend::Primary,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.
