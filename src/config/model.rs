@@ -160,7 +160,8 @@ pub struct Region {
     /// Seconds to wait for a backend connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Tried in order; the first that accepts serves the session.
+    /// The primary and its standbys: sessions go to the host that is not a
+    /// hot standby, the last primary tried first.
     pub hosts: Vec<Host>,
     /// Where this region's root key (KEK) comes from. Required when any
     /// column is classified; a proxy only loads the keys of its own regions.
