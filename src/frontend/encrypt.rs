@@ -277,13 +277,25 @@ pub fn parse_types(declared: &[u32], plan: &CryptoPlan) -> Option<Vec<u32>> {
     changed.then_some(types)
 }
 
-/// Logical type OIDs of a statement's classified parameters, by 1-based
-/// number: what ParameterDescription shows the client.
-pub fn param_overrides(plan: &CryptoPlan) -> Vec<(usize, u32)> {
+/// The types ParameterDescription shows for a statement's classified
+/// parameters (by 1-based number): the type the client declared, as
+/// Postgres would show it, else the column's logical type — never the
+/// storage type the server inferred.
+pub fn param_overrides(plan: &CryptoPlan, declared: &[u32]) -> Vec<(usize, u32)> {
     plan.targets
         .iter()
         .filter_map(|t| match t.value {
-            ValueSource::Param(n) => Some((n, t.column.logical.oid())),
+            ValueSource::Param(n) => {
+                let declared = declared.get(n - 1).copied().unwrap_or(0);
+                Some((
+                    n,
+                    if declared != 0 {
+                        declared
+                    } else {
+                        t.column.logical.oid()
+                    },
+                ))
+            }
             ValueSource::Literal { .. } => None,
         })
         .collect()

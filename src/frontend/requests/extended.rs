@@ -649,10 +649,15 @@ impl Requests {
         if let Some(region) = self.batch.region.clone() {
             self.ensure_prepared(&region, &name).await?;
         }
+        let declared = self
+            .statements
+            .get(&name)
+            .map(|s| s.types.clone())
+            .unwrap_or_default();
         let overrides = stmt_local
             .as_ref()
             .and_then(|(_, a)| single(a))
-            .map(|p| encrypt::param_overrides(&p.crypto))
+            .map(|p| encrypt::param_overrides(&p.crypto, &declared))
             .unwrap_or_default();
         self.send_or_hold(msg.clone(), None, Some((name, overrides)))
             .await
