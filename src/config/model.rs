@@ -338,6 +338,12 @@ pub struct Tenancy {
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// as the regional catalogs say; tables not seen yet count as
+    /// tenant-scoped until the catalogs show otherwise.
+    pub discover: bool,
+    /// How often the catalogs are read again in discovery mode.
+    pub discover_refresh_secs: u64,
 }
 
 impl Default for Tenancy {
@@ -347,6 +353,8 @@ impl Default for Tenancy {
             tables: Vec::new(),
             columns: BTreeMap::new(),
             global_tables: Vec::new(),
+            discover: false,
+            discover_refresh_secs: 10,
         }
     }
 }

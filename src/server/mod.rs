@@ -173,6 +173,13 @@ impl Proxy {
             catalogs,
         });
         check_catalogs(&shared).await?;
+        if shared.tenancy.discovers() {
+            crate::routing::discovery::discover(&shared).await;
+            tokio::spawn(crate::routing::discovery::refresh(
+                Arc::downgrade(&shared),
+                Duration::from_secs(shared.config.tenancy.discover_refresh_secs.max(1)),
+            ));
+        }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
         }

@@ -66,6 +66,9 @@ impl Shared {
     pub fn tenancy_of(config: &Config) -> Tenancy {
         let t = &config.tenancy;
         let mut tenancy = Tenancy::new(&t.column);
+        if t.discover {
+            tenancy.enable_discovery();
+        }
         for table in &t.tables {
             tenancy.add_scoped(table, t.columns.get(table).map(String::as_str));
         }

@@ -536,6 +536,9 @@ impl Requests {
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
             }
+            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+            }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
