@@ -46,6 +46,20 @@ fn bench_values(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("open", label), |b| {
                 b.iter(|| keys.open(&aad, black_box(&env)).unwrap())
             });
+            // The hot-path variants: append into / decrypt into a buffer
+            // the caller reuses (no allocation, no per-value wipe).
+            let mut out = Vec::with_capacity(size + 64);
+            group.bench_function(BenchmarkId::new("seal_into", label), |b| {
+                b.iter(|| {
+                    out.clear();
+                    keys.seal_into(p, &aad, black_box(&plaintext), &mut out)
+                        .unwrap()
+                })
+            });
+            let mut scratch = zeroize::Zeroizing::new(Vec::with_capacity(size + 64));
+            group.bench_function(BenchmarkId::new("open_into", label), |b| {
+                b.iter(|| keys.open_into(&aad, black_box(&env), &mut scratch).unwrap())
+            });
         }
         group.finish();
     }
