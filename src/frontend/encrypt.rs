@@ -245,10 +245,12 @@ pub fn rewrite_text(
 fn literal(envelope: &[u8], storage: Storage) -> String {
     match storage {
         Storage::Bytea => {
-            let mut s = String::with_capacity(envelope.len() * 2 + 6);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut s = String::with_capacity(envelope.len() * 2 + 7);
             s.push_str("E'\\\\x");
             for b in envelope {
-                s.push_str(&format!("{b:02x}"));
+                s.push(HEX[usize::from(b >> 4)] as char);
+                s.push(HEX[usize::from(b & 15)] as char);
             }
             s.push('\'');
             s
