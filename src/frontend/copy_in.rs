@@ -188,11 +188,15 @@ pub async fn plan(
     };
     let what = what(direction, display);
     let statement = parse_copy(sql).map_err(|e| PgError::from(e.context(&what)))?;
-    if statement.format.direction != direction || (direction == Direction::To && !statement.to_stdout) {
+    if statement.format.direction != direction
+        || (direction == Direction::To && !statement.to_stdout)
+    {
         // Refused by the crypto plan already; never decrypt elsewhere.
         return Err(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("{what}: only COPY … TO STDOUT of a table with classified columns is supported"),
+            format!(
+                "{what}: only COPY … TO STDOUT of a table with classified columns is supported"
+            ),
         ));
     }
     let table = statement.table.clone().unwrap_or_else(|| display.clone());
@@ -421,7 +425,12 @@ impl CopyIn {
 
     /// Replaces the row's non-NULL classified fields with their ciphertext
     /// in the column's storage form.
-    async fn encrypt(&mut self, shared: &Shared, tenant: &str, row: &mut CopyRow) -> Result<(), PgError> {
+    async fn encrypt(
+        &mut self,
+        shared: &Shared,
+        tenant: &str,
+        row: &mut CopyRow,
+    ) -> Result<(), PgError> {
         let plan = &self.plan;
         let at = |e: PgError| PgError {
             message: format!("{}, data row {}: {}", plan.what(), row.number, e.message),
@@ -707,9 +716,7 @@ async fn table_columns(
         Ok(r) => r,
         Err(_) => Err(PgError::error(
             sqlstate::CONNECTION_FAILURE,
-            format!(
-                "{what}: reading the table's columns in region {region} timed out"
-            ),
+            format!("{what}: reading the table's columns in region {region} timed out"),
         )
         .with_hint("name the columns in the COPY statement, or retry")),
     }

@@ -116,16 +116,19 @@ impl CopyOut {
         self.drain(out).await
     }
 
+    /// Decrypts the complete rows received so far. Each row goes out in a
+    /// CopyData message of its own, as Postgres sends them (the binary file
+    /// header with the first row, the trailer alone): clients such as
+    /// tokio-postgres' binary reader rely on it.
     async fn drain(&mut self, out: &mut BytesMut) -> Result<(), PgError> {
         loop {
             let row = self.filter.next_row().map_err(|e| self.corrupt(e))?;
             let Some(mut row) = row else { break };
             self.decrypt(&mut row).await?;
-            self.filter
-                .write_row(&row)
-                .map_err(|e| self.corrupt(e))?;
+            self.filter.write_row(&row).map_err(|e| self.corrupt(e))?;
+            copy_data(self.filter.take_output(), out);
         }
-        out.extend_from_slice(&copy_in::copy_data_messages(self.filter.take_output()));
+        copy_data(self.filter.take_output(), out);
         Ok(())
     }
 
@@ -133,7 +136,11 @@ impl CopyOut {
     fn corrupt(&self, e: crate::copy::CopyError) -> PgError {
         PgError::error(
             DATA_CORRUPTED,
-            format!("{}: unreadable COPY output: {}", self.plan().what(), e.message),
+            format!(
+                "{}: unreadable COPY output: {}",
+                self.plan().what(),
+                e.message
+            ),
         )
     }
 
@@ -250,5 +257,13 @@ impl CopyOut {
         }
         Ok(())
     }
+}
 
+/// Appends `bytes` as one CopyData message.
+fn copy_data(bytes: Option<bytes::Bytes>, out: &mut BytesMut) {
+    if let Some(bytes) = bytes {
+        out.extend_from_slice(b"d");
+        out.extend_from_slice(&((bytes.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
 }

@@ -26,10 +26,11 @@ use super::classification::{Classification, ColumnClass};
 use super::predicates::{ident, tenant_value};
 use super::{Tenancy, TenantSource};
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, CopySource, CopyTarget, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Insert, JoinConstraint, JoinOperator, ObjectName,
-    OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem, SetExpr, SetQuantifier,
-    Statement, TableFactor, TableObject, UnaryOperator, Value, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopySource, CopyTarget, DuplicateTreatment, Expr,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Insert, JoinConstraint,
+    JoinOperator, ObjectName, OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem,
+    SetExpr, SetQuantifier, Statement, TableFactor, TableObject, UnaryOperator, Value, Visit,
+    Visitor,
 };
 use sqlparser::tokenizer::Location;
 use std::collections::{HashMap, HashSet};
@@ -477,8 +478,9 @@ impl<'c, 't> Planner<'c, 't> {
                                                 .map(|c| c.qualified());
                                         }
                                     }
-                                    SelectItem::Wildcard(_)
-                                    | SelectItem::QualifiedWildcard(..) => *self.wildcard = true,
+                                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                                        *self.wildcard = true
+                                    }
                                 }
                             }
                         });

@@ -274,8 +274,14 @@ fn copy_of_classified_tables() {
     // has no row description to find the columns to decrypt.
     refused("COPY customers TO '/tmp/x'", "server file");
     refused("COPY customers FROM PROGRAM 'cat x'", "server file");
-    refused("COPY (SELECT email FROM customers) TO STDOUT", "customers.email");
-    refused("COPY (SELECT c.full_name AS n FROM customers c) TO STDOUT", "customers.full_name");
+    refused(
+        "COPY (SELECT email FROM customers) TO STDOUT",
+        "customers.email",
+    );
+    refused(
+        "COPY (SELECT c.full_name AS n FROM customers c) TO STDOUT",
+        "customers.full_name",
+    );
     refused("COPY (SELECT * FROM customers) TO STDOUT", "COPY (query)");
     refused(
         "COPY (SELECT x FROM (SELECT email AS x FROM customers) s) TO STDOUT",
