@@ -62,7 +62,7 @@ fn copy_plan(analysis: &Analysis) -> Option<&crate::sql::StatementPlan> {
 /// (column list written out) when it had none.
 pub(super) enum PlannedCopy {
     /// FROM STDIN: the client's data goes through this filter.
-    In(CopyIn, Option<String>),
+    In(Box<CopyIn>, Option<String>),
     /// TO STDOUT of a table with classified columns: the response side
     /// decrypts the rows.
     Out(Arc<CopyOutRun>, Option<String>),
@@ -127,7 +127,7 @@ impl Requests {
         planned: PlannedCopy,
     ) -> Result<(), Quit> {
         let (copy, rewritten) = match planned {
-            PlannedCopy::In(copy, rewritten) => (Some(copy), rewritten),
+            PlannedCopy::In(copy, rewritten) => (Some(*copy), rewritten),
             PlannedCopy::Out(run, rewritten) => {
                 // Registered for the Query's batch, after a held BEGIN's.
                 self.pin_held(&region).await?;
@@ -193,7 +193,7 @@ impl Requests {
         }
         let session = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         Ok(Some(PlannedCopy::In(
-            CopyIn::new(planned, region.clone(), session),
+            Box::new(CopyIn::new(planned, region.clone(), session)),
             rewritten,
         )))
     }
