@@ -198,8 +198,38 @@ fn customer_rows(tenants: &[&str], from: i64) -> String {
     out
 }
 
+/// Everything the proxy logs (at TRACE) during a test.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_stores_ciphertext_per_tenant_in_all_three_formats() {
+    let capture = Capture::default();
+    let _ = tracing_subscriber::fmt()
+        // The test's own clients log their statements; the proxy's control
+        // connections only send catalog and key-table SQL.
+        .with_env_filter("trace,tokio_postgres=off,sqlparser=off")
+        .with_writer(capture.clone())
+        .try_init();
     let (regions, _keys, proxy) = setup().await;
     within(20, "COPY in", async {
         let eu = tenant_client(&proxy, Some("acme")).await;
@@ -362,6 +392,21 @@ async fn copy_in_stores_ciphertext_per_tenant_in_all_three_formats() {
         .get(0);
     assert_eq!(n, m);
     proxy.shutdown().await;
+    let logs = String::from_utf8_lossy(&capture.0.lock().map(|v| v.clone()).unwrap_or_default())
+        .into_owned();
+    assert!(
+        logs.len() > 1000,
+        "expected TRACE logs, got {} bytes",
+        logs.len()
+    );
+    for canary in ["canary", "Canary"] {
+        if let Some(at) = logs.find(canary) {
+            panic!(
+                "`{canary}` in the proxy's logs: {}",
+                &logs[at.saturating_sub(200)..(at + 100).min(logs.len())]
+            );
+        }
+    }
 }
 
 /// Rows of `typed` as text COPY data: every logical type, NULLs, and

@@ -95,7 +95,7 @@ pub struct ClassifiedField {
 }
 
 /// Everything about one COPY statement that does not change per execution.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CopyPlan {
     /// The table, as written in the statement (for messages).
     pub table: String,
@@ -258,6 +258,32 @@ pub async fn plan(
         rewritten,
         classified,
     })
+}
+
+/// `plan` for running in `region`: the classified columns' storage read
+/// from that region's catalog (a statement prepared in one region may be
+/// executed in another, whose columns may store ciphertext differently).
+pub async fn for_region(
+    shared: &Shared,
+    plan: Arc<CopyPlan>,
+    region: &Arc<str>,
+) -> Result<Arc<CopyPlan>, PgError> {
+    if plan.classified.is_empty() {
+        return Ok(plan);
+    }
+    let classified = classified_fields(shared, region, &plan.table, &plan.columns).await?;
+    let same = classified.len() == plan.classified.len()
+        && classified
+            .iter()
+            .zip(&plan.classified)
+            .all(|(a, b)| a.index == b.index && a.storage == b.storage);
+    if same {
+        return Ok(plan);
+    }
+    Ok(Arc::new(CopyPlan {
+        classified,
+        ..(*plan).clone()
+    }))
 }
 
 /// The classified columns among a COPY's `columns`, with their storage in
@@ -853,6 +879,28 @@ mod tests {
         assert!(with_column_list("COPY BINARY t FROM STDIN", "t", &cols).is_none());
         assert!(with_column_list("SELECT 1", "t", &cols).is_none());
         assert!(with_column_list("COPY /* open", "t", &cols).is_none());
+    }
+
+    #[test]
+    fn ciphertext_fields_in_each_storage_form() {
+        let env = vec![0x01, 0xab, 0x5c];
+        assert_eq!(stored_form(env.clone(), Storage::Bytea, true), env);
+        // The unescaped field; the text encoder doubles the backslash.
+        assert_eq!(
+            stored_form(env.clone(), Storage::Bytea, false),
+            b"\\x01ab5c"
+        );
+        let mut out = BytesMut::new();
+        CopyFormat::text()
+            .encode_row(
+                &[Some(stored_form(env.clone(), Storage::Bytea, false))],
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(&out[..], b"\\\\x01ab5c\n");
+        let text = stored_form(env.clone(), Storage::Text, false);
+        assert!(text.starts_with(b"rg1:"));
+        assert_eq!(stored_form(env, Storage::Text, true), text);
     }
 
     #[test]

@@ -416,6 +416,13 @@ impl Requests {
             }
             None => (msg.clone(), None),
         };
+        let copy_plan = match copy_plan {
+            Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
+                Ok(p) => Some(p),
+                Err(e) => return self.fail_batch(e).await,
+            },
+            None => None,
+        };
         let copy = match copy_plan {
             Some(p) if p.format.direction == crate::copy::Direction::To => {
                 match super::copy::copy_out_run(&self.shared, p, &region, &tenants).await {
