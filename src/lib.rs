@@ -6,6 +6,8 @@ pub mod config;
 pub mod demo;
 pub mod frontend;
 pub mod localpg;
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod routing;

@@ -32,6 +32,9 @@ pub struct BackendConn {
     pub params: Vec<(String, String)>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
+    /// Which of the region's hosts (in config order) serves the session:
+    /// the ones before it failed.
+    pub host_index: usize,
 }
 
 /// Why no backend session could be opened.
@@ -76,10 +79,10 @@ pub async fn connect(
 ) -> Result<BackendConn, ConnectError> {
     let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
-    for host in &region.hosts {
+    for (host_index, host) in region.hosts.iter().enumerate() {
         let addr = format!("{}:{}", host.host, host.port);
         match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params)).await {
-            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Ok(conn)) => return Ok(BackendConn { host_index, ..conn }),
             Ok(Err(HostError::Refused(error_response))) => {
                 return Err(ConnectError::Refused {
                     region: region_name.to_string(),
@@ -203,6 +206,7 @@ async fn connect_host(
                     },
                     params: params_out,
                     status: body.status(),
+                    host_index: 0,
                 });
             }
             _ => {

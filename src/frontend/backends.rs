@@ -67,6 +67,7 @@ impl Backend {
             return Ok(());
         }
         let r = self.writer.write_all(&self.out).await;
+        self.shared.stats.sent(self.out.len());
         self.out.clear();
         r
     }
@@ -152,8 +153,11 @@ impl Backends {
         let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
             .await
             .map_err(|e| match e {
-                ConnectError::Unavailable { .. } => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
-                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working"),
+                ConnectError::Unavailable { .. } => {
+                    shared.metrics.backend_unavailable(region);
+                    PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
+                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working")
+                }
                 ConnectError::Refused { region, .. } => PgError::error(
                     sqlstate::CONNECTION_FAILURE,
                     format!("region {region} refused a session with this session's parameters"),
@@ -165,7 +169,8 @@ impl Backends {
             entry.targets.push(conn.cancel.clone());
         }
         let (reader, writer) = conn.stream.split();
-        let bshared = Arc::new(BackendShared::default());
+        let stats = shared.metrics.backend_connected(region, conn.host_index);
+        let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {
             region: region.clone(),
             addr: conn.addr.clone(),

@@ -73,9 +73,18 @@ pub struct BackendShared {
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
+    /// Metrics and slow-statement log of this backend session.
+    pub stats: crate::metrics::BackendStats,
 }
 
 impl BackendShared {
+    pub fn new(stats: crate::metrics::BackendStats) -> Self {
+        BackendShared {
+            stats,
+            ..Default::default()
+        }
+    }
+
     /// Records a Parse or Close sent in `batch`; `forward` is false for the
     /// ones the proxy injected.
     pub fn expect_completion(&self, batch: u64, forward: bool) {

@@ -49,6 +49,8 @@ pub struct Shared {
     /// One permit per client connection (`listen.max_clients`).
     pub clients: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
+    /// Series and the slow-statement threshold (no-ops when metrics are off).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {

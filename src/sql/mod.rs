@@ -16,6 +16,7 @@ mod analysis;
 mod cache;
 mod comment;
 mod lexer;
+pub mod normalize;
 mod predicates;
 mod session;
 mod tenancy;
