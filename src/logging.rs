@@ -14,9 +14,13 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// tokio-postgres (the directory's control connection) logs statement
-/// parameters at DEBUG: tenant ids. Capped unless the filter names it.
-const QUIET_DEPENDENCIES: &str = "tokio_postgres=warn";
+/// Dependencies that handle statement text or values and log them at
+/// DEBUG or TRACE: sqlparser prints every statement it parses (literals
+/// included), tokio-postgres (the directory's control connection) prints
+/// statement parameters (tenant ids). Capped at WARN unless the filter
+/// names the crate itself. `tests/log_canary.rs` found the first one.
+const QUIET_DEPENDENCIES: [&str; 4] =
+    ["sqlparser", "tokio_postgres", "pgwire", "postgres_protocol"];
 
 /// The filter for `level` (a tracing filter such as `info` or
 /// `regionguard=debug`); `REGIONGUARD_LOG` in the environment wins.
@@ -25,11 +29,12 @@ pub fn filter(level: &str) -> EnvFilter {
         .ok()
         .filter(|v| EnvFilter::try_new(v).is_ok())
         .unwrap_or_else(|| level.to_string());
-    let directives = if chosen.contains("tokio_postgres") {
-        chosen
-    } else {
-        format!("{chosen},{QUIET_DEPENDENCIES}")
-    };
+    let mut directives = chosen.clone();
+    for dependency in QUIET_DEPENDENCIES {
+        if !chosen.contains(dependency) {
+            directives.push_str(&format!(",{dependency}=warn"));
+        }
+    }
     EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
@@ -64,6 +69,7 @@ mod tests {
     fn dependencies_that_log_parameters_are_capped() {
         let f = filter("debug").to_string();
         assert!(f.contains("tokio_postgres=warn"), "{f}");
+        assert!(f.contains("sqlparser=warn"), "{f}");
         let f = filter("debug,tokio_postgres=info").to_string();
         assert!(!f.contains("tokio_postgres=warn"), "{f}");
     }

@@ -150,6 +150,11 @@ impl Series {
             "ErrorResponses sent to clients, by SQLSTATE class and whether a region or the proxy raised them",
             &["class", "source"],
         )?;
+        // The proxy's own error classes exist from the start, so the
+        // family is exported (at zero) before the first error.
+        for class in ["08", "0A", "22", "25", "42"] {
+            errors.get_metric_with_label_values(&[class, "proxy"])?;
+        }
         let lookups = counter_vec(
             &reg,
             "regionguard_directory_lookups_total",
