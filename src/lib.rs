@@ -2,7 +2,9 @@
 //! region and encrypted. See README.md and docs/.
 
 pub mod backend;
+pub mod catalog;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod frontend;
 pub mod localpg;

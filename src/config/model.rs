@@ -200,7 +200,7 @@ impl std::fmt::Debug for KeySource {
 }
 
 /// How the columns of a data class are encrypted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protection {
     /// Random nonce: equal values encrypt differently; no search.

@@ -1,6 +1,7 @@
 //! The proxy configuration of the demo: the three regions, SCRAM with one
 //! well-known user, listening on loopback.
 
+use super::keys::KeyFiles;
 use super::state::State;
 use super::{DATABASE, ROLE};
 use crate::config::{Config, ConfigError};
@@ -13,7 +14,12 @@ pub(crate) const PROXY_PASSWORD: &str = "app";
 
 /// Builds the config from TOML text, so the demo goes through the same
 /// parsing and validation as a user's config file.
-pub(crate) fn build(clusters: &[Cluster], state: &State, port: u16) -> Result<Config, ConfigError> {
+pub(crate) fn build(
+    clusters: &[Cluster],
+    state: &State,
+    keys: &KeyFiles,
+    port: u16,
+) -> Result<Config, ConfigError> {
     let verifier = postgres_protocol::password::scram_sha_256(PROXY_PASSWORD.as_bytes());
     let mut toml = format!(
         "default_region = \"eu\"\n\
@@ -24,6 +30,15 @@ pub(crate) fn build(clusters: &[Cluster], state: &State, port: u16) -> Result<Co
          verifier = \"{verifier}\"\n\
          [tenancy]\n\
          tables = [\"customers\", \"orders\"]\n\
+         [classes.pii]\n\
+         encrypt = \"randomized\"\n\
+         [classified.customers.email]\n\
+         class = \"pii\"\n\
+         type = \"text\"\n\
+         searchable = true\n\
+         [classified.customers.full_name]\n\
+         class = \"pii\"\n\
+         type = \"text\"\n\
          [tenants]\n"
     );
     for (tenant, region) in super::schema::tenant_regions() {
@@ -50,6 +65,17 @@ pub(crate) fn build(clusters: &[Cluster], state: &State, port: u16) -> Result<Co
              password = \"{password}\"\n",
             cluster.port()
         );
+        if let Some(path) = keys.path(region) {
+            // Key paths are under the demo's data directory; TOML's
+            // literal strings need no escaping of anything but `'`.
+            let _ = write!(
+                toml,
+                "[regions.{region}.key]\n\
+                 source = \"file\"\n\
+                 path = '{}'\n",
+                path.display()
+            );
+        }
     }
     Config::from_toml_str(&toml, "demo")
 }

@@ -14,6 +14,7 @@
 //! restarts and crashes like any PostgreSQL database.
 
 mod config;
+mod keys;
 mod schema;
 mod state;
 
@@ -69,6 +70,11 @@ pub enum DemoError {
     Proxy(#[from] StartError),
     #[error("cannot listen for signals: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("cannot insert the example customers through the proxy: {source}")]
+    Seed {
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl DemoError {
@@ -133,13 +139,25 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     }
     state.save(&data_dir)?;
 
-    let proxy = match start_proxy(&clusters, &state, opts.port).await {
+    let keys = match keys::ensure(&data_dir) {
+        Ok(keys) => keys,
+        Err(e) => {
+            stop_all(&mut clusters).await;
+            return Err(e);
+        }
+    };
+    let proxy = match start_proxy(&clusters, &state, &keys, opts.port).await {
         Ok(proxy) => proxy,
         Err(e) => {
             stop_all(&mut clusters).await;
             return Err(e);
         }
     };
+    if let Err(e) = seed_customers(&proxy).await {
+        proxy.shutdown().await;
+        stop_all(&mut clusters).await;
+        return Err(e);
+    }
     print_urls(&proxy, &clusters, &state);
 
     tokio::select! {
@@ -193,9 +211,36 @@ async fn start_region(data_dir: &Path, region: &str, state: &State) -> Result<Cl
     Ok(cluster)
 }
 
-async fn start_proxy(clusters: &[Cluster], state: &State, port: u16) -> Result<Proxy, DemoError> {
-    let config = config::build(clusters, state, port)?;
+async fn start_proxy(
+    clusters: &[Cluster],
+    state: &State,
+    keys: &keys::KeyFiles,
+    port: u16,
+) -> Result<Proxy, DemoError> {
+    let config = config::build(clusters, state, keys, port)?;
     Ok(Proxy::start(config).await?)
+}
+
+/// Inserts the example customers through the proxy, which encrypts their
+/// email and name with each tenant's key in its own region.
+async fn seed_customers(proxy: &Proxy) -> Result<(), DemoError> {
+    let addr = proxy.local_addr();
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(addr.ip().to_string())
+        .port(addr.port())
+        .user(config::PROXY_USER)
+        .password(config::PROXY_PASSWORD)
+        .dbname(DATABASE);
+    let seed_error = |source| DemoError::Seed { source };
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(seed_error)?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(&schema::customer_inserts()).await;
+    drop(client);
+    let _ = driver.await;
+    result.map_err(seed_error)
 }
 
 fn print_urls(proxy: &Proxy, clusters: &[Cluster], state: &State) {

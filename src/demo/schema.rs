@@ -4,14 +4,15 @@
 use crate::localpg::quote_literal;
 use std::fmt::Write;
 
-/// Tables every region has; `tenant_id` leads every primary key, as
+/// Tables every region has (`customers.email` and `customers.full_name`
+/// hold ciphertext, written through the proxy); `tenant_id` leads every primary key, as
 /// RegionGuard expects of tenant-scoped tables.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS customers (
     tenant_id text NOT NULL,
     id bigint,
-    email text,
-    full_name text,
+    email bytea,
+    full_name bytea,
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
@@ -86,14 +87,11 @@ const TENANTS: [Tenant; 3] = [
 
 /// SQL creating the tables and loading `region`'s tenant. Safe to run again:
 /// existing tables and rows are left as they are.
-/// `(tenant, region)` of the example tenants, for the demo's `[tenants]`.
-pub(crate) fn tenant_regions() -> impl Iterator<Item = (&'static str, &'static str)> {
-    TENANTS.iter().map(|t| (t.name, t.region))
-}
-
-pub(crate) fn sql_for(region: &str) -> String {
-    let mut sql = SCHEMA.to_string();
-    for tenant in TENANTS.iter().filter(|t| t.region == region) {
+/// The customers of every tenant, inserted through the proxy so that
+/// their classified columns are encrypted. Safe to run again.
+pub(crate) fn customer_inserts() -> String {
+    let mut sql = String::new();
+    for tenant in &TENANTS {
         let tenant_id = quote_literal(tenant.name);
         for (id, email, full_name) in tenant.customers {
             // Writing to a String cannot fail.
@@ -105,6 +103,19 @@ pub(crate) fn sql_for(region: &str) -> String {
                 quote_literal(full_name)
             );
         }
+    }
+    sql
+}
+
+/// `(tenant, region)` of the example tenants, for the demo's `[tenants]`.
+pub(crate) fn tenant_regions() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TENANTS.iter().map(|t| (t.name, t.region))
+}
+
+pub(crate) fn sql_for(region: &str) -> String {
+    let mut sql = SCHEMA.to_string();
+    for tenant in TENANTS.iter().filter(|t| t.region == region) {
+        let tenant_id = quote_literal(tenant.name);
         for (id, customer_id, amount, status, days_ago) in tenant.orders {
             let _ = writeln!(
                 sql,

@@ -6,6 +6,7 @@
 //! backend→client pump works through the queue, so the client sees answers
 //! in the order it asked, whichever region produced them.
 
+use super::encrypt::StatementKeys;
 use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
 use bytes::BytesMut;
@@ -22,7 +23,13 @@ pub enum Expect {
         shared: Arc<BackendShared>,
     },
     /// Relay `region`'s responses up to and including its next ReadyForQuery.
-    Relay { region: Arc<str> },
+    /// `query`: the batch is a simple Query whose statements name classified
+    /// tables; their rows are decrypted with these keys. (Extended batches
+    /// learn their row shapes from [`BackendShared::expect_rows`].)
+    Relay {
+        region: Arc<str>,
+        query: Option<Arc<StatementKeys>>,
+    },
     /// Relay `region`'s responses up to CopyInResponse (the COPY FROM STDIN
     /// just executed started) or ErrorResponse (it did not).
     RelayUntilCopyIn { region: Arc<str> },
@@ -64,8 +71,14 @@ pub struct BackendShared {
     completions: Mutex<VecDeque<(u64, bool)>>,
     overrides: Mutex<VecDeque<(u64, PgError)>>,
     /// Statement names whose Describe is in flight, so the response side
-    /// can file the ParameterDescription under the right statement.
-    describes: Mutex<VecDeque<(u64, String)>>,
+    /// can file the ParameterDescription under the right statement, with
+    /// the logical types of its classified parameters.
+    describes: Mutex<VecDeque<(u64, String, ParamTypes)>>,
+    /// One entry per Describe sent in an extended batch, answered by
+    /// RowDescription or NoData: whether the answer goes to the client,
+    /// and the keys when it describes a portal about to be executed (the
+    /// proxy injects such Describes so it knows the shape of the rows).
+    rows: Mutex<VecDeque<(u64, RowUse)>>,
     /// Parameter types the server inferred, by statement name: needed to
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
@@ -77,12 +90,45 @@ pub struct BackendShared {
     pub stats: crate::metrics::BackendStats,
 }
 
+/// Logical type OIDs of a statement's classified parameters, by 1-based number.
+pub type ParamTypes = Vec<(usize, u32)>;
+
+/// What a RowDescription answering a Describe is for.
+pub struct RowUse {
+    pub forward: bool,
+    /// The portal's rows follow: decrypt them with these keys.
+    pub keys: Option<Arc<StatementKeys>>,
+}
+
 impl BackendShared {
     pub fn new(stats: crate::metrics::BackendStats) -> Self {
         BackendShared {
             stats,
             ..Default::default()
         }
+    }
+
+    /// A Describe was sent in `batch` (see [`RowUse`]).
+    pub fn expect_rows(&self, batch: u64, usage: RowUse) {
+        if let Ok(mut q) = self.rows.lock() {
+            q.push_back((batch, usage));
+        }
+    }
+
+    /// The use of the RowDescription or NoData just received in `batch`.
+    pub fn take_rows(&self, batch: u64) -> Option<RowUse> {
+        let mut q = self.rows.lock().ok()?;
+        while let Some((b, _)) = q.front() {
+            if *b < batch {
+                q.pop_front();
+            } else {
+                break;
+            }
+        }
+        if q.front().is_some_and(|(b, _)| *b == batch) {
+            return q.pop_front().map(|(_, u)| u);
+        }
+        None
     }
 
     /// Records a Parse or Close sent in `batch`; `forward` is false for the
@@ -132,43 +178,46 @@ impl BackendShared {
         None
     }
 
-    /// A Describe of statement `name` was sent in `batch`.
-    pub fn expect_describe(&self, batch: u64, name: &str) {
+    /// A Describe of statement `name` was sent in `batch`; `overrides` are
+    /// the logical type OIDs of its classified parameters.
+    pub fn expect_describe(&self, batch: u64, name: &str, overrides: Vec<(usize, u32)>) {
         if let Ok(mut q) = self.describes.lock() {
-            q.push_back((batch, name.to_string()));
+            q.push_back((batch, name.to_string(), overrides));
         }
     }
 
     /// Files a ParameterDescription body under the statement whose Describe
-    /// it answers.
-    pub fn parameter_description(&self, batch: u64, body: &[u8]) {
-        let name = {
+    /// it answers; returns the parameter types to show the client instead
+    /// of the storage types, when any parameter is classified.
+    pub fn parameter_description(&self, batch: u64, body: &[u8]) -> Vec<(usize, u32)> {
+        let (name, overrides) = {
             let Ok(mut q) = self.describes.lock() else {
-                return;
+                return Vec::new();
             };
             loop {
                 match q.pop_front() {
-                    Some((b, name)) if b == batch => break name,
+                    Some((b, name, overrides)) if b == batch => break (name, overrides),
                     Some(_) => continue,
-                    None => return,
+                    None => return Vec::new(),
                 }
             }
         };
         let mut pos = 0;
         let Some(n) = body.get(0..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
-            return;
+            return overrides;
         };
         pos += 2;
         let mut types = Vec::with_capacity(n.max(0) as usize);
         for _ in 0..n.max(0) {
             match crate::protocol::framing::read_i32(body, &mut pos) {
                 Some(t) => types.push(t as u32),
-                None => return,
+                None => return overrides,
             }
         }
         if let Ok(mut m) = self.param_types.lock() {
             m.insert(name, types);
         }
+        overrides
     }
 
     /// The server-inferred type of parameter `n` (1-based) of `statement`.
@@ -197,6 +246,11 @@ impl BackendShared {
             }
         }
         if let Ok(mut q) = self.describes.lock() {
+            while q.front().is_some_and(|(b, _, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+        if let Ok(mut q) = self.rows.lock() {
             while q.front().is_some_and(|(b, _)| *b <= batch) {
                 q.pop_front();
             }

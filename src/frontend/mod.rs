@@ -3,6 +3,8 @@
 
 mod backends;
 mod cancel;
+mod decrypt;
+pub mod encrypt;
 mod expect;
 mod handshake;
 mod requests;
@@ -17,6 +19,7 @@ use crate::net::Stream;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::messages;
 use crate::server::state::{CancelEntry, Shared};
+use crate::types::SessionFormat;
 use bytes::BytesMut;
 use handshake::{Authenticated, HandshakeEnd};
 use std::net::SocketAddr;
@@ -127,6 +130,11 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     messages::backend_key_data(&mut out, pid, secret);
     messages::ready_for_query(&mut out, conn.status);
 
+    let mut format = SessionFormat::default();
+    for (name, value) in &conn.params {
+        let _ = format.set(name, value);
+    }
+    let format = Arc::new(std::sync::Mutex::new(format));
     let (client_rd, mut client_wr) = stream.split();
     if client_wr.write_all(&out).await.is_err() {
         shared.cancel.remove(&pid);
@@ -154,11 +162,27 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         startup: setup.tenant,
         ..Default::default()
     };
-    let requests =
-        requests::Requests::new(shared.clone(), expect_tx, gone_tx, backends, tenant, region);
-    let responses =
-        responses::Responses::new(client_wr, conn.status, shared.phase.clone(), gone_rx)
-            .counting_sent(shared.metrics.client_sent_counter());
+    let crypto = shared
+        .keyring
+        .is_some()
+        .then(|| responses::AnswerCrypto::new(shared.clone(), format.clone()));
+    let requests = requests::Requests::new(
+        shared.clone(),
+        expect_tx,
+        gone_tx,
+        backends,
+        tenant,
+        region,
+        format,
+    );
+    let responses = responses::Responses::new(
+        client_wr,
+        conn.status,
+        shared.phase.clone(),
+        gone_rx,
+        crypto,
+    )
+    .counting_sent(shared.metrics.client_sent_counter());
     let req = requests.run(client_rd);
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);

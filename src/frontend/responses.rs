@@ -6,11 +6,14 @@
 //! Flushing before every wait matters for COPY FROM STDIN, where the client
 //! sends data only after it has seen CopyInResponse.
 
-use super::expect::{BackendShared, Expect};
+use super::decrypt::{self, RowPlan};
+use super::encrypt::StatementKeys;
+use super::expect::{BackendShared, Expect, RowUse};
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
-use crate::server::state::Phase;
+use crate::server::state::{Phase, Shared};
+use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,6 +91,131 @@ pub struct Responses {
     /// sender dropped): queued answers still go out.
     gone_open: bool,
     sent: crate::metrics::ByteCounter,
+    /// Set when columns are classified: decryption of answers.
+    crypto: Option<AnswerCrypto>,
+}
+
+/// What the answer path needs to decrypt.
+pub struct AnswerCrypto {
+    pub shared: Arc<Shared>,
+    /// The session's text I/O settings, kept current from ParameterStatus.
+    pub format: Arc<std::sync::Mutex<SessionFormat>>,
+    /// How to decrypt the rows of the result in progress.
+    rows: Option<RowPlan>,
+    /// A value failed to decrypt: the rest of the batch is dropped until
+    /// its ReadyForQuery, after the error went to the client.
+    failed: bool,
+}
+
+impl AnswerCrypto {
+    pub fn new(shared: Arc<Shared>, format: Arc<std::sync::Mutex<SessionFormat>>) -> Self {
+        AnswerCrypto {
+            shared,
+            format,
+            rows: None,
+            failed: false,
+        }
+    }
+
+    /// Handles one message of a relayed batch; `false` when the message is
+    /// not one it cares about (forward it as usual).
+    fn message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        region: &str,
+        reader: &Reader,
+        query: &Option<Arc<StatementKeys>>,
+        out: &mut BytesMut,
+    ) -> bool {
+        if self.failed {
+            return tag != b'Z';
+        }
+        match tag {
+            b'T' => {
+                let usage = reader.shared.take_rows(reader.done).unwrap_or(RowUse {
+                    forward: true,
+                    keys: query.clone(),
+                });
+                let catalog = self.shared.catalogs.get(region);
+                match decrypt::row_description(body, &catalog, usage.keys) {
+                    Some((rewritten, plan)) => {
+                        self.rows = Some(plan);
+                        if usage.forward {
+                            out.extend_from_slice(&rewritten);
+                        }
+                    }
+                    None => {
+                        self.rows = None;
+                        if usage.forward {
+                            out.extend_from_slice(&tag_frame(tag, body));
+                        }
+                    }
+                }
+                true
+            }
+            b'n' => {
+                self.rows = None;
+                let forward = reader
+                    .shared
+                    .take_rows(reader.done)
+                    .is_none_or(|u| u.forward);
+                if forward {
+                    out.extend_from_slice(&tag_frame(tag, body));
+                }
+                true
+            }
+            b'D' => {
+                let Some(plan) = &self.rows else {
+                    return false;
+                };
+                let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                match plan.data_row(body, &format) {
+                    Ok(row) => out.extend_from_slice(&row),
+                    Err(e) => {
+                        tracing::warn!(region, code = e.code, "a value could not be decrypted");
+                        e.encode(out);
+                        self.rows = None;
+                        self.failed = true;
+                    }
+                }
+                true
+            }
+            b'C' | b's' | b'I' | b'E' => {
+                self.rows = None;
+                false
+            }
+            b'S' => {
+                if let Some((name, value)) = parameter_status(body) {
+                    if let Ok(mut f) = self.format.lock() {
+                        let _ = f.set(name, value);
+                    }
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A message rebuilt from its tag and body.
+fn tag_frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 5);
+    v.push(tag);
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Name and value of a ParameterStatus body.
+fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut pos = 0;
+    let name = read_cstr(body, &mut pos)?;
+    let value = read_cstr(body, &mut pos)?;
+    Some((
+        std::str::from_utf8(name).ok()?,
+        std::str::from_utf8(value).ok()?,
+    ))
 }
 
 impl Responses {
@@ -96,6 +224,7 @@ impl Responses {
         status: u8,
         phase: watch::Receiver<Phase>,
         client_gone: watch::Receiver<bool>,
+        crypto: Option<AnswerCrypto>,
     ) -> Self {
         Responses {
             client,
@@ -107,6 +236,7 @@ impl Responses {
             client_gone,
             gone_open: true,
             sent: Default::default(),
+            crypto,
         }
     }
 
@@ -177,16 +307,18 @@ impl Responses {
                     let _ = self.client.shutdown().await;
                     return end;
                 }
-                Expect::Relay { region } => self.relay(&region, Mode::Relay).await,
-                Expect::Discard { region } => self.relay(&region, Mode::Discard).await,
-                Expect::RelayUntilCopyIn { region } => self.relay(&region, Mode::UntilCopyIn).await,
+                Expect::Relay { region, query } => self.relay(&region, Mode::Relay, query).await,
+                Expect::Discard { region } => self.relay(&region, Mode::Discard, None).await,
+                Expect::RelayUntilCopyIn { region } => {
+                    self.relay(&region, Mode::UntilCopyIn, None).await
+                }
                 Expect::CopySync { region } => match self.readers.get_mut(&region) {
                     Some(r) if r.copy_active => {
                         r.shared.batch_done(r.done);
                         r.done += 1;
                         Ok(())
                     }
-                    _ => self.relay(&region, Mode::Relay).await,
+                    _ => self.relay(&region, Mode::Relay, None).await,
                 },
             };
             if let Err(end) = step {
@@ -299,7 +431,12 @@ impl Responses {
 
     /// Moves one batch's responses from `region` to the client (or drops
     /// them), up to and including ReadyForQuery (or the start of a COPY).
-    async fn relay(&mut self, region: &Arc<str>, mode: Mode) -> Result<(), SessionEnd> {
+    async fn relay(
+        &mut self,
+        region: &Arc<str>,
+        mode: Mode,
+        query: Option<Arc<StatementKeys>>,
+    ) -> Result<(), SessionEnd> {
         let discard = mode == Mode::Discard;
         if let Some(r) = self.readers.get_mut(region) {
             r.parked = false;
@@ -329,6 +466,18 @@ impl Responses {
                         .shared
                         .stats
                         .command_complete(f.body(&reader.buf), copy_in);
+                }
+                if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
+                    if crypto.message(
+                        f.tag,
+                        f.body(&reader.buf),
+                        region,
+                        reader,
+                        &query,
+                        &mut self.out,
+                    ) {
+                        continue;
+                    }
                 }
                 match f.tag {
                     b'1' | b'3' => {
@@ -364,14 +513,23 @@ impl Responses {
                         }
                     }
                     b't' => {
-                        reader
+                        let overrides = reader
                             .shared
                             .parameter_description(reader.done, f.body(&reader.buf));
                         if !discard {
-                            self.out.extend_from_slice(bytes);
+                            match decrypt::parameter_description(f.body(&reader.buf), &overrides)
+                                .filter(|_| !overrides.is_empty())
+                            {
+                                Some(rewritten) => self.out.extend_from_slice(&rewritten),
+                                None => self.out.extend_from_slice(bytes),
+                            }
                         }
                     }
                     b'Z' => {
+                        if let Some(crypto) = self.crypto.as_mut() {
+                            crypto.failed = false;
+                            crypto.rows = None;
+                        }
                         reader.copy_active = false;
                         reader.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
                         reader.shared.batch_done(reader.done);

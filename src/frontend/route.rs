@@ -37,14 +37,16 @@ pub struct Params<'a> {
     pub types: &'a [u32],
 }
 
-/// Decides where `plan` runs. `session_tenant` is the effective
-/// `regionguard.tenant` of the session (SET LOCAL, SET or startup option).
+/// Decides where `plan` runs, and returns the statement's tenants (empty
+/// when it touches no tenant data; the keys of classified columns are
+/// theirs). `session_tenant` is the effective `regionguard.tenant` of the
+/// session (SET LOCAL, SET or startup option).
 pub async fn place(
     shared: &Shared,
     plan: &StatementPlan,
     params: Option<&Params<'_>>,
     session_tenant: Option<&str>,
-) -> Result<Placement, PgError> {
+) -> Result<(Placement, Vec<String>), PgError> {
     let explicit = match (plan.comment_tenant.as_deref(), session_tenant) {
         (Some(c), Some(s)) if c != s => {
             return Err(refusal(
@@ -79,7 +81,7 @@ pub async fn place(
         }
         TenantRequirement::None => match explicit {
             Some(t) if plan.comment_tenant.is_some() => vec![t.to_string()],
-            _ => return Ok(Placement::Neutral),
+            _ => return Ok((Placement::Neutral, Vec::new())),
         },
         TenantRequirement::Values(values) => {
             let found = resolve(values, params)?;
@@ -112,7 +114,8 @@ pub async fn place(
             "keep the tenant column unchanged; copy the rows through the application instead",
         ));
     }
-    region_of_all(shared, &tenants).await.map(Placement::Region)
+    let region = region_of_all(shared, &tenants).await?;
+    Ok((Placement::Region(region), tenants))
 }
 
 /// Whether placing `plan` needs bind parameters (a tenant from `$n`).

@@ -16,6 +16,81 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// Loads the region root keys when columns are classified (a key command
+/// may block for a while, so off the runtime's threads).
+async fn load_keys(config: &Config) -> Result<Option<Arc<crate::crypto::Keyring>>, StartError> {
+    if config.classified.is_empty() {
+        return Ok(None);
+    }
+    let owned = config.clone();
+    let keyring = tokio::task::spawn_blocking(move || crate::crypto::Keyring::load(&owned))
+        .await
+        .map_err(|e| StartError::Keys(e.to_string()))?
+        .map_err(|e| StartError::Keys(e.to_string()))?;
+    Ok(Some(Arc::new(keyring)))
+}
+
+/// Creates the key tables and reads each reachable region's classified
+/// columns; a column with a storage type that cannot hold ciphertext
+/// refuses the start, naming it. A region that is down is checked when
+/// first used.
+async fn check_catalogs(shared: &Shared) -> Result<(), StartError> {
+    let Some(keyring) = &shared.keyring else {
+        return Ok(());
+    };
+    for (region, outcome) in keyring.prepare().await {
+        if let Err(e) = outcome {
+            tracing::warn!(%region, error = %e, "region key store unavailable at start; checked on first use");
+            continue;
+        }
+        let Ok(client) = keyring.store_client(&region).await else {
+            continue;
+        };
+        match shared
+            .catalogs
+            .refresh(&region, &client, &shared.tenancy)
+            .await
+        {
+            Ok(catalog) => {
+                if !catalog.problems().is_empty() {
+                    return Err(StartError::Catalog(catalog.problems().join("; ")));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "cannot read the region's catalog at start")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-reads every region's classified columns periodically, the backstop
+/// for tables created or altered outside the proxy.
+async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(keyring) = &shared.keyring else {
+            return;
+        };
+        for region in shared.regions.keys() {
+            if let Ok(client) = keyring.store_client(region).await {
+                if let Err(e) = shared
+                    .catalogs
+                    .refresh(region, &client, &shared.tenancy)
+                    .await
+                {
+                    tracing::debug!(%region, error = %e, "catalog refresh failed");
+                }
+            }
+        }
+    }
+}
+
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 pub struct Proxy {
     local_addr: SocketAddr,
@@ -42,6 +117,10 @@ pub enum StartError {
     Users(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("keys: {0}")]
+    Keys(String),
+    #[error("classified columns: {0}")]
+    Catalog(String),
 }
 
 impl Proxy {
@@ -76,6 +155,8 @@ impl Proxy {
             address: config.listen.address.clone(),
             source,
         })?;
+        let keyring = load_keys(&config).await?;
+        let catalogs = crate::catalog::Catalogs::new(regions.keys().cloned());
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let metrics = crate::metrics::Metrics::new(&config)
             .map_err(|e| StartError::Metrics(e.to_string()))?;
@@ -95,7 +176,13 @@ impl Proxy {
             cancel: dashmap::DashMap::new(),
             phase: phase_rx,
             metrics,
+            keyring,
+            catalogs,
         });
+        check_catalogs(&shared).await?;
+        if shared.keyring.is_some() {
+            tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
+        }
         let metrics = match &shared.config.metrics.address {
             Some(address) => Some(
                 crate::metrics::Endpoint::start(address, &shared)

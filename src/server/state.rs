@@ -2,10 +2,14 @@
 //! users, the cancel registry and the shutdown signal.
 
 use crate::backend::{CancelTarget, RegionTls};
+use crate::catalog::{Catalogs, RegionCatalog};
 use crate::config::{Config, Region};
+use crate::crypto::Keyring;
+use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::scram::Verifier;
 use crate::routing::directory::Directory;
-use crate::sql::{AnalysisCache, Tenancy};
+use crate::sql::{AnalysisCache, Classification, CryptoPlan, Tenancy};
+use crate::types::LogicalType;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,6 +55,10 @@ pub struct Shared {
     pub phase: watch::Receiver<Phase>,
     /// Series and the slow-statement threshold (no-ops when metrics are off).
     pub metrics: crate::metrics::Metrics,
+    /// Region root keys and cached tenant data keys (when columns are classified).
+    pub keyring: Option<Arc<Keyring>>,
+    /// Where each region's classified columns are.
+    pub catalogs: Catalogs,
 }
 
 impl Shared {
@@ -64,7 +72,72 @@ impl Shared {
         for table in &t.global_tables {
             tenancy.add_global(table);
         }
+        let mut classification = Classification::default();
+        for (table, columns) in &config.classified {
+            for (column, c) in columns {
+                let (Some(class), Ok(logical)) = (
+                    config.classes.get(&c.class),
+                    LogicalType::parse(&c.logical_type),
+                ) else {
+                    // Validation refuses such a config before it gets here.
+                    continue;
+                };
+                classification.add(
+                    table,
+                    column,
+                    logical,
+                    c.protection(class.encrypt),
+                    c.equality_group.as_deref(),
+                );
+            }
+        }
+        tenancy.set_classification(classification);
         tenancy
+    }
+
+    /// `region`'s map of classified columns, read again when it is older
+    /// than a second and lacks one of `tables` (created since it was read).
+    /// A wrong storage type refuses the statement (42804) naming the column.
+    pub async fn ensure_catalog(
+        &self,
+        region: &str,
+        plans: &[&CryptoPlan],
+    ) -> Result<Arc<RegionCatalog>, PgError> {
+        let current = self.catalogs.get(region);
+        let fresh = current
+            .read_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        let mut complete = current.read_at.is_some();
+        for plan in plans {
+            for t in &plan.targets {
+                complete &= current.has_table(&t.column.table);
+            }
+        }
+        let catalog = if complete || fresh {
+            current
+        } else {
+            let Some(keyring) = &self.keyring else {
+                return Ok(current);
+            };
+            let client = keyring
+                .store_client(region)
+                .await
+                .map_err(|e| crate::frontend::encrypt::crypto_error(&e))?;
+            self.catalogs
+                .refresh(region, &client, &self.tenancy)
+                .await
+                .map_err(|e| {
+                    PgError::error(
+                        sqlstate::CONNECTION_EXCEPTION,
+                        format!("cannot read the catalog of region {region}: {e}"),
+                    )
+                })?
+        };
+        if let Some(problem) = catalog.problems().first() {
+            return Err(PgError::error("42804", problem.clone())
+                .with_hint("store encrypted columns as bytea (or text/varchar)"));
+        }
+        Ok(catalog)
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionRuntime> {

@@ -1136,6 +1136,7 @@ impl<'t> Walker<'t> {
             reads_global: self.reads_global,
             tenant_assignments: self.assignments,
             scoped_tables: self.scoped_tables,
+            crypto: super::CryptoPlan::default(),
         }
     }
 }

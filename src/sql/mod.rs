@@ -14,7 +14,9 @@
 
 mod analysis;
 mod cache;
+mod classification;
 mod comment;
+mod crypto_plan;
 mod lexer;
 pub mod normalize;
 mod predicates;
@@ -22,10 +24,14 @@ mod session;
 mod tenancy;
 
 #[cfg(test)]
+mod crypto_tests;
+#[cfg(test)]
 mod tests;
 
 pub use cache::AnalysisCache;
+pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
+pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
 pub use tenancy::Tenancy;
 
 use comment::CommentTenant;
@@ -156,6 +162,8 @@ pub struct StatementPlan {
     pub tenant_assignments: Vec<TenantSource>,
     /// Tenant-scoped tables referenced (lowercased, as written), for messages.
     pub scoped_tables: Vec<String>,
+    /// Values to encrypt and refusals for classified columns.
+    pub crypto: CryptoPlan,
 }
 
 impl StatementPlan {
@@ -168,6 +176,7 @@ impl StatementPlan {
             reads_global: false,
             tenant_assignments: Vec::new(),
             scoped_tables: Vec::new(),
+            crypto: CryptoPlan::default(),
         }
     }
 }
@@ -206,6 +215,10 @@ pub fn analyze(sql: &str, tenancy: &Tenancy) -> Analysis {
         .iter()
         .map(|segment| {
             let mut plan = plan_segment(segment, tenancy);
+            // Literal offsets are relative to the segment; make them
+            // relative to the whole text the client sent.
+            let offset = segment.text.as_ptr() as usize - sql.as_ptr() as usize;
+            plan.crypto.shift(offset);
             match comment::combine(segment.comments.iter().map(String::as_str)) {
                 CommentTenant::Absent => {}
                 CommentTenant::Tenant(t) => plan.comment_tenant = Some(t),
@@ -245,7 +258,11 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
     }
     match parsed {
         Ok(parsed) => match parsed.as_slice() {
-            [statement] => analysis::plan_statement(statement, tenancy),
+            [statement] => {
+                let mut plan = analysis::plan_statement(statement, tenancy);
+                plan.crypto = crypto_plan::plan(statement, segment.text, tenancy);
+                plan
+            }
             _ => unparsed(
                 segment.text,
                 "expected exactly one statement".to_string(),

@@ -5,6 +5,7 @@
 //! (a quoted `"Customers"` counts as `customers`): treating a few extra
 //! references as tenant-scoped only makes RegionGuard stricter, never looser.
 
+use super::Classification;
 use std::collections::HashMap;
 
 /// A configured table name, optionally schema-qualified, lowercased.
@@ -29,10 +30,12 @@ pub struct Tenancy {
     scoped: HashMap<String, Vec<Entry>>,
     /// bare table name -> configured schemas (`None` = any schema)
     global: HashMap<String, Vec<Option<String>>>,
+    /// Classified columns (all in tenant-scoped tables).
+    classification: Classification,
 }
 
 /// Splits `schema.table` (or `table`) into lowercased parts, ignoring quotes.
-fn split_name(table: &str) -> (Option<String>, String) {
+pub(crate) fn split_name(table: &str) -> (Option<String>, String) {
     let cleaned = table.replace('"', "").to_lowercase();
     match cleaned.rsplit_once('.') {
         Some((schema, name)) => {
@@ -59,7 +62,18 @@ impl Tenancy {
             default_column: default_column.to_lowercase(),
             scoped: HashMap::new(),
             global: HashMap::new(),
+            classification: Classification::default(),
         }
+    }
+
+    /// The classified columns.
+    pub fn classification(&self) -> &Classification {
+        &self.classification
+    }
+
+    /// Declares the classified columns (all of them, replacing any before).
+    pub fn set_classification(&mut self, classification: Classification) {
+        self.classification = classification;
     }
 
     /// Declares a tenant-scoped table; `column` overrides the default tenant column.
@@ -94,7 +108,7 @@ impl Tenancy {
     }
 
     /// Like [`Tenancy::column_of`] with the name already split and lowercased.
-    pub(crate) fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<&str> {
+    pub fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<&str> {
         let reference = schema.map(str::to_string);
         let entries = self.scoped.get(name)?;
         // An exact schema match wins over a bare entry (its column may differ).

@@ -2,7 +2,8 @@
 //! Flush and Sync, in batches that each run in one region.
 
 use super::{aborted, apply_set, Batch, PortalTarget, Quit, Requests, Stmt, Txn, FAIL_PORTAL};
-use crate::frontend::expect::Expect;
+use crate::frontend::encrypt;
+use crate::frontend::expect::{Expect, RowUse};
 use crate::frontend::route::{self, Params, Placement};
 use crate::frontend::tenant_value;
 use crate::protocol::error::PgError;
@@ -67,32 +68,42 @@ impl Requests {
             b.shared.forget_statement(&name);
         }
         let local = self.batch_is_local() && self.is_local_statement(&analysis);
+        let mut placed = None;
         if !local {
             // Place what the text alone decides now, so a statement is
             // refused before it reaches any region and its literals only
             // ever reach their own tenant's region.
             if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
                 match route::place(&self.shared, plan, None, self.tenant.effective()).await {
-                    Ok(Placement::Region(r)) => {
+                    Ok((Placement::Region(r), tenants)) => {
                         if let Some(err) = self.conflict(&r) {
                             return self.fail_batch(err).await;
                         }
                         if self.batch.hint.is_none() {
-                            self.batch.hint = Some(r);
+                            self.batch.hint = Some(r.clone());
                         }
+                        placed = Some((r, tenants));
                     }
-                    Ok(Placement::Neutral) => {}
+                    Ok((Placement::Neutral, _)) => {}
                     Err(e) => return self.fail_batch(e).await,
                 }
             }
         }
+        let (parse, sealed_for) = match single(&analysis).filter(|p| !p.crypto.is_empty()) {
+            Some(plan) => match self.encrypt_parse(&p, plan, placed).await {
+                Ok(done) => done,
+                Err(e) => return self.fail_batch(e).await,
+            },
+            None => (msg.clone(), None),
+        };
         self.statements.insert(
             name.clone(),
             Stmt {
-                parse: msg.clone(),
+                parse: parse.clone(),
                 analysis,
-                types: p.param_types,
+                types: p.param_types.clone(),
                 local,
+                sealed_for,
             },
         );
         if local {
@@ -101,7 +112,58 @@ impl Requests {
             self.local(out);
             return Ok(());
         }
-        self.send_or_hold(msg.clone(), Some(name), None).await
+        self.send_or_hold(parse, Some(name), None).await
+    }
+
+    /// The Parse to send for a statement that touches classified columns:
+    /// its literals encrypted for the tenants the text places it with
+    /// (`placed`), the types of its classified parameters cleared.
+    async fn encrypt_parse(
+        &mut self,
+        p: &frontend_msg::Parse<'_>,
+        plan: &StatementPlan,
+        placed: Option<(Arc<str>, Vec<String>)>,
+    ) -> Result<(Bytes, Option<Vec<String>>), PgError> {
+        if let Some(e) = encrypt::refusal(&plan.crypto) {
+            return Err(e);
+        }
+        let has_literals = plan
+            .crypto
+            .targets
+            .iter()
+            .any(|t| matches!(t.value, crate::sql::ValueSource::Literal { .. }));
+        let mut text = std::borrow::Cow::Borrowed(p.query);
+        let mut sealed_for = None;
+        if has_literals {
+            let Some((region, tenants)) = placed else {
+                return Err(route::refusal(
+                    "a literal for an encrypted column in a statement whose tenant comes from a bind parameter cannot be encrypted when the statement is prepared",
+                    "pass the value as a $n parameter too",
+                ));
+            };
+            self.open(&region).await?;
+            let catalog = self.shared.ensure_catalog(&region, &[&plan.crypto]).await?;
+            let keys = encrypt::load_keys(&self.shared, &region, plan, &tenants, None).await?;
+            let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+            text = std::borrow::Cow::Owned(encrypt::rewrite_text(
+                p.query,
+                &[&plan.crypto],
+                &[keys],
+                &catalog,
+                &format,
+            )?);
+            sealed_for = Some(tenants);
+        }
+        let types = encrypt::parse_types(&p.param_types, &plan.crypto)
+            .unwrap_or_else(|| p.param_types.clone());
+        let mut out = BytesMut::new();
+        frontend::parse(p.name, &text, types.iter().copied(), &mut out).map_err(|_| {
+            PgError::error(
+                crate::protocol::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "the statement with its encrypted values is too long",
+            )
+        })?;
+        Ok((out.freeze(), sealed_for))
     }
 
     /// Sends a message to the batch's region, or holds it until the region
@@ -111,12 +173,12 @@ impl Requests {
         &mut self,
         msg: Bytes,
         parse: Option<String>,
-        describe: Option<String>,
+        describe: Option<super::Described>,
     ) -> Result<(), Quit> {
         match self.batch.region.clone() {
             Some(region) => {
                 let b = self.backend(&region).await?;
-                note_sent(b, &msg, parse.as_deref(), describe.as_deref());
+                note_sent(b, &msg, parse.as_deref(), describe.as_ref());
                 b.push(&msg);
                 Ok(())
             }
@@ -140,7 +202,7 @@ impl Requests {
         let held = std::mem::take(&mut self.batch.held);
         let b = self.backend(region).await?;
         for (msg, parse, describe) in held {
-            note_sent(b, &msg, parse.as_deref(), describe.as_deref());
+            note_sent(b, &msg, parse.as_deref(), describe.as_ref());
             b.push(&msg);
         }
         self.batch.region = Some(region.clone());
@@ -164,6 +226,7 @@ impl Requests {
         if let (Some(region), false) = (&self.batch.region, self.batch.relay_pushed) {
             let _ = self.expect.send(Expect::Relay {
                 region: region.clone(),
+                query: None,
             });
             self.batch.relay_pushed = true;
         }
@@ -239,10 +302,10 @@ impl Requests {
         self.batch.executes = true;
         let name = bind.statement.to_string();
         let portal = bind.portal.to_string();
-        let Some((analysis, stmt_types)) = self
+        let Some((analysis, stmt_types, sealed_for)) = self
             .statements
             .get(&name)
-            .map(|s| (s.analysis.clone(), s.types.clone()))
+            .map(|s| (s.analysis.clone(), s.types.clone(), s.sealed_for.clone()))
         else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
@@ -289,7 +352,11 @@ impl Requests {
                 }
                 route::place(&self.shared, plan, Some(&params), self.tenant.effective()).await
             }
-            None => Ok(Placement::Neutral),
+            None => Ok((Placement::Neutral, Vec::new())),
+        };
+        let (placement, tenants) = match placement {
+            Ok((p, t)) => (Ok(p), t),
+            Err(e) => (Err(e), Vec::new()),
         };
         let region = match placement {
             Ok(Placement::Region(r)) => r,
@@ -310,6 +377,19 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
+        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty()) {
+            Some(plan) => {
+                let sealed = (&region, &tenants[..], sealed_for.as_deref());
+                match self
+                    .encrypt_bind(msg, body, plan, &params, &stmt_types, sealed)
+                    .await
+                {
+                    Ok((m, k)) => (m, Some(k)),
+                    Err(e) => return self.fail_batch(e).await,
+                }
+            }
+            None => (msg.clone(), None),
+        };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
         let text = self.statements.get(&name).map(|s| s.parse.clone());
@@ -317,7 +397,7 @@ impl Requests {
         if let Some(text) = &text {
             b.shared.stats.note_statement(b.batches, text);
         }
-        b.push(msg);
+        b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),
             Some(StatementKind::Copy {
@@ -325,9 +405,66 @@ impl Requests {
                 ..
             })
         );
-        self.portals
-            .insert(portal, PortalTarget::Region { region, copy_in });
+        self.portals.insert(
+            portal,
+            PortalTarget::Region {
+                region,
+                copy_in,
+                keys,
+            },
+        );
         Ok(())
+    }
+
+    /// The Bind to send for a statement that touches classified columns
+    /// (its classified parameters encrypted), and the keys its rows are
+    /// decrypted with.
+    async fn encrypt_bind(
+        &mut self,
+        msg: &Bytes,
+        body: &[u8],
+        plan: &StatementPlan,
+        params: &Params<'_>,
+        declared: &[u32],
+        (region, tenants, sealed_for): (&Arc<str>, &[String], Option<&[String]>),
+    ) -> Result<(Bytes, Arc<encrypt::StatementKeys>), PgError> {
+        if let Some(e) = encrypt::refusal(&plan.crypto) {
+            return Err(e);
+        }
+        if sealed_for.is_some_and(|s| s != tenants) {
+            return Err(route::refusal(
+                "the prepared statement's encrypted literals belong to another tenant than the one it now runs for",
+                "prepare the statement again after switching tenants, or pass the values as parameters",
+            ));
+        }
+        let catalog = self.shared.ensure_catalog(region, &[&plan.crypto]).await?;
+        let keys = encrypt::load_keys(&self.shared, region, plan, tenants, Some(params))
+            .await?
+            .ok_or_else(|| {
+                PgError::error(
+                    crate::protocol::error::sqlstate::INTERNAL_ERROR,
+                    "statement keys missing",
+                )
+            })?;
+        let has_params = plan
+            .crypto
+            .targets
+            .iter()
+            .any(|t| matches!(t.value, crate::sql::ValueSource::Param(_)));
+        if !has_params {
+            return Ok((msg.clone(), keys));
+        }
+        let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+        let rewritten = encrypt::rewrite_bind(
+            body,
+            &plan.crypto,
+            &keys,
+            params,
+            declared,
+            &catalog,
+            &format,
+        )?;
+        Ok((Bytes::from(rewritten), keys))
     }
 
     /// A region that the batch or the transaction cannot use.
@@ -490,7 +627,13 @@ impl Requests {
         if let Some(region) = self.batch.region.clone() {
             self.ensure_prepared(&region, &name).await?;
         }
-        self.send_or_hold(msg.clone(), None, Some(name)).await
+        let overrides = stmt_local
+            .as_ref()
+            .and_then(|(_, a)| single(a))
+            .map(|p| encrypt::param_overrides(&p.crypto))
+            .unwrap_or_default();
+        self.send_or_hold(msg.clone(), None, Some((name, overrides)))
+            .await
     }
 
     pub(super) async fn execute(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
@@ -508,11 +651,31 @@ impl Requests {
                 self.local(out);
                 Ok(())
             }
-            Some(PortalTarget::Region { region: r, copy_in }) => {
+            Some(PortalTarget::Region {
+                region: r,
+                copy_in,
+                keys,
+            }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
                 }
                 self.set_batch_region(&r).await?;
+                if let Some(keys) = keys {
+                    // Learn the shape of the rows (table OIDs, formats)
+                    // right before they come; the answer is not forwarded.
+                    let b = self.backend(&r).await?;
+                    let mut describe = BytesMut::new();
+                    if frontend::describe(b'P', &portal, &mut describe).is_ok() {
+                        b.shared.expect_rows(
+                            b.batches,
+                            RowUse {
+                                forward: false,
+                                keys: Some(keys),
+                            },
+                        );
+                        b.push(&describe);
+                    }
+                }
                 self.send_or_hold(msg.clone(), None, None).await?;
                 if copy_in && !self.batch.relay_pushed {
                     // Answers up to CopyInResponse now; the copy's end is
@@ -668,6 +831,7 @@ impl Requests {
         b.push_batch_end(msg);
         let _ = self.expect.send(crate::frontend::expect::Expect::Relay {
             region: region.clone(),
+            query: None,
         });
         self.last_region = region;
         Ok(())
@@ -679,7 +843,7 @@ fn note_sent(
     b: &mut crate::frontend::backends::Backend,
     msg: &[u8],
     parse: Option<&str>,
-    describe: Option<&str>,
+    describe: Option<&super::Described>,
 ) {
     match msg.first() {
         Some(b'P') => {
@@ -690,9 +854,16 @@ fn note_sent(
         }
         Some(b'C') => b.shared.expect_completion(b.batches, true),
         Some(b'D') => {
-            if let Some(name) = describe {
-                b.shared.expect_describe(b.batches, name);
+            if let Some((name, overrides)) = describe {
+                b.shared.expect_describe(b.batches, name, overrides.clone());
             }
+            b.shared.expect_rows(
+                b.batches,
+                RowUse {
+                    forward: true,
+                    keys: None,
+                },
+            );
         }
         _ => {}
     }

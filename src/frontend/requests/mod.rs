@@ -13,6 +13,7 @@
 //! fails exactly as Postgres would fail it.
 
 use super::backends::Backends;
+use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
 use super::route::{self, Params, Placement};
 use crate::net::ReadHalf;
@@ -22,9 +23,11 @@ use crate::protocol::frontend_msg;
 use crate::protocol::messages;
 use crate::server::state::Shared;
 use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
+use crate::types::SessionFormat;
 
 mod extended;
 use bytes::{Bytes, BytesMut};
+use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -73,11 +76,17 @@ enum Txn {
 
 /// A statement prepared by the client (extended protocol).
 struct Stmt {
+    /// The Parse as sent to backends (classified literals encrypted,
+    /// classified parameter types left to the server).
     parse: Bytes,
     analysis: Arc<Analysis>,
+    /// Parameter types as the client declared them.
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
     local: bool,
+    /// The tenants whose keys encrypted the text's classified literals:
+    /// the statement may only run for them.
+    sealed_for: Option<Vec<String>>,
 }
 
 /// What a portal was bound from.
@@ -87,6 +96,9 @@ enum PortalTarget {
     Region {
         region: Arc<str>,
         copy_in: bool,
+        /// The statement touches classified columns: its rows are
+        /// decrypted with these keys.
+        keys: Option<Arc<StatementKeys>>,
     },
     Local(extended::LocalAction),
 }
@@ -96,7 +108,7 @@ struct Batch {
     region: Option<Arc<str>>,
     /// Messages waiting for the batch's region, with the statement name of
     /// held Parses (so they count as prepared there once sent).
-    held: Vec<(Bytes, Option<String>, Option<String>)>,
+    held: Vec<(Bytes, Option<String>, Option<Described>)>,
     /// A refusal happened: drop messages until Sync.
     skipping: bool,
     /// The response side was told to relay this batch.
@@ -111,6 +123,10 @@ struct Batch {
     /// goes if nothing else decides, so the text reaches no other region.
     hint: Option<Arc<str>>,
 }
+
+/// A Describe of a statement: its name and the logical types of its
+/// classified parameters (1-based number, type OID).
+type Described = (String, Vec<(usize, u32)>);
 
 pub struct Requests {
     shared: Arc<Shared>,
@@ -128,6 +144,8 @@ pub struct Requests {
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
     max_message: usize,
+    /// The session's text I/O settings (for parsing literals to encrypt).
+    format: Arc<std::sync::Mutex<SessionFormat>>,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -141,6 +159,7 @@ impl Requests {
         backends: Backends,
         tenant: TenantSetting,
         home: Arc<str>,
+        format: Arc<std::sync::Mutex<SessionFormat>>,
     ) -> Self {
         let max_message = shared.config.listen.max_message_bytes;
         Requests {
@@ -156,6 +175,7 @@ impl Requests {
             portals: HashMap::new(),
             batch: Batch::default(),
             max_message,
+            format,
         }
     }
 
@@ -322,21 +342,97 @@ impl Requests {
             Err(err) => return self.refuse_query(err).await,
         }
         let placed = match self.place_query(&analysis.statements).await {
-            Ok((region, after)) => match self.open(&region).await {
-                Ok(()) => Ok((region, after)),
+            Ok((region, after, tenants)) => match self.open(&region).await {
+                Ok(()) => Ok((region, after, tenants)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
-        match placed {
-            Ok((region, after)) => self.send_query(region, msg, after).await,
+        let (region, after, tenants) = match placed {
+            Ok(placed) => placed,
+            Err(err) => return self.refuse_query(err).await,
+        };
+        match self
+            .encrypt_query(sql, &analysis.statements, &tenants, &region)
+            .await
+        {
+            Ok(None) => self.send_query(region, msg, after, None).await,
+            Ok(Some((rewritten, keys))) => {
+                let msg = match rewritten {
+                    Some(text) => {
+                        let mut out = BytesMut::with_capacity(text.len() + 6);
+                        if frontend::query(&text, &mut out).is_err() {
+                            return self
+                                .refuse_query(PgError::error(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    "the statement with its encrypted values is too long",
+                                ))
+                                .await;
+                        }
+                        out.freeze()
+                    }
+                    None => msg.clone(),
+                };
+                self.send_query(region, &msg, after, Some(keys)).await
+            }
             Err(err) => self.refuse_query(err).await,
         }
     }
 
+    /// Encrypts the literals of a simple query's statements that touch
+    /// classified columns; returns the rewritten text (when any literal
+    /// changed) and the keys its answers decrypt with. `None` when no
+    /// statement touches a classified column.
+    async fn encrypt_query(
+        &self,
+        sql: &str,
+        plans: &[StatementPlan],
+        tenants: &[Vec<String>],
+        region: &Arc<str>,
+    ) -> Result<Option<(Option<String>, Arc<StatementKeys>)>, PgError> {
+        if !plans.iter().any(|p| !p.crypto.is_empty()) {
+            return Ok(None);
+        }
+        for plan in plans {
+            if let Some(e) = encrypt::refusal(&plan.crypto) {
+                return Err(e);
+            }
+        }
+        let cryptos: Vec<&crate::sql::CryptoPlan> = plans.iter().map(|p| &p.crypto).collect();
+        let catalog = self.shared.ensure_catalog(region, &cryptos).await?;
+        let mut keys = Vec::with_capacity(plans.len());
+        for (plan, tenants) in plans.iter().zip(tenants) {
+            keys.push(encrypt::load_keys(&self.shared, region, plan, tenants, None).await?);
+        }
+        let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+        let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
+            Some(encrypt::rewrite_text(
+                sql, &cryptos, &keys, &catalog, &format,
+            )?)
+        } else {
+            None
+        };
+        let mut all = StatementKeys {
+            region: region.clone(),
+            tenants: Vec::new(),
+        };
+        for k in keys.into_iter().flatten() {
+            for (tenant, tk) in &k.tenants {
+                if all.get(tenant).is_none() {
+                    all.tenants.push((tenant.clone(), tk.clone()));
+                }
+            }
+        }
+        Ok(Some((rewritten, Arc::new(all))))
+    }
+
     /// Places every statement of a simple query; they must agree on one
     /// region. Returns the region and the session state after the query.
-    async fn place_query(&self, plans: &[StatementPlan]) -> Result<(Arc<str>, After), PgError> {
+    async fn place_query(
+        &self,
+        plans: &[StatementPlan],
+    ) -> Result<(Arc<str>, After, Vec<Vec<String>>), PgError> {
+        let mut tenants = Vec::with_capacity(plans.len());
         let mut after = After {
             tenant: self.tenant.clone(),
             txn: self.txn.clone(),
@@ -366,6 +462,7 @@ impl Requests {
                         route::region_of(&self.shared, t).await?;
                     }
                     apply_set(&mut after.tenant, *local, v, after.txn != Txn::Idle);
+                    tenants.push(Vec::new());
                     continue;
                 }
                 StatementKind::SessionState { resets_tenant } => {
@@ -387,8 +484,9 @@ impl Requests {
                 }
                 _ => {}
             }
-            let placement =
+            let (placement, found) =
                 route::place(&self.shared, plan, None, after.tenant.effective()).await?;
+            tenants.push(found);
             if let Placement::Region(r) = placement {
                 match &region {
                     Some(prev) if *prev != r => return Err(route::refusal(
@@ -400,7 +498,7 @@ impl Requests {
             }
         }
         let region = region.unwrap_or_else(|| self.neutral_region(&after.tenant));
-        Ok((region, after))
+        Ok((region, after, tenants))
     }
 
     /// Where statements without tenant data go.
@@ -423,6 +521,7 @@ impl Requests {
         region: Arc<str>,
         msg: &Bytes,
         after: After,
+        keys: Option<Arc<StatementKeys>>,
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
@@ -430,6 +529,7 @@ impl Requests {
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
+            query: keys,
         });
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
@@ -499,7 +599,10 @@ impl Requests {
                 let b = self.backend(&region).await?;
                 b.shared.override_error(b.batches, err);
                 b.push_query(FAIL_QUERY);
-                let _ = self.expect.send(Expect::Relay { region });
+                let _ = self.expect.send(Expect::Relay {
+                    region,
+                    query: None,
+                });
             }
             Txn::Held { .. } | Txn::FailedHeld => {
                 self.txn = Txn::FailedHeld;

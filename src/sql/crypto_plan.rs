@@ -1,0 +1,1127 @@
+//! Which values of a statement must be encrypted before it reaches the
+//! database, and what the statement does with classified columns that
+//! cannot be done over ciphertext.
+//!
+//! Fail closed (DESIGN.md promise 2): a classified column may appear only
+//! where the proxy knows what to do with it —
+//! - stored from a literal or a `$n` parameter (INSERT … VALUES, UPDATE SET,
+//!   ON CONFLICT DO UPDATE SET), which the proxy encrypts;
+//! - compared for equality with a literal, a parameter or another column of
+//!   the same equality binding (`=`, `<>`, `IN`), deterministic columns only;
+//! - tested with `IS [NOT] NULL`, counted with `count(col)`, grouped or made
+//!   DISTINCT (deterministic only), or returned as it is (projection,
+//!   RETURNING), which the answer path decrypts.
+//!
+//! Every other reference is refused with SQLSTATE 0A000, naming the column
+//! and the operation: a result computed over ciphertext would be wrong, and
+//! a value computed in the database would be stored unencrypted.
+//!
+//! Column references are resolved by name, conservatively: an unqualified
+//! name that matches a classified column of any classified table in the
+//! statement counts as that column, and aliases of classified columns in
+//! derived tables count too. Treating an extra reference as classified only
+//! makes RegionGuard stricter.
+
+use super::classification::{Classification, ColumnClass};
+use super::predicates::{ident, tenant_value};
+use super::{Tenancy, TenantSource};
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Insert, JoinConstraint, JoinOperator, ObjectName,
+    OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem, SetExpr, SetQuantifier,
+    Statement, TableFactor, TableObject, UnaryOperator, Value, Visit, Visitor,
+};
+use sqlparser::tokenizer::Location;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// Where a value to encrypt comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// A literal occupying `start..end` (byte offsets in the statement text)
+    /// whose text input form is `text`.
+    Literal {
+        start: usize,
+        end: usize,
+        text: String,
+    },
+    /// Bind parameter `$n` (1-based).
+    Param(usize),
+}
+
+/// A value the proxy encrypts for a classified column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CryptoTarget {
+    pub value: ValueSource,
+    pub column: Arc<ColumnClass>,
+    /// The tenant of the row the value is stored in, when the statement
+    /// names it per row (INSERT … VALUES); otherwise the statement's tenant.
+    pub row_tenant: Option<TenantSource>,
+}
+
+/// Why a statement is refused; names columns and operations, never values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CryptoRefusal {
+    pub column: String,
+    pub reason: String,
+    pub hint: String,
+}
+
+/// What the proxy must do with a statement's classified columns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CryptoPlan {
+    /// The statement names a table with classified columns: its answers may
+    /// need decrypting, with the keys of the statement's tenant.
+    pub touches_classified: bool,
+    pub targets: Vec<CryptoTarget>,
+    pub refusal: Option<CryptoRefusal>,
+}
+
+impl CryptoPlan {
+    /// Moves literal offsets by `by` bytes (a segment's place in a multi-statement text).
+    pub(crate) fn shift(&mut self, by: usize) {
+        for t in &mut self.targets {
+            if let ValueSource::Literal { start, end, .. } = &mut t.value {
+                *start += by;
+                *end += by;
+            }
+        }
+    }
+
+    /// Whether the statement needs any crypto work at all.
+    pub fn is_empty(&self) -> bool {
+        !self.touches_classified && self.targets.is_empty() && self.refusal.is_none()
+    }
+}
+
+/// A relation name in scope.
+#[derive(Clone, Copy)]
+enum Relation<'c> {
+    Classified(&'c HashMap<String, Arc<ColumnClass>>),
+    Plain,
+    Derived,
+}
+
+/// Plans `stmt`, whose text is `text`.
+pub(crate) fn plan(stmt: &Statement, text: &str, tenancy: &Tenancy) -> CryptoPlan {
+    let classes = tenancy.classification();
+    if classes.is_empty() {
+        return CryptoPlan::default();
+    }
+    let mut p = Planner {
+        classes,
+        tenancy,
+        text,
+        relations: HashMap::new(),
+        derived: HashMap::new(),
+        allowed: HashSet::new(),
+        plan: CryptoPlan::default(),
+    };
+    p.collect_relations(stmt);
+    if !p.plan.touches_classified {
+        return p.plan;
+    }
+    p.collect_derived(stmt);
+    p.statement(stmt);
+    p.patterns(stmt);
+    p.leftovers(stmt);
+    p.check_params(stmt);
+    p.plan
+}
+
+struct Planner<'c, 't> {
+    classes: &'c Classification,
+    tenancy: &'t Tenancy,
+    text: &'t str,
+    relations: HashMap<String, Relation<'c>>,
+    /// Aliases of classified columns in derived tables and CTEs.
+    derived: HashMap<String, Arc<ColumnClass>>,
+    /// Column references (by address in the AST) in a permitted position.
+    allowed: HashSet<*const Expr>,
+    plan: CryptoPlan,
+}
+
+fn last_part(name: &ObjectName) -> Option<String> {
+    name.0.last().and_then(|p| p.as_ident()).map(ident)
+}
+
+fn split(name: &ObjectName) -> (Option<String>, String) {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(ident)
+        .collect();
+    match parts.as_slice() {
+        [.., schema, table] => (Some(schema.clone()), table.clone()),
+        [table] => (None, table.clone()),
+        [] => (None, String::new()),
+    }
+}
+
+fn strip(e: &Expr) -> &Expr {
+    match e {
+        Expr::Nested(inner) => strip(inner),
+        other => other,
+    }
+}
+
+impl<'c, 't> Planner<'c, 't> {
+    fn refuse(&mut self, column: &str, reason: impl Into<String>, hint: impl Into<String>) {
+        if self.plan.refusal.is_none() {
+            self.plan.refusal = Some(CryptoRefusal {
+                column: column.to_string(),
+                reason: reason.into(),
+                hint: hint.into(),
+            });
+        }
+    }
+
+    fn table_classes(&self, name: &ObjectName) -> Option<&'c HashMap<String, Arc<ColumnClass>>> {
+        let (schema, table) = split(name);
+        self.classes.table_parts(schema.as_deref(), &table)
+    }
+
+    /// Every table, derived table and CTE name in the statement, flat: a
+    /// name's scope is ignored, which can only add classified readings.
+    fn collect_relations(&mut self, stmt: &Statement) {
+        struct Collect<'a, 'c, 't>(&'a mut Planner<'c, 't>);
+        impl Visitor for Collect<'_, '_, '_> {
+            type Break = ();
+            fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+                match tf {
+                    TableFactor::Table { name, alias, .. } => {
+                        let relation = match self.0.table_classes(name) {
+                            Some(columns) => {
+                                self.0.plan.touches_classified = true;
+                                Relation::Classified(columns)
+                            }
+                            None => Relation::Plain,
+                        };
+                        if let Some(table) = last_part(name) {
+                            self.0.add_relation(table, relation);
+                        }
+                        if let Some(a) = alias {
+                            self.0.add_relation(ident(&a.name), relation);
+                        }
+                    }
+                    TableFactor::Derived { alias: Some(a), .. } => {
+                        self.0.add_relation(ident(&a.name), Relation::Derived);
+                    }
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            }
+            fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+                if let Some(with) = &q.with {
+                    for cte in &with.cte_tables {
+                        self.0
+                            .add_relation(ident(&cte.alias.name), Relation::Derived);
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        if let Statement::Insert(Insert {
+            table: TableObject::TableName(name),
+            table_alias,
+            ..
+        }) = stmt
+        {
+            if let Some(columns) = self.table_classes(name) {
+                self.plan.touches_classified = true;
+                if let Some(table) = last_part(name) {
+                    self.add_relation(table, Relation::Classified(columns));
+                }
+                if let Some(a) = table_alias {
+                    self.add_relation(ident(a), Relation::Classified(columns));
+                }
+                self.add_relation("excluded".into(), Relation::Classified(columns));
+            }
+        }
+        if let Statement::Copy { .. } = stmt {
+            let mut named = false;
+            let _ = sqlparser::ast::visit_relations(stmt, |rel| {
+                named |= self.table_classes(rel).is_some();
+                ControlFlow::<()>::Continue(())
+            });
+            self.plan.touches_classified |= named;
+        }
+        let _ = stmt.visit(&mut Collect(self));
+    }
+
+    /// A name bound twice keeps the stricter reading.
+    fn add_relation(&mut self, name: String, relation: Relation<'c>) {
+        match (self.relations.get(&name), relation) {
+            (Some(Relation::Classified(_)), _) => {}
+            (Some(Relation::Derived), Relation::Plain) => {}
+            _ => {
+                self.relations.insert(name, relation);
+            }
+        }
+    }
+
+    /// Aliases given to classified columns (`SELECT email AS e …`), to a
+    /// fixed point so aliases of aliases count.
+    fn collect_derived(&mut self, stmt: &Statement) {
+        struct Aliases<'a, 'c, 't>(&'a mut Planner<'c, 't>, bool);
+        impl Visitor for Aliases<'_, '_, '_> {
+            type Break = ();
+            fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+                let mut found = Vec::new();
+                for_each_select(&q.body, &mut |s: &Select| {
+                    for item in &s.projection {
+                        if let SelectItem::ExprWithAlias { expr, alias } = item {
+                            if let Some(class) = self.0.resolve_one(expr) {
+                                found.push((ident(alias), class));
+                            }
+                        }
+                    }
+                });
+                for (alias, class) in found {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        self.0.derived.entry(alias)
+                    {
+                        slot.insert(class);
+                        self.1 = true;
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        for _ in 0..4 {
+            let mut pass = Aliases(self, false);
+            let _ = stmt.visit(&mut pass);
+            if !pass.1 {
+                break;
+            }
+        }
+    }
+
+    /// The classified columns `expr` may refer to (empty: none).
+    fn resolve(&self, expr: &Expr) -> Vec<Arc<ColumnClass>> {
+        match strip(expr) {
+            Expr::Identifier(i) => self.resolve_bare(&ident(i)),
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let name = ident(&parts[parts.len() - 1]);
+                let qualifier = ident(&parts[parts.len() - 2]);
+                match self.relations.get(&qualifier) {
+                    Some(Relation::Classified(columns)) => {
+                        columns.get(&name).cloned().into_iter().collect()
+                    }
+                    Some(Relation::Plain) => Vec::new(),
+                    Some(Relation::Derived) | None => self.resolve_bare(&name),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn resolve_bare(&self, name: &str) -> Vec<Arc<ColumnClass>> {
+        let mut found: Vec<Arc<ColumnClass>> = self
+            .relations
+            .values()
+            .filter_map(|r| match r {
+                Relation::Classified(columns) => columns.get(name).cloned(),
+                _ => None,
+            })
+            .collect();
+        if let Some(class) = self.derived.get(name) {
+            found.push(Arc::clone(class));
+        }
+        found.sort_by(|a, b| a.binding.cmp(&b.binding));
+        found.dedup();
+        found
+    }
+
+    /// The one classified column `expr` refers to; refuses an ambiguous one.
+    fn resolve_one(&mut self, expr: &Expr) -> Option<Arc<ColumnClass>> {
+        let found = self.resolve(expr);
+        match found.as_slice() {
+            [] => None,
+            [one] => Some(Arc::clone(one)),
+            [first, rest @ ..] => {
+                if rest.iter().all(|c| {
+                    c.binding == first.binding
+                        && c.logical == first.logical
+                        && c.protection == first.protection
+                }) {
+                    return Some(Arc::clone(first));
+                }
+                let names: Vec<String> = found.iter().map(|c| c.qualified()).collect();
+                self.refuse(
+                    &first.column,
+                    format!(
+                        "column reference {} is ambiguous between classified columns {}",
+                        first.column,
+                        names.join(", ")
+                    ),
+                    "qualify the column with its table name or alias",
+                );
+                Some(Arc::clone(first))
+            }
+        }
+    }
+
+    fn allow(&mut self, expr: &Expr) {
+        self.allowed.insert(expr as *const Expr);
+        let inner = strip(expr);
+        self.allowed.insert(inner as *const Expr);
+    }
+
+    // ---- statement structure -------------------------------------------
+
+    fn statement(&mut self, stmt: &Statement) {
+        match stmt {
+            Statement::Insert(insert) => self.insert(insert),
+            Statement::Update {
+                table, assignments, ..
+            } => {
+                let columns = match &table.relation {
+                    TableFactor::Table { name, .. } => self.table_classes(name),
+                    _ => None,
+                };
+                if let Some(columns) = columns {
+                    self.assignments(columns, assignments, None, false);
+                }
+            }
+            Statement::Copy { .. } => self.refuse(
+                "",
+                "COPY of a table with classified columns is not supported",
+                "use INSERT … VALUES and SELECT, which RegionGuard encrypts and decrypts",
+            ),
+            Statement::Query(_) | Statement::Delete(_) => {}
+            Statement::CreateTable(_) | Statement::CreateView { .. } => {
+                // Creating a table or view from a query over classified
+                // columns copies ciphertext away from the column it is
+                // bound to (or makes a view the answer path cannot map).
+                if let Some(class) = self.first_classified_reference(stmt) {
+                    self.refuse(
+                        &class.column,
+                        format!(
+                            "copying encrypted column {} into another table or view is not supported",
+                            class.qualified()
+                        ),
+                        "a ciphertext is bound to its table and column and would not decrypt elsewhere; select the column through RegionGuard instead",
+                    );
+                }
+            }
+            _ => {}
+        }
+        let mut projections = Projections(self);
+        let _ = stmt.visit(&mut projections);
+        if let Some(returning) = returning_of(stmt) {
+            self.projection_items(returning, false);
+        }
+    }
+
+    fn first_classified_reference(&self, stmt: &Statement) -> Option<Arc<ColumnClass>> {
+        let mut found = None;
+        let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+            if let Some(c) = self.resolve(e).into_iter().next() {
+                found = Some(c);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        found
+    }
+
+    fn insert(&mut self, insert: &Insert) {
+        let TableObject::TableName(name) = &insert.table else {
+            return;
+        };
+        let Some(columns) = self.table_classes(name) else {
+            if let Some(source) = &insert.source {
+                self.copy_check(source, name);
+            }
+            return;
+        };
+        let (schema, table) = split(name);
+        let listed: Vec<String> = insert.columns.iter().map(ident).collect();
+        let tenant_column = self.tenancy.column_of_parts(schema.as_deref(), &table);
+        let tenant_index = tenant_column.and_then(|t| listed.iter().position(|c| c == t));
+        if let Some(source) = &insert.source {
+            if listed.is_empty() {
+                let first = columns
+                    .values()
+                    .next()
+                    .map(|c| c.qualified())
+                    .unwrap_or_default();
+                self.refuse(
+                    &first,
+                    format!("INSERT into {table} without a column list: the classified columns' positions are unknown"),
+                    "list the columns the statement sets",
+                );
+            } else if let SetExpr::Values(values) = source.body.as_ref() {
+                for row in &values.rows {
+                    let row_tenant = tenant_index.and_then(|i| row.get(i)).and_then(tenant_value);
+                    for (i, column) in listed.iter().enumerate() {
+                        let (Some(class), Some(expr)) = (columns.get(column), row.get(i)) else {
+                            continue;
+                        };
+                        self.store(expr, class, row_tenant.clone());
+                    }
+                }
+            } else if let Some(class) = listed.iter().find_map(|c| columns.get(c)) {
+                self.refuse(
+                    &class.column,
+                    format!(
+                        "INSERT … SELECT would store the query's values in encrypted column {} unencrypted",
+                        class.qualified()
+                    ),
+                    "insert with VALUES (literals or $n parameters) so RegionGuard can encrypt them",
+                );
+            }
+        }
+        if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
+            if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
+                let single_row_tenant = match insert.source.as_deref().map(|q| q.body.as_ref()) {
+                    Some(SetExpr::Values(v)) if v.rows.len() == 1 => tenant_index
+                        .and_then(|i| v.rows[0].get(i))
+                        .and_then(tenant_value),
+                    _ => None,
+                };
+                self.assignments(columns, &update.assignments, single_row_tenant, true);
+            }
+        }
+    }
+
+    /// INSERT into an unclassified table from a query that projects
+    /// classified columns: ciphertext would be copied away from its binding.
+    fn copy_check(&mut self, source: &Query, target: &ObjectName) {
+        let mut hit = None;
+        for_each_select(&source.body, &mut |s: &Select| {
+            for item in &s.projection {
+                let expr = match item {
+                    SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                    _ => continue,
+                };
+                if hit.is_none() {
+                    hit = self.resolve(expr).into_iter().next();
+                }
+            }
+        });
+        if let Some(class) = hit {
+            self.refuse(
+                &class.column,
+                format!(
+                    "copying encrypted column {} into {} is not supported",
+                    class.qualified(),
+                    last_part(target).unwrap_or_default()
+                ),
+                "a ciphertext is bound to its table and column and would not decrypt elsewhere; read it through RegionGuard and insert the plaintext",
+            );
+        }
+    }
+
+    /// SET clauses of UPDATE and ON CONFLICT DO UPDATE.
+    fn assignments(
+        &mut self,
+        columns: &HashMap<String, Arc<ColumnClass>>,
+        assignments: &[sqlparser::ast::Assignment],
+        row_tenant: Option<TenantSource>,
+        on_conflict: bool,
+    ) {
+        for a in assignments {
+            match &a.target {
+                AssignmentTarget::ColumnName(n) => {
+                    let Some(class) = last_part(n).and_then(|c| columns.get(&c)) else {
+                        continue;
+                    };
+                    let same_column = match strip(&a.value) {
+                        Expr::Identifier(i) => ident(i) == class.column && !on_conflict,
+                        Expr::CompoundIdentifier(parts) => {
+                            parts.last().map(ident).as_deref() == Some(class.column.as_str())
+                                && self
+                                    .resolve(&a.value)
+                                    .iter()
+                                    .any(|c| c.binding == class.binding)
+                        }
+                        _ => false,
+                    };
+                    if same_column {
+                        self.allow(&a.value);
+                    } else {
+                        self.store(&a.value, class, row_tenant.clone());
+                    }
+                }
+                AssignmentTarget::Tuple(names) => {
+                    if let Some(class) = names
+                        .iter()
+                        .find_map(|n| last_part(n).and_then(|c| columns.get(&c)))
+                    {
+                        self.refuse(
+                            &class.column,
+                            format!(
+                                "assigning encrypted column {} in a column tuple is not supported",
+                                class.qualified()
+                            ),
+                            "assign it on its own: SET col = $n",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A value stored into a classified column: a literal or parameter to
+    /// encrypt, NULL or DEFAULT; anything else would be stored unencrypted.
+    fn store(&mut self, expr: &Expr, class: &Arc<ColumnClass>, row_tenant: Option<TenantSource>) {
+        match strip(expr) {
+            Expr::Value(v) if matches!(v.value, Value::Null) => {}
+            Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default") => {
+                self.allow(expr);
+            }
+            inner => match self.value_source(inner) {
+                Some(value) => self.plan.targets.push(CryptoTarget {
+                    value,
+                    column: Arc::clone(class),
+                    row_tenant,
+                }),
+                None => self.refuse(
+                    &class.column,
+                    format!(
+                        "a computed value (expression, function, cast or column) would be stored in encrypted column {} unencrypted",
+                        class.qualified()
+                    ),
+                    "pass the value as a literal or a $n parameter so RegionGuard can encrypt it",
+                ),
+            },
+        }
+    }
+
+    /// A literal or parameter as a value to encrypt.
+    fn value_source(&self, expr: &Expr) -> Option<ValueSource> {
+        match strip(expr) {
+            Expr::Value(v) => match &v.value {
+                Value::Placeholder(p) => p
+                    .strip_prefix('$')
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .filter(|n| *n > 0)
+                    .map(ValueSource::Param),
+                Value::Number(n, _) => {
+                    let (start, end) = self.byte_span(v.span.start, v.span.end)?;
+                    Some(ValueSource::Literal {
+                        start,
+                        end,
+                        text: n.clone(),
+                    })
+                }
+                Value::Boolean(b) => {
+                    let (start, end) = self.byte_span(v.span.start, v.span.end)?;
+                    Some(ValueSource::Literal {
+                        start,
+                        end,
+                        text: b.to_string(),
+                    })
+                }
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::UnicodeStringLiteral(s) => {
+                    let (start, end) = self.byte_span(v.span.start, v.span.end)?;
+                    Some(ValueSource::Literal {
+                        start,
+                        end,
+                        text: s.clone(),
+                    })
+                }
+                Value::DollarQuotedString(d) => {
+                    let (start, end) = self.byte_span(v.span.start, v.span.end)?;
+                    Some(ValueSource::Literal {
+                        start,
+                        end,
+                        text: d.value.clone(),
+                    })
+                }
+                _ => None,
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match strip(expr) {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) => {
+                        let (start, end) = self.byte_span(v.span.start, v.span.end)?;
+                        let minus = self.text[..start].trim_end();
+                        minus.ends_with('-').then(|| ValueSource::Literal {
+                            start: minus.len() - 1,
+                            end,
+                            text: format!("-{n}"),
+                        })
+                    }
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Byte offsets of a token span (lines and columns count characters from 1).
+    fn byte_span(&self, start: Location, end: Location) -> Option<(usize, usize)> {
+        let s = byte_offset(self.text, start)?;
+        let e = byte_offset(self.text, end)?;
+        (s < e && e <= self.text.len()).then_some((s, e))
+    }
+
+    fn projection_items(&mut self, items: &[SelectItem], distinct: bool) {
+        for item in items {
+            let expr = match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                _ => continue,
+            };
+            if let Some(class) = self.resolve_one(expr) {
+                if distinct && !class.deterministic() {
+                    self.refuse_randomized(&class, "DISTINCT");
+                }
+                self.allow(expr);
+            }
+        }
+    }
+
+    fn select(&mut self, s: &Select) {
+        let distinct = matches!(s.distinct, Some(sqlparser::ast::Distinct::Distinct));
+        self.projection_items(&s.projection, distinct);
+        if s.into.is_some() {
+            if let Some(class) = s.projection.iter().find_map(|item| match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    self.resolve(e).into_iter().next()
+                }
+                _ => None,
+            }) {
+                self.refuse(
+                    &class.column,
+                    format!(
+                        "SELECT INTO would copy encrypted column {} into another table",
+                        class.qualified()
+                    ),
+                    "a ciphertext is bound to its table and column and would not decrypt elsewhere",
+                );
+            }
+        }
+        if let GroupByExpr::Expressions(exprs, _) = &s.group_by {
+            for e in exprs {
+                let positional = match strip(e) {
+                    Expr::Value(v) => match &v.value {
+                        Value::Number(n, _) => n.parse::<usize>().ok(),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let class = match positional {
+                    Some(n) => s
+                        .projection
+                        .get(n.wrapping_sub(1))
+                        .and_then(|item| match item {
+                            SelectItem::UnnamedExpr(e)
+                            | SelectItem::ExprWithAlias { expr: e, .. } => {
+                                self.resolve(e).into_iter().next()
+                            }
+                            _ => None,
+                        }),
+                    None => self.resolve_one(e),
+                };
+                if let Some(class) = class {
+                    if !class.deterministic() {
+                        self.refuse_randomized(&class, "GROUP BY");
+                    }
+                    self.allow(e);
+                }
+            }
+        }
+        for twj in &s.from {
+            for join in &twj.joins {
+                let constraint = match &join.join_operator {
+                    JoinOperator::Join(c)
+                    | JoinOperator::Inner(c)
+                    | JoinOperator::Left(c)
+                    | JoinOperator::LeftOuter(c)
+                    | JoinOperator::Right(c)
+                    | JoinOperator::RightOuter(c)
+                    | JoinOperator::FullOuter(c) => Some(c),
+                    _ => None,
+                };
+                match constraint {
+                    Some(JoinConstraint::Using(names)) => {
+                        for n in names {
+                            let Some(column) = last_part(n) else { continue };
+                            if let Some(class) = self.resolve_bare(&column).into_iter().next() {
+                                if !class.deterministic() {
+                                    self.refuse_randomized(&class, "JOIN USING");
+                                }
+                            }
+                        }
+                    }
+                    Some(JoinConstraint::Natural) => self.refuse(
+                        "",
+                        "NATURAL JOIN of a table with encrypted columns is not supported",
+                        "join with ON and name the columns",
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn refuse_randomized(&mut self, class: &ColumnClass, operation: &str) {
+        self.refuse(
+            &class.column,
+            format!(
+                "{operation} on encrypted column {} is not supported: it is encrypted with a random nonce",
+                class.qualified()
+            ),
+            "mark the column searchable (deterministic encryption) to compare, group or deduplicate it",
+        );
+    }
+
+    // ---- comparison patterns -------------------------------------------
+
+    fn patterns(&mut self, stmt: &Statement) {
+        struct Patterns<'a, 'c, 't>(&'a mut Planner<'c, 't>);
+        impl Visitor for Patterns<'_, '_, '_> {
+            type Break = ();
+            fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+                self.0.pattern(e);
+                ControlFlow::Continue(())
+            }
+        }
+        let _ = stmt.visit(&mut Patterns(self));
+    }
+
+    fn pattern(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: op @ (BinaryOperator::Eq | BinaryOperator::NotEq),
+                right,
+            } => {
+                let l = self.resolve_one(left);
+                let r = self.resolve_one(right);
+                let op = if *op == BinaryOperator::Eq { "=" } else { "<>" };
+                match (l, r) {
+                    (Some(a), None) => {
+                        self.allow(left);
+                        self.compare(&a, right, op);
+                    }
+                    (None, Some(b)) => {
+                        self.allow(right);
+                        self.compare(&b, left, op);
+                    }
+                    (Some(a), Some(b)) => {
+                        self.allow(left);
+                        self.allow(right);
+                        if !a.deterministic() {
+                            self.refuse_randomized(&a, op);
+                        } else if !b.deterministic() {
+                            self.refuse_randomized(&b, op);
+                        } else if a.binding != b.binding || a.logical != b.logical {
+                            self.refuse(
+                                &a.column,
+                                format!(
+                                    "comparing encrypted columns {} and {}: their ciphertexts are bound to different columns",
+                                    a.qualified(),
+                                    b.qualified()
+                                ),
+                                "give both columns the same equality_group in [classified] to join them",
+                            );
+                        }
+                    }
+                    (None, None) => {}
+                }
+            }
+            Expr::InList { expr, list, .. } => {
+                if let Some(class) = self.resolve_one(expr) {
+                    self.allow(expr);
+                    for item in list {
+                        self.compare(&class, item, "IN");
+                    }
+                }
+            }
+            Expr::IsNull(inner) | Expr::IsNotNull(inner) if self.resolve_one(inner).is_some() => {
+                self.allow(inner);
+            }
+            Expr::Function(f) => {
+                let name = last_part(&f.name).unwrap_or_default();
+                if name != "count" {
+                    return;
+                }
+                if let FunctionArguments::List(list) = &f.args {
+                    if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_slice()
+                    {
+                        if let Some(class) = self.resolve_one(arg) {
+                            let distinct = matches!(
+                                list.duplicate_treatment,
+                                Some(DuplicateTreatment::Distinct)
+                            );
+                            if distinct && !class.deterministic() {
+                                self.refuse_randomized(&class, "count(DISTINCT …)");
+                            }
+                            self.allow(arg);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `class op other`: other must be a literal, a parameter or NULL, and
+    /// the column deterministic.
+    fn compare(&mut self, class: &Arc<ColumnClass>, other: &Expr, op: &str) {
+        if !class.deterministic() {
+            self.refuse_randomized(class, op);
+            return;
+        }
+        if matches!(strip(other), Expr::Value(v) if matches!(v.value, Value::Null)) {
+            return;
+        }
+        match self.value_source(other) {
+            Some(value) => self.plan.targets.push(CryptoTarget {
+                value,
+                column: Arc::clone(class),
+                row_tenant: None,
+            }),
+            None => self.refuse(
+                &class.column,
+                format!(
+                    "{op} between encrypted column {} and a computed value or unclassified column is not supported",
+                    class.qualified()
+                ),
+                "compare the column with a literal or a $n parameter",
+            ),
+        }
+    }
+
+    // ---- everything else -----------------------------------------------
+
+    /// Any classified reference not in a permitted position is refused,
+    /// naming the operation around it.
+    fn leftovers(&mut self, stmt: &Statement) {
+        if self.plan.refusal.is_some() {
+            return;
+        }
+        struct Leftovers<'a, 'c, 't> {
+            planner: &'a mut Planner<'c, 't>,
+            /// What each enclosing expression does (`None`: parentheses).
+            stack: Vec<Option<String>>,
+            found: Option<(Arc<ColumnClass>, String)>,
+        }
+        impl Visitor for Leftovers<'_, '_, '_> {
+            type Break = ();
+            fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+                let ptr = e as *const Expr;
+                if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                    && !self.planner.allowed.contains(&ptr)
+                {
+                    if let Some(class) = self.planner.resolve(e).into_iter().next() {
+                        let operation = self
+                            .stack
+                            .iter()
+                            .rev()
+                            .find_map(Clone::clone)
+                            .unwrap_or_else(|| "use in this clause".to_string());
+                        self.found = Some((class, operation));
+                        return ControlFlow::Break(());
+                    }
+                }
+                self.stack
+                    .push((!matches!(e, Expr::Nested(_))).then(|| describe(e)));
+                ControlFlow::Continue(())
+            }
+            fn post_visit_expr(&mut self, _e: &Expr) -> ControlFlow<()> {
+                self.stack.pop();
+                ControlFlow::Continue(())
+            }
+        }
+        let mut v = Leftovers {
+            planner: self,
+            stack: Vec::new(),
+            found: None,
+        };
+        let _ = stmt.visit(&mut v);
+        if let Some((class, operation)) = v.found {
+            self.refuse(
+                &class.column,
+                format!(
+                    "{operation} on encrypted column {} is not supported",
+                    class.qualified()
+                ),
+                "the database only sees ciphertext: select the column as it is, or compare it with = / IN on a searchable column",
+            );
+        }
+    }
+
+    /// A parameter bound to a classified column carries ciphertext, so it
+    /// may not be used anywhere else, nor for two different bindings.
+    fn check_params(&mut self, stmt: &Statement) {
+        let mut uses: HashMap<usize, usize> = HashMap::new();
+        let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+            if let Expr::Value(v) = e {
+                if let Value::Placeholder(p) = &v.value {
+                    if let Some(n) = p.strip_prefix('$').and_then(|d| d.parse::<usize>().ok()) {
+                        *uses.entry(n).or_default() += 1;
+                    }
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let mut targets: HashMap<usize, Vec<&Arc<ColumnClass>>> = HashMap::new();
+        for t in &self.plan.targets {
+            if let ValueSource::Param(n) = t.value {
+                targets.entry(n).or_default().push(&t.column);
+            }
+        }
+        let mut refusal = None;
+        for (n, classes) in &targets {
+            let first = classes[0];
+            if uses.get(n).copied().unwrap_or(0) > classes.len() {
+                refusal = Some((
+                    first.column.clone(),
+                    format!(
+                        "parameter ${n} is used both for encrypted column {} and elsewhere",
+                        first.qualified()
+                    ),
+                ));
+            } else if classes.iter().any(|c| {
+                c.binding != first.binding
+                    || c.logical != first.logical
+                    || c.protection != first.protection
+            }) {
+                refusal = Some((
+                    first.column.clone(),
+                    format!("parameter ${n} is used for differently encrypted columns"),
+                ));
+            }
+        }
+        if let Some((column, reason)) = refusal {
+            self.refuse(
+                &column,
+                reason,
+                "use a separate parameter for each use of the value",
+            );
+        }
+    }
+}
+
+/// Visits every Select of every query for permitted projections, GROUP BY
+/// and joins; refuses set operations that compare randomized ciphertexts.
+struct Projections<'a, 'c, 't>(&'a mut Planner<'c, 't>);
+
+impl Visitor for Projections<'_, '_, '_> {
+    type Break = ();
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        walk_selects(self.0, &q.body);
+        if let Some(OrderByKind::Expressions(items)) = q.order_by.as_ref().map(|o| &o.kind) {
+            for item in items {
+                if let Some(class) = self.0.resolve(&item.expr).into_iter().next() {
+                    self.0.refuse(
+                        &class.column,
+                        format!(
+                            "ORDER BY on encrypted column {} is not supported",
+                            class.qualified()
+                        ),
+                        "ciphertext has no meaningful order; sort in the application",
+                    );
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn walk_selects(p: &mut Planner<'_, '_>, body: &SetExpr) {
+    match body {
+        SetExpr::Select(s) => p.select(s),
+        SetExpr::Query(q) => walk_selects(p, &q.body),
+        SetExpr::SetOperation {
+            left,
+            right,
+            set_quantifier,
+            ..
+        } => {
+            walk_selects(p, left);
+            walk_selects(p, right);
+            if !matches!(set_quantifier, SetQuantifier::All) {
+                let mut randomized = None;
+                for_each_select(body, &mut |s: &Select| {
+                    for item in &s.projection {
+                        if let SelectItem::UnnamedExpr(e)
+                        | SelectItem::ExprWithAlias { expr: e, .. } = item
+                        {
+                            if randomized.is_none() {
+                                randomized = p.resolve(e).into_iter().find(|c| !c.deterministic());
+                            }
+                        }
+                    }
+                });
+                if let Some(class) = randomized {
+                    p.refuse_randomized(&class, "UNION/INTERSECT/EXCEPT without ALL");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn for_each_select<'q>(body: &'q SetExpr, f: &mut impl FnMut(&'q Select)) {
+    match body {
+        SetExpr::Select(s) => f(s),
+        SetExpr::Query(q) => for_each_select(&q.body, f),
+        SetExpr::SetOperation { left, right, .. } => {
+            for_each_select(left, f);
+            for_each_select(right, f);
+        }
+        _ => {}
+    }
+}
+
+fn returning_of(stmt: &Statement) -> Option<&[SelectItem]> {
+    match stmt {
+        Statement::Insert(i) => i.returning.as_deref(),
+        Statement::Update { returning, .. } => returning.as_deref(),
+        Statement::Delete(d) => d.returning.as_deref(),
+        _ => None,
+    }
+}
+
+/// What the expression around a refused column reference does, for the message.
+fn describe(e: &Expr) -> String {
+    match e {
+        Expr::BinaryOp { op, .. } => format!("operator {op}"),
+        Expr::Like { .. } => "LIKE".into(),
+        Expr::ILike { .. } => "ILIKE".into(),
+        Expr::SimilarTo { .. } => "SIMILAR TO".into(),
+        Expr::Between { .. } => "BETWEEN".into(),
+        Expr::Cast { .. } => "a cast".into(),
+        Expr::Function(f) => format!("function {}", f.name),
+        Expr::UnaryOp { op, .. } => format!("operator {op}"),
+        Expr::InSubquery { .. } => "IN (subquery)".into(),
+        Expr::AnyOp { .. } | Expr::AllOp { .. } => "ANY/ALL".into(),
+        Expr::Case { .. } => "CASE".into(),
+        Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..) => "IS DISTINCT FROM".into(),
+        _ => "an expression".into(),
+    }
+}
+
+/// Byte offset of a 1-based line/column (counted in characters).
+fn byte_offset(text: &str, at: Location) -> Option<usize> {
+    if at.line == 0 || at.column == 0 {
+        return None;
+    }
+    let mut line = 1u64;
+    let mut column = 1u64;
+    for (i, ch) in text.char_indices() {
+        if line == at.line && column == at.column {
+            return Some(i);
+        }
+        if ch == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    (line == at.line && column == at.column).then_some(text.len())
+}

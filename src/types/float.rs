@@ -1,0 +1,309 @@
+//! `float4` and `float8`: Postgres's text input (`strtod` semantics with its
+//! own checks for NaN/Infinity and range) and output (shortest round-trip
+//! digits with Postgres's layout when `extra_float_digits > 0`, `%.*g`
+//! otherwise). The shortest digits come from Rust's float formatting, which
+//! produces the same shortest-closest digits as the Ryu code Postgres uses;
+//! only the layout is Postgres's.
+
+use super::error::TypeError;
+use super::text::is_pg_space;
+
+/// The two widths, for names, sizes and the output thresholds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FloatWidth {
+    Float4,
+    Float8,
+}
+
+impl FloatWidth {
+    fn name(self) -> &'static str {
+        match self {
+            FloatWidth::Float4 => "real",
+            FloatWidth::Float8 => "double precision",
+        }
+    }
+
+    /// `FLT_DIG` / `DBL_DIG`: the precision base for `extra_float_digits`
+    /// and also the exponent from which shortest output switches to
+    /// scientific notation.
+    fn dig(self) -> i32 {
+        match self {
+            FloatWidth::Float4 => 6,
+            FloatWidth::Float8 => 15,
+        }
+    }
+}
+
+/// Parses float text. Returns the big-endian IEEE bytes.
+pub(crate) fn float_in(text: &str, width: FloatWidth) -> Result<Vec<u8>, TypeError> {
+    let s = text.trim_matches(|c: char| c.is_ascii() && is_pg_space(c as u8));
+    let (negative, unsigned) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = unsigned.to_ascii_lowercase();
+    let value: f64 = match lower.as_str() {
+        "inf" | "infinity" => f64::INFINITY,
+        "nan" => f64::NAN,
+        _ => {
+            if !is_decimal(unsigned.as_bytes()) {
+                if lower.starts_with("0x") {
+                    return Err(TypeError::unsupported(format!(
+                        "hexadecimal input for type {} is not supported by the proxy",
+                        width.name()
+                    )));
+                }
+                return Err(TypeError::syntax(width.name()));
+            }
+            let nonzero = unsigned
+                .bytes()
+                .take_while(|b| *b != b'e' && *b != b'E')
+                .any(|b| (b'1'..=b'9').contains(&b));
+            let (parsed, zero, infinite) = match width {
+                FloatWidth::Float8 => {
+                    let v: f64 = unsigned
+                        .parse()
+                        .map_err(|_| TypeError::syntax(width.name()))?;
+                    (v, v == 0.0, v.is_infinite())
+                }
+                FloatWidth::Float4 => {
+                    let v: f32 = unsigned
+                        .parse()
+                        .map_err(|_| TypeError::syntax(width.name()))?;
+                    (f64::from(v), v == 0.0, v.is_infinite())
+                }
+            };
+            // strtod's ERANGE: overflow to infinity or underflow to zero.
+            if infinite || (zero && nonzero) {
+                return Err(TypeError::out_of_range(width.name()));
+            }
+            parsed
+        }
+    };
+    let value = if negative { -value } else { value };
+    Ok(match width {
+        // The conversion is exact: finite values were parsed as f32 above.
+        FloatWidth::Float4 => (value as f32).to_be_bytes().to_vec(),
+        FloatWidth::Float8 => value.to_be_bytes().to_vec(),
+    })
+}
+
+/// `[digits][.digits][e[+-]digits]` with at least one mantissa digit.
+fn is_decimal(s: &[u8]) -> bool {
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < s.len() && s[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    let mut mantissa = digits(&mut i);
+    if i < s.len() && s[i] == b'.' {
+        i += 1;
+        mantissa += digits(&mut i);
+    }
+    if mantissa == 0 {
+        return false;
+    }
+    if i < s.len() && (s[i] == b'e' || s[i] == b'E') {
+        i += 1;
+        if i < s.len() && (s[i] == b'+' || s[i] == b'-') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == s.len()
+}
+
+pub(crate) fn float_recv(bin: &[u8], width: FloatWidth) -> Result<Vec<u8>, TypeError> {
+    let len = match width {
+        FloatWidth::Float4 => 4,
+        FloatWidth::Float8 => 8,
+    };
+    if bin.len() != len {
+        return Err(TypeError::binary(width.name(), "wrong length"));
+    }
+    Ok(bin.to_vec())
+}
+
+pub(crate) fn float_out(
+    bin: &[u8],
+    width: FloatWidth,
+    extra_float_digits: i32,
+) -> Result<String, TypeError> {
+    float_recv(bin, width)?;
+    let (value, shortest) = match width {
+        FloatWidth::Float4 => {
+            let v = f32::from_be_bytes([bin[0], bin[1], bin[2], bin[3]]);
+            (f64::from(v), format!("{v:e}"))
+        }
+        FloatWidth::Float8 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bin);
+            let v = f64::from_be_bytes(b);
+            (v, format!("{v:e}"))
+        }
+    };
+    if value.is_nan() {
+        return Ok("NaN".into());
+    }
+    if value.is_infinite() {
+        return Ok(if value > 0.0 { "Infinity" } else { "-Infinity" }.into());
+    }
+    if extra_float_digits > 0 {
+        Ok(layout_shortest(&shortest, width.dig()))
+    } else {
+        let precision = (width.dig() + extra_float_digits).clamp(1, 17);
+        Ok(format_g(value, precision as usize))
+    }
+}
+
+/// Splits Rust's `{:e}` output (`-1.25e-7`) into sign, digits and exponent.
+fn split_exp(s: &str) -> (bool, String, i32) {
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (mantissa, exp) = s.split_once('e').unwrap_or((s, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    (negative, digits, exp.parse().unwrap_or(0))
+}
+
+/// Postgres's Ryu layout: fixed point when `-4 <= exp < dig`, else
+/// `d.ddde±XX` with at least two exponent digits.
+fn layout_shortest(formatted: &str, dig: i32) -> String {
+    let (negative, digits, exp) = split_exp(formatted);
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    if (-4..dig).contains(&exp) {
+        out.push_str(&fixed_from_digits(&digits, exp));
+    } else {
+        push_scientific(&mut out, &digits, exp);
+    }
+    out
+}
+
+/// `digits` × 10^(exp - len + 1) in plain notation.
+fn fixed_from_digits(digits: &str, exp: i32) -> String {
+    if exp < 0 {
+        let zeros = "0".repeat((-exp - 1) as usize);
+        return format!("0.{zeros}{digits}");
+    }
+    let int_len = exp as usize + 1;
+    if digits.len() <= int_len {
+        format!("{digits}{}", "0".repeat(int_len - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..int_len], &digits[int_len..])
+    }
+}
+
+fn push_scientific(out: &mut String, digits: &str, exp: i32) {
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    out.push_str(&digits[..1]);
+    if digits.len() > 1 {
+        out.push('.');
+        out.push_str(&digits[1..]);
+    }
+    out.push('e');
+    out.push(if exp < 0 { '-' } else { '+' });
+    out.push_str(&format!("{:02}", exp.unsigned_abs()));
+}
+
+/// C's `%.{precision}g` for a finite value.
+fn format_g(value: f64, precision: usize) -> String {
+    let (negative, digits, exp) = split_exp(&format!("{:.*e}", precision - 1, value));
+    if exp >= -4 && (exp as i64) < precision as i64 {
+        let decimals = (precision as i64 - 1 - exp as i64).max(0) as usize;
+        let fixed = format!("{:.*}", decimals, value);
+        if fixed.contains('.') {
+            fixed
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
+        } else {
+            fixed
+        }
+    } else {
+        let mut out = String::new();
+        if negative {
+            out.push('-');
+        }
+        push_scientific(&mut out, &digits, exp);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out8(v: f64, efd: i32) -> String {
+        float_out(&v.to_be_bytes(), FloatWidth::Float8, efd).unwrap()
+    }
+
+    fn out4(v: f32, efd: i32) -> String {
+        float_out(&v.to_be_bytes(), FloatWidth::Float4, efd).unwrap()
+    }
+
+    #[test]
+    fn shortest_output_has_postgres_layout() {
+        assert_eq!(out8(1e20, 1), "1e+20");
+        assert_eq!(out8(1.5e-7, 1), "1.5e-07");
+        assert_eq!(out8(0.0001, 1), "0.0001");
+        assert_eq!(out8(1e-5, 1), "1e-05");
+        assert_eq!(out8(123456789012345.0, 1), "123456789012345");
+        assert_eq!(out8(1e15, 1), "1e+15");
+        assert_eq!(out8(-0.0, 1), "-0");
+        assert_eq!(out8(0.1, 1), "0.1");
+        assert_eq!(out8(1.0 / 3.0, 1), "0.3333333333333333");
+        assert_eq!(out8(1e300, 1), "1e+300");
+        assert_eq!(out8(f64::NAN, 1), "NaN");
+        assert_eq!(out8(f64::NEG_INFINITY, 1), "-Infinity");
+        assert_eq!(out4(100000.0, 1), "100000");
+        assert_eq!(out4(1e6, 1), "1e+06");
+        assert_eq!(out4(1.1, 1), "1.1");
+    }
+
+    #[test]
+    fn g_output_for_low_extra_float_digits() {
+        assert_eq!(out8(0.1, 0), "0.1");
+        assert_eq!(out8(1.0 / 3.0, 0), "0.333333333333333");
+        assert_eq!(out8(1e15, 0), "1e+15");
+        assert_eq!(out8(123456789012345.0, 0), "123456789012345");
+        assert_eq!(out8(1e-5, 0), "1e-05");
+        assert_eq!(out4(1.1, 0), "1.1");
+        assert_eq!(out4(1.1, -15), "1");
+        assert_eq!(out8(2.5, -14), "2");
+    }
+
+    #[test]
+    fn input_forms() {
+        let f8 = |s: &str| {
+            float_in(s, FloatWidth::Float8).map(|b| f64::from_be_bytes(b.try_into().unwrap()))
+        };
+        assert_eq!(f8(" 1.5 ").unwrap(), 1.5);
+        assert_eq!(f8("-.5e1").unwrap(), -5.0);
+        assert_eq!(f8("5.").unwrap(), 5.0);
+        assert!(f8("NaN").unwrap().is_nan());
+        assert_eq!(f8("-Infinity").unwrap(), f64::NEG_INFINITY);
+        assert_eq!(f8("+inf").unwrap(), f64::INFINITY);
+        assert_eq!(f8("1e-310").unwrap(), 1e-310);
+        assert_eq!(f8("0e-999").unwrap(), 0.0);
+        assert_eq!(f8("1e400").unwrap_err().sqlstate(), "22003");
+        assert_eq!(f8("1e-400").unwrap_err().sqlstate(), "22003");
+        for bad in ["", " ", "1e", "e5", ".", "1.5x", "--1", "1 2", "Infinityx"] {
+            assert_eq!(f8(bad).unwrap_err().sqlstate(), "22P02", "{bad:?}");
+        }
+        assert_eq!(
+            float_in("1e39", FloatWidth::Float4).unwrap_err().sqlstate(),
+            "22003"
+        );
+    }
+}

@@ -1,0 +1,531 @@
+//! Column encryption end to end, against three real regional clusters:
+//! values written through the proxy are ciphertext in the regional
+//! databases (read directly), come back as the application wrote them in
+//! text and binary format, equality works on deterministic columns, and
+//! everything that would compute over ciphertext or store plaintext is
+//! refused.
+
+mod support;
+
+use regionguard::config::{ClassifiedColumn, DataClass, KeySource, Protection};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use support::*;
+
+/// The encrypted tables: customers' email (searchable) and full name
+/// (randomized), and a table with one column of every scalar logical type.
+const SCHEMA: &str = "\
+    CREATE TABLE customers (tenant_id text NOT NULL, id bigint NOT NULL, email bytea, \
+        full_name text, note text, PRIMARY KEY (tenant_id, id));\n\
+    CREATE TABLE orders (tenant_id text NOT NULL, id bigint NOT NULL, customer_id bigint, \
+        amount numeric, PRIMARY KEY (tenant_id, id));\n\
+    CREATE TABLE leads (tenant_id text NOT NULL, id bigint NOT NULL, email bytea, \
+        PRIMARY KEY (tenant_id, id));\n\
+    CREATE TABLE typed (tenant_id text NOT NULL, id bigint NOT NULL, \
+        t bytea, i2 bytea, i4 bytea, i8 bytea, f4 bytea, f8 bytea, n bytea, b bytea, \
+        d bytea, tm bytea, ts bytea, tz bytea, u bytea, j bytea, jb bytea, by bytea, \
+        arr bytea, PRIMARY KEY (tenant_id, id));\n";
+
+/// Root key files, one per region, mode 0600; kept alive for the test.
+struct Keys {
+    _dir: tempfile::TempDir,
+    paths: BTreeMap<String, std::path::PathBuf>,
+}
+
+fn key_files() -> Keys {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths = BTreeMap::new();
+    for (i, region) in ["eu", "us", "apac"].iter().enumerate() {
+        let path = dir.path().join(format!("{region}.key"));
+        let mut f = std::fs::File::create(&path).expect("create key file");
+        let key: Vec<u8> = (0..32)
+            .map(|b| (b as u8).wrapping_mul(7).wrapping_add(i as u8))
+            .collect();
+        use base64::Engine;
+        writeln!(
+            f,
+            "1:{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+        .expect("write key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        paths.insert(region.to_string(), path);
+    }
+    Keys { _dir: dir, paths }
+}
+
+fn column(class: &str, ty: &str, searchable: bool, group: Option<&str>) -> ClassifiedColumn {
+    ClassifiedColumn {
+        class: class.into(),
+        logical_type: ty.into(),
+        searchable,
+        equality_group: group.map(str::to_string),
+    }
+}
+
+fn encrypted_config(regions: &TestRegions, keys: &Keys) -> regionguard::config::Config {
+    let mut config = regions.routing_config(&ROUTING_TENANTS);
+    config.tenancy.tables.push("leads".into());
+    config.tenancy.tables.push("typed".into());
+    for (name, region) in config.regions.iter_mut() {
+        region.key = Some(KeySource::File {
+            path: keys.paths[name].clone(),
+        });
+    }
+    config.classes.insert(
+        "pii".into(),
+        DataClass {
+            encrypt: Protection::Randomized,
+        },
+    );
+    config.classes.insert(
+        "contact".into(),
+        DataClass {
+            encrypt: Protection::Deterministic,
+        },
+    );
+    let mut customers = BTreeMap::new();
+    customers.insert(
+        "email".into(),
+        column("contact", "text", true, Some("email")),
+    );
+    customers.insert("full_name".into(), column("pii", "text", false, None));
+    config.classified.insert("customers".into(), customers);
+    let mut leads = BTreeMap::new();
+    leads.insert(
+        "email".into(),
+        column("contact", "text", true, Some("email")),
+    );
+    config.classified.insert("leads".into(), leads);
+    let mut typed = BTreeMap::new();
+    for (col, ty) in [
+        ("t", "text"),
+        ("i2", "int2"),
+        ("i4", "int4"),
+        ("i8", "int8"),
+        ("f4", "float4"),
+        ("f8", "float8"),
+        ("n", "numeric"),
+        ("b", "bool"),
+        ("d", "date"),
+        ("tm", "time"),
+        ("ts", "timestamp"),
+        ("tz", "timestamptz"),
+        ("u", "uuid"),
+        ("j", "json"),
+        ("jb", "jsonb"),
+        ("by", "bytea"),
+        ("arr", "int4[]"),
+    ] {
+        typed.insert(col.to_string(), column("contact", ty, true, None));
+    }
+    config.classified.insert("typed".into(), typed);
+    config
+}
+
+async fn setup() -> (TestRegions, Keys, regionguard::server::Proxy) {
+    let regions = TestRegions::start().await;
+    regions.batch_everywhere(SCHEMA).await;
+    let keys = key_files();
+    let proxy = start_proxy(encrypted_config(&regions, &keys)).await;
+    (regions, keys, proxy)
+}
+
+/// Every value of every row of `table`, as text, read directly in `region`.
+async fn raw_dump(regions: &TestRegions, region: &str, table: &str) -> String {
+    let rows = regions
+        .client(region)
+        .await
+        .simple_query(&format!("SELECT * FROM {table}"))
+        .await
+        .expect("direct read");
+    let mut out = String::new();
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            for i in 0..r.len() {
+                out.push_str(r.get(i).unwrap_or("NULL"));
+                out.push('|');
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_values_are_ciphertext_in_the_database_and_plaintext_through_the_proxy() {
+    let (regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, None).await;
+    // Simple protocol, literals.
+    client
+        .simple_query("INSERT INTO customers (tenant_id, id, email, full_name, note) VALUES ('acme', 1, 'canary.simple@acme.example', 'Canary Simplename', 'plain note')")
+        .await
+        .expect("insert with literals");
+    // Extended protocol, parameters in binary (tokio-postgres) format.
+    client
+        .execute(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, $2, $3, $4)",
+            &[
+                &"acme",
+                &2i64,
+                &"canary.param@acme.example",
+                &"Canary Paramname",
+            ],
+        )
+        .await
+        .expect("insert with parameters");
+    client
+        .execute(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, $2, $3, $4)",
+            &[
+                &"globex",
+                &1i64,
+                &"canary.us@globex.example",
+                &"Canary Usname",
+            ],
+        )
+        .await
+        .expect("insert for a US tenant");
+
+    // Directly in the databases: no plaintext, and rows only in their region.
+    for region in ["eu", "us", "apac"] {
+        let dump = raw_dump(&regions, region, "customers").await;
+        for canary in ["canary.", "Canary", "Simplename", "Paramname", "Usname"] {
+            assert!(
+                !dump.contains(canary),
+                "plaintext `{canary}` in region {region}:\n{dump}"
+            );
+        }
+    }
+    assert!(raw_dump(&regions, "eu", "customers")
+        .await
+        .contains("plain note"));
+    assert_eq!(regions.rows_in("eu", "customers").await.len(), 2);
+    assert_eq!(regions.rows_in("us", "customers").await.len(), 1);
+    assert!(regions.rows_in("apac", "customers").await.is_empty());
+
+    // Through the proxy: plaintext in binary format (tokio-postgres) with
+    // the logical types, in text format (simple protocol), by equality.
+    let rows = client
+        .query(
+            "SELECT id, email, full_name FROM customers WHERE tenant_id = $1 ORDER BY id",
+            &[&"acme"],
+        )
+        .await
+        .expect("select through the proxy");
+    let got: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                1,
+                "canary.simple@acme.example".into(),
+                "Canary Simplename".into()
+            ),
+            (
+                2,
+                "canary.param@acme.example".into(),
+                "Canary Paramname".into()
+            ),
+        ]
+    );
+    let text = client
+        .simple_query("SELECT email, full_name FROM customers WHERE tenant_id = 'acme' AND email = 'canary.param@acme.example'")
+        .await
+        .expect("equality lookup with a literal");
+    let found: Vec<String> = text
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                "{}/{}",
+                r.get(0).unwrap_or(""),
+                r.get(1).unwrap_or("")
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec!["canary.param@acme.example/Canary Paramname".to_string()]
+    );
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM customers WHERE tenant_id = $1 AND email IN ($2, $3)",
+            &[
+                &"acme",
+                &"canary.simple@acme.example",
+                &"nobody@acme.example",
+            ],
+        )
+        .await
+        .expect("IN with parameters")
+        .get(0);
+    assert_eq!(n, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_logical_type_round_trips_in_text_and_binary_format() {
+    let (regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, Some("acme")).await;
+    client
+        .simple_query(
+            "INSERT INTO typed (tenant_id, id, t, i2, i4, i8, f4, f8, n, b, d, tm, ts, tz, u, j, jb, by, arr) VALUES \
+             ('acme', 1, 'héllo', -12, 123456, -9000000000, 1.5, -2.25e-7, 12345.6789, true, '2024-02-29', \
+              '13:14:15.5', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', \
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": [1, 2]}', '{\"b\": 1, \"a\": 2}', '\\x00ff', '{1,2,NULL}')",
+        )
+        .await
+        .expect("insert every type with literals");
+    client
+        .simple_query("INSERT INTO typed (tenant_id, id) VALUES ('acme', 2)")
+        .await
+        .expect("insert NULLs");
+    // Text format through the proxy equals Postgres's own text output of
+    // the same literals.
+    let through = client
+        .simple_query("SELECT t, i2, i4, i8, f4, f8, n, b, d, tm, ts, tz, u, j, jb, by, arr FROM typed WHERE id = 1")
+        .await
+        .expect("select in text format");
+    let direct = regions
+        .client("eu")
+        .await
+        .simple_query(
+            "SELECT 'héllo'::text, -12::int2, 123456::int4, -9000000000::int8, 1.5::float4, -2.25e-7::float8, \
+             12345.6789::numeric, true, '2024-02-29'::date, '13:14:15.5'::time, \
+             '2024-01-02 03:04:05.123456'::timestamp, '2024-01-02 03:04:05+02'::timestamptz, \
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid, '{\"a\": [1, 2]}'::json, '{\"b\": 1, \"a\": 2}'::jsonb, \
+             '\\x00ff'::bytea, '{1,2,NULL}'::int4[]",
+        )
+        .await
+        .expect("direct select");
+    let row = |msgs: &[tokio_postgres::SimpleQueryMessage]| -> Vec<Option<String>> {
+        msgs.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .expect("a row")
+    };
+    assert_eq!(row(&through), row(&direct));
+    // Binary format with the logical types (tokio-postgres checks them).
+    let r = client
+        .query_one(
+            "SELECT t, i2, i4, i8, f8, b, u, jb, by, arr FROM typed WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .expect("select in binary format");
+    assert_eq!(r.get::<_, String>(0), "héllo");
+    assert_eq!(r.get::<_, i16>(1), -12);
+    assert_eq!(r.get::<_, i32>(2), 123456);
+    assert_eq!(r.get::<_, i64>(3), -9_000_000_000);
+    assert_eq!(r.get::<_, f64>(4), -2.25e-7);
+    assert!(r.get::<_, bool>(5));
+    assert_eq!(
+        r.get::<_, uuid::Uuid>(6).to_string(),
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    );
+    assert_eq!(
+        r.get::<_, serde_json::Value>(7),
+        serde_json::json!({"a": 2, "b": 1})
+    );
+    assert_eq!(r.get::<_, Vec<u8>>(8), vec![0u8, 255]);
+    assert_eq!(
+        r.get::<_, Vec<Option<i32>>>(9),
+        vec![Some(1), Some(2), None]
+    );
+    // NULL stays NULL.
+    let r = client
+        .query_one("SELECT t, i4, arr FROM typed WHERE id = $1", &[&2i64])
+        .await
+        .expect("select NULLs");
+    assert_eq!(r.get::<_, Option<String>>(0), None);
+    assert_eq!(r.get::<_, Option<i32>>(1), None);
+    // Binary parameters of the logical types, and equality on them.
+    client
+        .execute(
+            "INSERT INTO typed (tenant_id, id, i4, f8, u, by) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &"acme",
+                &3i64,
+                &77i32,
+                &0.5f64,
+                &uuid::Uuid::nil(),
+                &vec![1u8; 1 << 20],
+            ],
+        )
+        .await
+        .expect("insert binary parameters, 1 MiB bytea");
+    let r = client
+        .query_one(
+            "SELECT id, by FROM typed WHERE tenant_id = 'acme' AND i4 = $1",
+            &[&77i32],
+        )
+        .await
+        .expect("equality on an encrypted int4");
+    assert_eq!(r.get::<_, i64>(0), 3);
+    assert_eq!(r.get::<_, Vec<u8>>(1).len(), 1 << 20);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_ciphertexts_fail_to_decrypt_with_xx001() {
+    let (regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, None).await;
+    for (tenant, id) in [("acme", 1i64), ("umbrella", 1)] {
+        client
+            .execute(
+                "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, $2, $3, $4)",
+                &[&tenant, &id, &format!("{tenant}@x.example"), &"Name"],
+            )
+            .await
+            .expect("insert");
+    }
+    let eu = regions.client("eu").await;
+    // Another tenant's ciphertext copied into acme's row.
+    eu.batch_execute(
+        "UPDATE customers SET email = (SELECT email FROM customers WHERE tenant_id = 'umbrella') WHERE tenant_id = 'acme'",
+    )
+    .await
+    .expect("direct tamper");
+    let err = client
+        .query(
+            "SELECT email FROM customers WHERE tenant_id = $1",
+            &[&"acme"],
+        )
+        .await
+        .expect_err("a moved ciphertext must not decrypt");
+    assert_eq!(sqlstate(&err).as_deref(), Some("XX001"), "{err:?}");
+    // The session goes on.
+    let ok = client
+        .query(
+            "SELECT full_name FROM customers WHERE tenant_id = $1",
+            &[&"acme"],
+        )
+        .await
+        .expect("other columns still read");
+    assert_eq!(ok.len(), 1);
+    // full_name (randomized) copied into email's column of the same row.
+    eu.batch_execute(
+        "UPDATE customers SET email = convert_to(full_name, 'UTF8') WHERE tenant_id = 'umbrella'",
+    )
+    .await
+    .expect("direct tamper 2");
+    let err = client
+        .query(
+            "SELECT email FROM customers WHERE tenant_id = $1",
+            &[&"umbrella"],
+        )
+        .await
+        .expect_err("a value from another column must not decrypt");
+    assert_eq!(sqlstate(&err).as_deref(), Some("XX001"), "{err:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_over_ciphertext_are_refused() {
+    let (_regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, Some("acme")).await;
+    for (sql, needle) in [
+        ("SELECT * FROM customers WHERE email LIKE 'a%'", "LIKE"),
+        ("SELECT * FROM customers ORDER BY email", "ORDER BY"),
+        ("SELECT max(email) FROM customers", "max"),
+        ("SELECT * FROM customers WHERE full_name = 'x'", "random nonce"),
+        ("UPDATE customers SET email = lower('X')", "computed value"),
+        ("INSERT INTO customers (tenant_id, id, email) SELECT tenant_id, id + 100, email FROM leads", "INSERT … SELECT"),
+        ("INSERT INTO orders (tenant_id, id, amount) SELECT tenant_id, id, length(email) FROM customers", "length"),
+    ] {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}: {err:?}");
+        let db = err.as_db_error().expect("an ErrorResponse");
+        assert!(db.message().contains(needle), "{sql}: {}", db.message());
+        assert!(db.hint().is_some(), "{sql}: no hint");
+        // The extended protocol refuses it too.
+        let err = client.query(sql, &[]).await.expect_err(sql);
+        assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql} (extended)");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_grouping_on_deterministic_columns_match_plaintext_answers() {
+    let (_regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, Some("acme")).await;
+    let emails = ["a@x", "b@x", "a@x", "c@x", "b@x", "a@x"];
+    for (i, e) in emails.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', $1, $2, 'n')",
+                &[&(i as i64), e],
+            )
+            .await
+            .expect("insert customer");
+    }
+    client
+        .execute(
+            "INSERT INTO leads (tenant_id, id, email) VALUES ('acme', 1, $1), ('acme', 2, $2)",
+            &[&"b@x", &"z@x"],
+        )
+        .await
+        .expect("insert leads");
+    let groups = client
+        .query("SELECT email, count(*) FROM customers GROUP BY email", &[])
+        .await
+        .expect("group by");
+    let mut got: Vec<(String, i64)> = groups.iter().map(|r| (r.get(0), r.get(1))).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("a@x".into(), 3), ("b@x".into(), 2), ("c@x".into(), 1)]
+    );
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT email) FROM customers", &[])
+        .await
+        .expect("count distinct")
+        .get(0);
+    assert_eq!(distinct, 3);
+    let joined = client
+        .query(
+            "SELECT c.id, l.id FROM customers c JOIN leads l ON c.email = l.email AND c.tenant_id = l.tenant_id ORDER BY c.id",
+            &[],
+        )
+        .await
+        .expect("join on an equality group");
+    let pairs: Vec<(i64, i64)> = joined.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(pairs, vec![(1, 1), (4, 1)]);
+    let not_equal: i64 = client
+        .query_one(
+            "SELECT count(*) FROM customers WHERE email <> $1",
+            &[&"a@x"],
+        )
+        .await
+        .expect("<>")
+        .get(0);
+    assert_eq!(not_equal, 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_storage_type_refuses_the_start_naming_the_column() {
+    let regions = TestRegions::start().await;
+    regions
+        .batch_everywhere(
+            "CREATE TABLE customers (tenant_id text, id bigint, email integer, full_name text);\
+             CREATE TABLE leads (tenant_id text, id bigint, email bytea);",
+        )
+        .await;
+    let keys = key_files();
+    let err = regionguard::server::Proxy::start(encrypted_config(&regions, &keys))
+        .await
+        .err()
+        .expect("start must fail");
+    let message = err.to_string();
+    assert!(message.contains("customers.email"), "{message}");
+}
