@@ -133,17 +133,96 @@ fn regional_init_sql_is_the_demos() {
              -- src/demo/schema.rs (REGEN_DOCKER_INIT=1 cargo nextest run --test docker_files).\n{}",
             regionguard::demo::region_sql(region)
         );
-        let path = docker_dir().join("init").join(format!("{region}.sql"));
-        if std::env::var_os("REGEN_DOCKER_INIT").is_some() {
-            std::fs::write(&path, &expected).expect("write init SQL");
-        }
-        let actual = std::fs::read_to_string(&path).unwrap_or_default();
+        check_generated(&format!("{region}.sql"), &expected);
+    }
+    let seed = service(&compose, "seed");
+    assert!(
+        mounts(&seed)
+            .iter()
+            .any(|(h, _)| h == "./init/customers.sql"),
+        "the seed service does not load init/customers.sql"
+    );
+    assert_eq!(seed["environment"]["PGHOST"].as_str(), Some("regionguard"));
+    let expected = format!(
+        "-- The demo's customers, inserted through RegionGuard (which encrypts email and\n\
+         -- full_name); generated from src/demo/schema.rs.\n{}",
+        regionguard::demo::customer_sql()
+    );
+    check_generated("customers.sql", &expected);
+}
+
+/// docker/init/`name` holds `expected` (rewritten with REGEN_DOCKER_INIT=1).
+fn check_generated(name: &str, expected: &str) {
+    let path = docker_dir().join("init").join(name);
+    if std::env::var_os("REGEN_DOCKER_INIT").is_some() {
+        std::fs::write(&path, expected).expect("write init SQL");
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "{} differs from the demo's SQL",
+        path.display()
+    );
+}
+
+/// Every volume of a service as `(source, target)`, named volumes included.
+fn volumes(svc: &Yaml) -> Vec<(String, String)> {
+    svc["volumes"]
+        .as_vec()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .filter_map(|m| {
+            let mut parts = m.split(':');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_region_gets_a_root_key_file_the_proxy_can_read() {
+    let compose = yaml("compose.yml");
+    let keys = service(&compose, "keys");
+    let rg = service(&compose, "regionguard");
+    assert_eq!(
+        rg["depends_on"]["keys"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+    let script = keys["command"][0].as_str().expect("key script");
+    let (volume, _) = volumes(&keys)
+        .into_iter()
+        .find(|(_, t)| t == "/keys")
+        .expect("the keys service writes /keys");
+    let (_, key_dir) = volumes(&rg)
+        .into_iter()
+        .find(|(s, _)| *s == volume)
+        .expect("regionguard mounts the key volume");
+    assert!(
+        !compose["volumes"][volume.as_str()].is_badvalue(),
+        "volume {volume} declared"
+    );
+    let config = read("regionguard.toml");
+    for region in REGIONS {
+        assert!(script.contains(region), "the key script skips {region}");
+        let path = format!("{key_dir}/{region}.key");
         assert!(
-            actual == expected,
-            "{} differs from the demo's SQL",
-            path.display()
+            config.contains(&format!("path = \"{path}\"")),
+            "region {region} does not read {path}"
         );
     }
+    // Mode 0600, owned by the image's unprivileged user.
+    let uid = read("Dockerfile")
+        .split("--uid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .expect("the image's uid");
+    assert!(
+        script.contains(&format!("chown -R {uid}:{uid} /keys")),
+        "keys not owned by uid {uid}"
+    );
+    assert!(script.contains("chmod 600"));
 }
 
 #[test]

@@ -4,8 +4,8 @@
 CREATE TABLE IF NOT EXISTS customers (
     tenant_id text NOT NULL,
     id bigint,
-    email text,
-    full_name text,
+    email bytea,
+    full_name bytea,
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
@@ -18,9 +18,6 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at timestamptz,
     PRIMARY KEY (tenant_id, id)
 );
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('initech', 1, 'peter.gibbons@initech.example', 'Peter Gibbons') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('initech', 2, 'milton.waddams@initech.example', 'Milton Waddams') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('initech', 3, 'samir.n@initech.example', 'Samir Nagheenanajar') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 1, 2, 7.49, 'paid', now() - interval '20 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 2, 1, 1200.00, 'shipped', now() - interval '9 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 3, 3, 88.10, 'paid', now() - interval '4 days') ON CONFLICT DO NOTHING;

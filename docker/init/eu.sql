@@ -4,8 +4,8 @@
 CREATE TABLE IF NOT EXISTS customers (
     tenant_id text NOT NULL,
     id bigint,
-    email text,
-    full_name text,
+    email bytea,
+    full_name bytea,
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
@@ -18,9 +18,6 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at timestamptz,
     PRIMARY KEY (tenant_id, id)
 );
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', 1, 'anna.schmidt@acme.example', 'Anna Schmidt') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', 2, 'luc.martin@acme.example', 'Luc Martin') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', 3, 'sofia.rossi@acme.example', 'Sofia Rossi') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('acme', 1, 1, 129.90, 'paid', now() - interval '12 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('acme', 2, 1, 45.00, 'shipped', now() - interval '5 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('acme', 3, 2, 310.25, 'paid', now() - interval '3 days') ON CONFLICT DO NOTHING;

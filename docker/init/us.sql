@@ -4,8 +4,8 @@
 CREATE TABLE IF NOT EXISTS customers (
     tenant_id text NOT NULL,
     id bigint,
-    email text,
-    full_name text,
+    email bytea,
+    full_name bytea,
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (tenant_id, id)
 );
@@ -18,9 +18,6 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at timestamptz,
     PRIMARY KEY (tenant_id, id)
 );
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('globex', 1, 'hank.scorpio@globex.example', 'Hank Scorpio') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('globex', 2, 'homer.simpson@globex.example', 'Homer Simpson') ON CONFLICT DO NOTHING;
-INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('globex', 3, 'frank.grimes@globex.example', 'Frank Grimes') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('globex', 1, 1, 9999.99, 'paid', now() - interval '30 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('globex', 2, 2, 12.00, 'refunded', now() - interval '8 days') ON CONFLICT DO NOTHING;
 INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('globex', 3, 2, 64.75, 'shipped', now() - interval '2 days') ON CONFLICT DO NOTHING;

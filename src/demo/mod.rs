@@ -84,10 +84,17 @@ impl DemoError {
     }
 }
 
-/// The demo's schema and rows for `region`: what the demo loads, and what
-/// `docker/init/<region>.sql` ships (tests/docker_files.rs keeps them equal).
+/// The demo's schema and unencrypted rows for `region`: what the demo
+/// loads directly, and what `docker/init/<region>.sql` ships
+/// (tests/docker_files.rs keeps them equal).
 pub fn region_sql(region: &str) -> String {
     schema::sql_for(region)
+}
+
+/// The demo's customers, inserted through the proxy so that their
+/// classified columns are encrypted (`docker/init/customers.sql`).
+pub fn customer_sql() -> String {
+    schema::customer_inserts()
 }
 
 /// The demo's tenants and their regions.
