@@ -72,5 +72,28 @@ fn bench_raw_cipher(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_values, bench_raw_cipher);
+/// Where a seal's time goes besides the AEAD: the random nonce (pooled vs
+/// one aws-lc call per nonce).
+fn bench_parts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("nonce");
+    group.bench_function("random_nonce_pooled", |b| {
+        b.iter(|| regionguard::crypto::cipher::random_nonce().unwrap())
+    });
+    group.bench_function("aws_lc_rand_fill_12", |b| {
+        b.iter(|| {
+            let mut n = [0u8; 12];
+            aws_lc_rs::rand::fill(&mut n).unwrap();
+            n
+        })
+    });
+    group.finish();
+    // The deterministic nonce's MAC over a 64-byte value and its binding.
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[9u8; 32]);
+    let input = [0x5au8; 6 + 60 + 64];
+    c.bench_function("hmac_sha256_130B", |b| {
+        b.iter(|| aws_lc_rs::hmac::sign(&key, black_box(&input)))
+    });
+}
+
+criterion_group!(benches, bench_values, bench_raw_cipher, bench_parts);
 criterion_main!(benches);

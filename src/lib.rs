@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod demo;
 pub mod frontend;

@@ -529,3 +529,158 @@ async fn a_wrong_storage_type_refuses_the_start_naming_the_column() {
     let message = err.to_string();
     assert!(message.contains("customers.email"), "{message}");
 }
+
+/// Everything the proxy logs (at TRACE) during a test.
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+/// `pg_dump` of `region`'s database, as plain SQL.
+fn pg_dump(regions: &TestRegions, region: &str) -> String {
+    let bin = regionguard::localpg::PgBinaries::find().expect("Postgres binaries");
+    let mut program = bin.program("pg_dump");
+    if !program.is_file() {
+        // Wrapper directories (initdb, pg_ctl, postgres only): the client
+        // programs are on the PATH.
+        program = "pg_dump".into();
+    }
+    let out = std::process::Command::new(&program)
+        .arg("--no-owner")
+        .arg(regions.connection_string(region))
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_written_through_the_proxy_are_nowhere_in_databases_dumps_or_logs() {
+    let capture = Capture::default();
+    let _ = tracing_subscriber::fmt()
+        // The test's own tokio-postgres client logs its statements; the
+        // proxy's control connections only send catalog and key-table SQL.
+        .with_env_filter("trace,tokio_postgres=off,sqlparser=off")
+        .with_writer(capture.clone())
+        .try_init();
+    let (regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, None).await;
+    let canaries = [
+        "canary-lit-9d1e",
+        "canary-param-44ab",
+        "canary-update-7c20",
+        "canary-lookup-e3f1",
+        "canary-upsert-5b6c",
+        "canary-int-refused",
+    ];
+    client
+        .simple_query(&format!(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', 1, '{}', 'x')",
+            canaries[0]
+        ))
+        .await
+        .expect("literal insert");
+    client
+        .execute(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, 2, $2, $3)",
+            &[&"globex", &canaries[1], &canaries[1]],
+        )
+        .await
+        .expect("parameter insert");
+    client
+        .execute(
+            "UPDATE customers SET full_name = $1 WHERE tenant_id = 'acme' AND id = 1",
+            &[&canaries[2]],
+        )
+        .await
+        .expect("update");
+    client
+        .query(
+            "SELECT id FROM customers WHERE tenant_id = 'acme' AND email = $1",
+            &[&canaries[3]],
+        )
+        .await
+        .expect("lookup");
+    client
+        .execute(
+            "INSERT INTO customers (tenant_id, id, email) VALUES ('acme', 1, 'e') ON CONFLICT (tenant_id, id) DO UPDATE SET full_name = $1",
+            &[&canaries[4]],
+        )
+        .await
+        .expect("upsert");
+    // Refused statements and invalid values carry canaries too.
+    let _ = client
+        .simple_query(&format!(
+            "SELECT * FROM customers WHERE tenant_id = 'acme' AND email LIKE '{}'",
+            canaries[5]
+        ))
+        .await
+        .expect_err("refused");
+    let _ = client
+        .simple_query(&format!(
+            "INSERT INTO typed (tenant_id, id, i4) VALUES ('acme', 9, '{}')",
+            canaries[5]
+        ))
+        .await
+        .expect_err("not an int4");
+    let read = client
+        .query(
+            "SELECT email, full_name FROM customers WHERE tenant_id = 'acme' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read back");
+    assert_eq!(read[0].get::<_, String>(1), canaries[4]);
+    let mut places = Vec::new();
+    for region in ["eu", "us", "apac"] {
+        places.push((format!("pg_dump of {region}"), pg_dump(&regions, region)));
+        places.push((
+            format!("customers in {region}"),
+            raw_dump(&regions, region, "customers").await,
+        ));
+    }
+    proxy.shutdown().await;
+    let logs = String::from_utf8_lossy(&capture.0.lock().map(|v| v.clone()).unwrap_or_default())
+        .into_owned();
+    assert!(
+        logs.len() > 1000,
+        "expected TRACE logs, got {} bytes",
+        logs.len()
+    );
+    places.push(("proxy logs".into(), logs));
+    for (place, text) in &places {
+        for canary in canaries {
+            if let Some(at) = text.find(canary) {
+                let start = text[..at].rfind('\n').unwrap_or(0);
+                panic!(
+                    "`{canary}` found in {place}: {}",
+                    &text[start..(at + 200).min(text.len())]
+                );
+            }
+        }
+    }
+    // The ciphertext sits in the tenants' regions only.
+    assert_eq!(regions.rows_in("eu", "customers").await.len(), 1);
+    assert_eq!(regions.rows_in("us", "customers").await.len(), 1);
+}

@@ -597,3 +597,55 @@ async fn the_key_store_connection_honours_the_regions_tls_mode() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_table_made_by_an_administrator_needs_no_create_privilege() {
+    let regions = TestRegions::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_files = write_key_files(dir.path(), 90);
+
+    within(15, "provisioned key table", async {
+        // The DBA creates the table and a role that may only use it.
+        regions
+            .client("us")
+            .await
+            .batch_execute(regionguard::crypto::store::SCHEMA_SQL)
+            .await
+            .unwrap();
+        let admin = regions
+            .cluster("us")
+            .connect_superuser(DATABASE)
+            .await
+            .unwrap();
+        admin
+            .batch_execute(
+                "CREATE ROLE keyuser LOGIN PASSWORD 'keyuser-pw'; \
+                 REVOKE CREATE ON DATABASE app FROM PUBLIC; \
+                 REVOKE CREATE ON SCHEMA public FROM PUBLIC; \
+                 GRANT USAGE ON SCHEMA regionguard TO keyuser; \
+                 GRANT SELECT, INSERT ON regionguard.data_keys TO keyuser;",
+            )
+            .await
+            .unwrap();
+        // The role really cannot run the schema's DDL.
+        let direct = regions
+            .cluster("us")
+            .connect("keyuser", "keyuser-pw", DATABASE)
+            .await
+            .unwrap();
+        let err = direct
+            .batch_execute("CREATE SCHEMA IF NOT EXISTS regionguard")
+            .await
+            .unwrap_err();
+        assert_eq!(support::sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+        let mut config = keyed_config(&regions, &key_files);
+        let host = &mut config.regions.get_mut("us").unwrap().hosts[0];
+        host.user = "keyuser".into();
+        host.password = Some("keyuser-pw".into());
+        let keyring = Keyring::load(&config).unwrap();
+        let keys = keyring.for_write("us", "globex").await.unwrap();
+        assert_eq!(keys.active_version(), Some(1));
+        assert_eq!(key_rows(&regions, "us", "globex").await.len(), 1);
+    })
+    .await;
+}

@@ -94,11 +94,38 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
-/// Fills `nonce` from aws-lc's DRBG.
+/// Random bytes fetched from aws-lc's DRBG per refill of a thread's pool.
+const NONCE_POOL: usize = 64 * NONCE_LEN;
+
+thread_local! {
+    /// Random bytes not yet handed out, and how many of them are left.
+    static POOL: std::cell::RefCell<([u8; NONCE_POOL], usize)> =
+        const { std::cell::RefCell::new(([0u8; NONCE_POOL], 0)) };
+}
+
+/// A random 96-bit nonce from aws-lc's DRBG.
+///
+/// One `RAND_bytes` call costs more than sealing a short value (aws-lc
+/// checks for forks and mixes in fresh entropy on every call), so each
+/// thread draws 64 nonces' worth at once and hands them out in order; every
+/// byte is used once. Nonces are public (they are stored in the envelope),
+/// so holding future ones in memory reveals nothing, and the proxy never
+/// forks after start (key commands exec at once), so no two processes share
+/// a pool.
 pub fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CryptoError::Internal("random source"))?;
-    Ok(nonce)
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let (bytes, left) = &mut *pool;
+        if *left < NONCE_LEN {
+            aws_lc_rs::rand::fill(bytes).map_err(|_| CryptoError::Internal("random source"))?;
+            *left = NONCE_POOL;
+        }
+        let start = NONCE_POOL - *left;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[start..start + NONCE_LEN]);
+        *left -= NONCE_LEN;
+        Ok(nonce)
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +190,19 @@ mod tests {
             .is_err());
         let mut ok = sealed.clone();
         assert_eq!(cipher.open_in_place(&[1; 12], b"aad", &mut ok), Ok(5));
+    }
+
+    #[test]
+    fn random_nonces_do_not_repeat_across_refills() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..(NONCE_POOL / NONCE_LEN) * 5 + 3 {
+            assert!(seen.insert(random_nonce().unwrap()), "a nonce repeated");
+        }
+        // Another thread has its own pool.
+        let other = std::thread::spawn(|| random_nonce().unwrap())
+            .join()
+            .unwrap();
+        assert!(!seen.contains(&other));
     }
 
     #[test]

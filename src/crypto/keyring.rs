@@ -20,7 +20,13 @@ use crate::config::{Config, Protection};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::Client;
+
+/// How long the key table's queries for one tenant may take before the
+/// region counts as unavailable: a connection wedged by a network partition
+/// must fail the statement, not hang it.
+const STORE_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 use zeroize::Zeroizing;
 
 /// Every region's root keys and the tenants' data keys in use.
@@ -231,8 +237,8 @@ impl RegionKeys {
     /// when there are any. A connection that died since its last use is
     /// replaced once before giving up.
     async fn load(&self, tenant: &str, create: bool) -> Result<Arc<TenantKeys>, CryptoError> {
-        let rows = match self.fetch(tenant, create).await {
-            Err(e) if e.is_unavailable() => self.fetch(tenant, create).await?,
+        let rows = match self.fetch_timed(tenant, create).await {
+            Err(e) if e.is_unavailable() => self.fetch_timed(tenant, create).await?,
             other => other?,
         };
         let keys = Arc::new(TenantKeys::from_rows(&self.kek, &self.name, tenant, &rows)?);
@@ -242,9 +248,35 @@ impl RegionKeys {
         Ok(keys)
     }
 
-    async fn fetch(&self, tenant: &str, create: bool) -> Result<Vec<StoredKey>, CryptoError> {
+    /// [`RegionKeys::fetch`] bounded by [`STORE_QUERY_TIMEOUT`]; a timed-out
+    /// connection is dropped so the next use reconnects.
+    async fn fetch_timed(&self, tenant: &str, create: bool) -> Result<Vec<StoredKey>, CryptoError> {
         let client = self.client().await?;
-        let rows = store::tenant_keys(&client, &self.name, tenant).await?;
+        match tokio::time::timeout(STORE_QUERY_TIMEOUT, self.fetch(&client, tenant, create)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let mut slot = self.client.lock().await;
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                    *slot = None;
+                }
+                Err(CryptoError::StoreUnavailable {
+                    region: self.name.to_string(),
+                    reason: format!(
+                        "the key table did not answer within {} s",
+                        STORE_QUERY_TIMEOUT.as_secs()
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn fetch(
+        &self,
+        client: &Client,
+        tenant: &str,
+        create: bool,
+    ) -> Result<Vec<StoredKey>, CryptoError> {
+        let rows = store::tenant_keys(client, &self.name, tenant).await?;
         if !rows.is_empty() || !create {
             return Ok(rows);
         }
@@ -252,12 +284,12 @@ impl RegionKeys {
         let kek = self.kek.active();
         let wrapped = data_key::wrap(kek, &self.name, tenant, 1, &raw)?;
         let created =
-            store::insert_first_key(&client, &self.name, tenant, &wrapped, kek.version()).await?;
+            store::insert_first_key(client, &self.name, tenant, &wrapped, kek.version()).await?;
         if created {
             tracing::info!(region = %self.name, "created a tenant's first data key");
         }
         // Re-read: when another proxy won the race, its key is the one.
-        store::tenant_keys(&client, &self.name, tenant).await
+        store::tenant_keys(client, &self.name, tenant).await
     }
 }
 

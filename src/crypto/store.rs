@@ -106,8 +106,22 @@ pub fn store_error(region: &str, e: &tokio_postgres::Error) -> CryptoError {
     }
 }
 
-/// Creates the key table if missing (idempotent, safe to race).
+/// Creates the key table if missing (idempotent, safe to race). When the
+/// table and its index already exist nothing is run, so a database where an
+/// administrator created them needs no CREATE privilege for the proxy.
 pub async fn ensure_schema(client: &Client, region: &str) -> Result<(), CryptoError> {
+    let present: bool = client
+        .query_one(
+            "SELECT to_regclass('regionguard.data_keys') IS NOT NULL \
+             AND to_regclass('regionguard.data_keys_one_active') IS NOT NULL",
+            &[],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| store_error(region, &e))?;
+    if present {
+        return Ok(());
+    }
     match client.batch_execute(SCHEMA_SQL).await {
         Ok(()) => Ok(()),
         Err(e) => {

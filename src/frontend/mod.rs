@@ -3,6 +3,7 @@
 
 mod backends;
 mod cancel;
+mod copy_in;
 mod decrypt;
 pub mod encrypt;
 mod expect;

@@ -133,14 +133,26 @@ impl AnswerCrypto {
         }
         match tag {
             b'T' => {
-                let usage = reader.shared.take_rows(reader.done).unwrap_or(RowUse {
-                    forward: true,
-                    keys: query.clone(),
-                });
+                // A Describe's answer (extended protocol) or a simple
+                // query's result. Rows follow only the injected Describe of
+                // a portal about to run, or a query's own RowDescription.
+                let (usage, rows_follow) = match reader.shared.take_rows(reader.done) {
+                    Some(u) => {
+                        let follow = u.keys.is_some();
+                        (u, follow)
+                    }
+                    None => (
+                        RowUse {
+                            forward: true,
+                            keys: query.clone(),
+                        },
+                        true,
+                    ),
+                };
                 let catalog = self.shared.catalogs.get(region);
                 match decrypt::row_description(body, &catalog, usage.keys) {
                     Some((rewritten, plan)) => {
-                        self.rows = Some(plan);
+                        self.rows = rows_follow.then_some(plan);
                         if usage.forward {
                             out.extend_from_slice(&rewritten);
                         }

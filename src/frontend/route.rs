@@ -65,20 +65,24 @@ pub async fn place(
         )
     };
     let tenants: Vec<String> = match &plan.tenant {
-        TenantRequirement::Refuse { table, reason, hint } => {
+        TenantRequirement::Refuse {
+            table,
+            reason,
+            hint,
+        } => {
             let message = match table {
                 Some(t) => format!("refused statement on table {t}: {reason}"),
                 None => format!("refused statement: {reason}"),
             };
             return Err(refusal(message, hint.clone()));
         }
-        TenantRequirement::PerRow { table } => {
-            return Err(PgError::error(
-                crate::protocol::error::sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("COPY FROM into tenant-scoped table {table} is not supported yet"),
-            )
-            .with_hint("insert the rows with INSERT statements, or load them directly into the tenant's regional database"))
-        }
+        // COPY FROM STDIN: placed like a statement without tenant data (an
+        // explicit tenant's region, else the session's); each row's tenant
+        // is then checked against that region (frontend::copy_in).
+        TenantRequirement::PerRow { .. } => match explicit {
+            Some(t) => vec![t.to_string()],
+            None => return Ok((Placement::Neutral, Vec::new())),
+        },
         TenantRequirement::None => match explicit {
             Some(t) if plan.comment_tenant.is_some() => vec![t.to_string()],
             _ => return Ok((Placement::Neutral, Vec::new())),

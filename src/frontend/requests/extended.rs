@@ -96,6 +96,16 @@ impl Requests {
             },
             None => (msg.clone(), None),
         };
+        // A COPY into a tenant-scoped table: where its rows' tenants are
+        // (a COPY with classified columns was refused just above).
+        let (parse, copy) = if local {
+            (parse, None)
+        } else {
+            match self.plan_copy_parse(&analysis, &p, &parse).await {
+                Ok(planned) => planned,
+                Err(e) => return self.fail_batch(e).await,
+            }
+        };
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -104,6 +114,7 @@ impl Requests {
                 types: p.param_types.clone(),
                 local,
                 sealed_for,
+                copy,
             },
         );
         if local {
@@ -302,10 +313,15 @@ impl Requests {
         self.batch.executes = true;
         let name = bind.statement.to_string();
         let portal = bind.portal.to_string();
-        let Some((analysis, stmt_types, sealed_for)) = self
-            .statements
-            .get(&name)
-            .map(|s| (s.analysis.clone(), s.types.clone(), s.sealed_for.clone()))
+        let Some((analysis, stmt_types, sealed_for, copy_plan)) =
+            self.statements.get(&name).map(|s| {
+                (
+                    s.analysis.clone(),
+                    s.types.clone(),
+                    s.sealed_for.clone(),
+                    s.copy.clone(),
+                )
+            })
         else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
@@ -316,6 +332,16 @@ impl Requests {
                 ))
                 .await;
         };
+        if copy_plan.is_none()
+            && single(&analysis).is_some_and(crate::frontend::copy_in::is_per_row)
+        {
+            return self
+                .fail_batch(route::refusal(
+                    format!("COPY statement \"{name}\" was not planned for row checks"),
+                    "prepare the COPY statement again",
+                ))
+                .await;
+        }
         let types = self.param_types(&name, &stmt_types, bind.params.len());
         let params = Params {
             bind: &bind,
@@ -411,6 +437,7 @@ impl Requests {
                 region,
                 copy_in,
                 keys,
+                copy_plan,
             },
         );
         Ok(())
@@ -655,6 +682,7 @@ impl Requests {
                 region: r,
                 copy_in,
                 keys,
+                copy_plan,
             }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
@@ -677,6 +705,12 @@ impl Requests {
                     }
                 }
                 self.send_or_hold(msg.clone(), None, None).await?;
+                if let Some(plan) = copy_plan {
+                    self.copy_in = Some(super::copy::ActiveCopy::new(
+                        crate::frontend::copy_in::CopyIn::new(plan, r.clone()),
+                        false,
+                    ));
+                }
                 if copy_in && !self.batch.relay_pushed {
                     // Answers up to CopyInResponse now; the copy's end is
                     // relayed with the Sync that follows CopyDone.

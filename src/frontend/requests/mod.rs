@@ -25,6 +25,7 @@ use crate::server::state::Shared;
 use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
 use crate::types::SessionFormat;
 
+mod copy;
 mod extended;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
@@ -87,6 +88,8 @@ struct Stmt {
     /// The tenants whose keys encrypted the text's classified literals:
     /// the statement may only run for them.
     sealed_for: Option<Vec<String>>,
+    /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
+    copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
 
 /// What a portal was bound from.
@@ -99,6 +102,8 @@ enum PortalTarget {
         /// The statement touches classified columns: its rows are
         /// decrypted with these keys.
         keys: Option<Arc<StatementKeys>>,
+        /// Its rows' tenants are checked (tenant-scoped table).
+        copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
     },
     Local(extended::LocalAction),
 }
@@ -143,6 +148,8 @@ pub struct Requests {
     batch: Batch,
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
+    /// A COPY FROM STDIN whose rows are checked on their way.
+    copy_in: Option<copy::ActiveCopy>,
     max_message: usize,
     /// The session's text I/O settings (for parsing literals to encrypt).
     format: Arc<std::sync::Mutex<SessionFormat>>,
@@ -174,6 +181,7 @@ impl Requests {
             statements: HashMap::new(),
             portals: HashMap::new(),
             batch: Batch::default(),
+            copy_in: None,
             max_message,
             format,
         }
@@ -246,6 +254,13 @@ impl Requests {
     async fn handle(&mut self, tag: u8, msg: Bytes) -> Result<(), Quit> {
         tracing::trace!(tag = %(tag as char), len = msg.len(), "client message");
         let body = &msg[framing::HEADER_LEN..];
+        if !matches!(tag, b'd' | b'c' | b'f' | b'H' | b'S') {
+            // Any other message ends a checked COPY (or follows one that
+            // never started); its backend must not take unchecked rows.
+            self.end_copy_in().await?;
+        } else if self.copy_in.is_some() && matches!(tag, b'd' | b'c' | b'f') {
+            return self.copy_in_message(tag, msg).await;
+        }
         match tag {
             b'Q' => self.query(&msg, body).await,
             b'P' => self.parse(&msg, body).await,
@@ -356,8 +371,19 @@ impl Requests {
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
             .await
         {
-            Ok(None) => self.send_query(region, msg, after, None).await,
+            Ok(None) => match self.plan_copy_query(&analysis, sql, &region).await {
+                Ok(None) => self.send_query(region, msg, after, None).await,
+                Ok(Some((copy, rewritten))) => {
+                    self.send_copy_query(region, msg, after, copy, rewritten)
+                        .await
+                }
+                Err(err) => self.refuse_query(err).await,
+            },
             Ok(Some((rewritten, keys))) => {
+                if copy::has_per_row_copy(&analysis) {
+                    // Rows of COPY data are not encrypted yet: never store them.
+                    return self.refuse_query(copy::classified_copy_refusal()).await;
+                }
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
