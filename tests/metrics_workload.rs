@@ -69,9 +69,14 @@ async fn a_workload_shows_up_in_the_scrape() {
         let ready = wait_until(10, || async {
             let (_, text) = get(addr, "/metrics").await;
             value(&text, "regionguard_region_up", &[("region", "apac")]) == Some(1.0)
+                // The refused login's connection has closed.
+                && value(&text, "regionguard_client_connections", &[]) == Some(3.0)
         })
         .await;
-        assert!(ready, "health checks never marked the regions up");
+        assert!(
+            ready,
+            "regions never up, or the refused connection never closed"
+        );
 
         let (status, text) = get(addr, "/metrics").await;
         assert_eq!(status, 200);

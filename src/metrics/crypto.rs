@@ -1,7 +1,7 @@
 //! The column-encryption series, for the crypto module to feed.
 //!
-//! Nothing calls these yet: they are populated once column encryption
-//! lands (docs/metrics.md says so). The crypto code gets a [`CryptoMetrics`]
+//! Nothing calls these yet: the encryption path does not report to them
+//! (docs/metrics.md says so). The crypto code gets a [`CryptoMetrics`]
 //! from `Shared::metrics.crypto()` when it is built and calls it per
 //! operation; on a proxy without a metrics endpoint every call is a no-op.
 //! Never pass values, tenant ids or key material: only the region name.
