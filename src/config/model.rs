@@ -160,7 +160,8 @@ pub struct Region {
     /// Seconds to wait for a backend connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Tried in order; the first that accepts serves the session.
+    /// The primary and its standbys: sessions go to the host that is not a
+    /// hot standby, the last primary tried first.
     pub hosts: Vec<Host>,
     /// Where this region's root key (KEK) comes from. Required when any
     /// column is classified; a proxy only loads the keys of its own regions.
@@ -354,6 +355,12 @@ pub struct Tenancy {
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// as the regional catalogs say; tables not seen yet count as
+    /// tenant-scoped until the catalogs show otherwise.
+    pub discover: bool,
+    /// How often the catalogs are read again in discovery mode.
+    pub discover_refresh_secs: u64,
 }
 
 impl Default for Tenancy {
@@ -363,6 +370,8 @@ impl Default for Tenancy {
             tables: Vec::new(),
             columns: BTreeMap::new(),
             global_tables: Vec::new(),
+            discover: false,
+            discover_refresh_secs: 10,
         }
     }
 }

@@ -150,11 +150,11 @@ impl Backends {
                 format!("region {region} is not configured"),
             )
         })?;
-        let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
+        let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &self.params)
             .await
             .map_err(|e| match e {
                 ConnectError::Unavailable { .. } => {
-                    shared.metrics.backend_unavailable(region);
+                    shared.metrics.connect_failed(region, &e);
                     PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
                     .with_hint("the region's Postgres servers are down or unreachable; other regions keep working")
                 }
@@ -168,8 +168,8 @@ impl Backends {
         if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
             entry.targets.push(conn.cancel.clone());
         }
+        let stats = shared.metrics.backend_connected(region, &conn);
         let (reader, writer) = conn.stream.split();
-        let stats = shared.metrics.backend_connected(region, conn.host_index);
         let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {
             region: region.clone(),

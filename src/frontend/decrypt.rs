@@ -289,13 +289,17 @@ fn bytea_text(text: &[u8]) -> Result<Vec<u8>, String> {
         if hex.len() % 2 != 0 {
             return Err("odd hex length".into());
         }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
         return hex
             .chunks(2)
-            .map(|pair| {
-                std::str::from_utf8(pair)
-                    .ok()
-                    .and_then(|s| u8::from_str_radix(s, 16).ok())
-                    .ok_or_else(|| "bad hex digit".to_string())
+            .map(|pair| match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+                _ => Err("bad hex digit".to_string()),
             })
             .collect();
     }

@@ -245,10 +245,12 @@ pub fn rewrite_text(
 fn literal(envelope: &[u8], storage: Storage) -> String {
     match storage {
         Storage::Bytea => {
-            let mut s = String::with_capacity(envelope.len() * 2 + 6);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut s = String::with_capacity(envelope.len() * 2 + 7);
             s.push_str("E'\\\\x");
             for b in envelope {
-                s.push_str(&format!("{b:02x}"));
+                s.push(HEX[usize::from(b >> 4)] as char);
+                s.push(HEX[usize::from(b & 15)] as char);
             }
             s.push('\'');
             s
@@ -275,13 +277,25 @@ pub fn parse_types(declared: &[u32], plan: &CryptoPlan) -> Option<Vec<u32>> {
     changed.then_some(types)
 }
 
-/// Logical type OIDs of a statement's classified parameters, by 1-based
-/// number: what ParameterDescription shows the client.
-pub fn param_overrides(plan: &CryptoPlan) -> Vec<(usize, u32)> {
+/// The types ParameterDescription shows for a statement's classified
+/// parameters (by 1-based number): the type the client declared, as
+/// Postgres would show it, else the column's logical type — never the
+/// storage type the server inferred.
+pub fn param_overrides(plan: &CryptoPlan, declared: &[u32]) -> Vec<(usize, u32)> {
     plan.targets
         .iter()
         .filter_map(|t| match t.value {
-            ValueSource::Param(n) => Some((n, t.column.logical.oid())),
+            ValueSource::Param(n) => {
+                let declared = declared.get(n - 1).copied().unwrap_or(0);
+                Some((
+                    n,
+                    if declared != 0 {
+                        declared
+                    } else {
+                        t.column.logical.oid()
+                    },
+                ))
+            }
             ValueSource::Literal { .. } => None,
         })
         .collect()

@@ -102,6 +102,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         &setup.region,
         &region.config,
         &region.tls,
+        &region.primary,
         &setup.backend_params,
     )
     .await
@@ -113,7 +114,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         }
         Err(e @ ConnectError::Unavailable { .. }) => {
             tracing::warn!(error = %e, "backend connection failed");
-            shared.metrics.backend_unavailable(&setup.region);
+            shared.metrics.connect_failed(&setup.region, &e);
             shared
                 .metrics
                 .client_refused(ClientRefusal::RegionUnavailable);
@@ -148,8 +149,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     };
     let (expect_tx, expect_rx) = tokio::sync::mpsc::unbounded_channel();
     let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
+    let stats = shared.metrics.backend_connected(&region, &conn);
     let (backend_rd, backend_wr) = conn.stream.split();
-    let stats = shared.metrics.backend_connected(&region, conn.host_index);
     let bshared = Arc::new(expect::BackendShared::new(stats));
     let _ = expect_tx.send(expect::Expect::Attach {
         region: region.clone(),

@@ -182,7 +182,10 @@ async fn check_host(region: &str, rt: &RegionRuntime, index: usize) -> Result<()
         "regionguard-health".to_string(),
     )];
     let limit = Duration::from_secs(single.connect_timeout_secs.max(1));
-    match tokio::time::timeout(limit, backend::connect(region, &single, &rt.tls, &params)).await {
+    // A primary of its own: the check must not move the region's primary.
+    let primary = backend::Primary::default();
+    let connect = backend::connect(region, &single, &rt.tls, &primary, &params);
+    match tokio::time::timeout(limit, connect).await {
         Ok(Ok(mut conn)) => {
             // Terminate: a clean goodbye instead of an EOF in the server log.
             let _ = conn.stream.write_all(&[b'X', 0, 0, 0, 4]).await;

@@ -111,34 +111,45 @@ impl Metrics {
         }
     }
 
-    /// A backend session opened on host `host` (config order) of `region`:
-    /// the hosts before it failed. The returned stats count it as open
-    /// until dropped.
-    pub fn backend_connected(&self, region: &str, host: usize) -> BackendStats {
+    /// A backend session opened on `conn.host_index` of `region`, after the
+    /// hosts in `conn.failed_hosts` failed. The returned stats count it as
+    /// open until dropped.
+    pub fn backend_connected(
+        &self,
+        region: &str,
+        conn: &crate::backend::BackendConn,
+    ) -> BackendStats {
         let slow = self
             .slow_threshold
             .map(|t| slow::SlowLog::new(t, Arc::from(region)));
         let live = self.series.as_ref().and_then(|s| {
             let r = s.region(region)?;
-            for h in r.hosts.iter().take(host) {
-                h.connect_failures.inc();
+            for &i in &conn.failed_hosts {
+                if let Some(h) = r.hosts.get(i) {
+                    h.connect_failures.inc();
+                }
             }
-            if host > 0 {
+            if conn.failed_over {
                 r.failovers.inc();
             }
-            if let Some(h) = r.hosts.get(host) {
+            if let Some(h) = r.hosts.get(conn.host_index) {
                 h.connects.inc();
             }
-            Some((r.clone(), host, s.errors.clone()))
+            Some((r.clone(), conn.host_index, s.errors.clone()))
         });
         BackendStats::new(live, slow)
     }
 
-    /// No host of `region` could be reached or logged in to.
-    pub fn backend_unavailable(&self, region: &str) {
+    /// No backend session could be opened in `region`.
+    pub fn connect_failed(&self, region: &str, err: &crate::backend::ConnectError) {
+        let crate::backend::ConnectError::Unavailable { failed_hosts, .. } = err else {
+            return;
+        };
         if let Some(r) = self.series.as_ref().and_then(|s| s.region(region)) {
-            for h in &r.hosts {
-                h.connect_failures.inc();
+            for &i in failed_hosts {
+                if let Some(h) = r.hosts.get(i) {
+                    h.connect_failures.inc();
+                }
             }
         }
     }

@@ -246,7 +246,7 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
     let failovers = counter_vec(
         reg,
         "regionguard_region_failovers_total",
-        "Backend sessions served by a later host of the region because the earlier ones failed",
+        "Times the region's primary moved to another of its hosts",
         &["region"],
     )?;
     let region_up = gauge_vec(

@@ -136,6 +136,7 @@ impl Proxy {
                 RegionRuntime {
                     config: region.clone(),
                     tls: rt,
+                    primary: crate::backend::Primary::default(),
                 },
             );
         }
@@ -180,6 +181,13 @@ impl Proxy {
             catalogs,
         });
         check_catalogs(&shared).await?;
+        if shared.tenancy.discovers() {
+            crate::routing::discovery::discover(&shared).await;
+            tokio::spawn(crate::routing::discovery::refresh(
+                Arc::downgrade(&shared),
+                Duration::from_secs(shared.config.tenancy.discover_refresh_secs.max(1)),
+            ));
+        }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
         }

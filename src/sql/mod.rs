@@ -32,7 +32,7 @@ pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
-pub use tenancy::Tenancy;
+pub use tenancy::{Discovered, Tenancy};
 
 use comment::CommentTenant;
 use sqlparser::dialect::PostgreSqlDialect;

@@ -541,6 +541,9 @@ impl Requests {
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
             }
+            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+            }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
@@ -654,10 +657,15 @@ impl Requests {
         if let Some(region) = self.batch.region.clone() {
             self.ensure_prepared(&region, &name).await?;
         }
+        let declared = self
+            .statements
+            .get(&name)
+            .map(|s| s.types.clone())
+            .unwrap_or_default();
         let overrides = stmt_local
             .as_ref()
             .and_then(|(_, a)| single(a))
-            .map(|p| encrypt::param_overrides(&p.crypto))
+            .map(|p| encrypt::param_overrides(&p.crypto, &declared))
             .unwrap_or_default();
         self.send_or_hold(msg.clone(), None, Some((name, overrides)))
             .await

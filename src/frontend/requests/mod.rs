@@ -464,6 +464,7 @@ impl Requests {
             txn: self.txn.clone(),
             session_state: false,
             resets: false,
+            ddl: false,
         };
         let mut region: Option<Arc<str>> = match &self.txn {
             Txn::Pinned(r) => Some(r.clone()),
@@ -473,6 +474,7 @@ impl Requests {
             if let Some(e) = refuse_kind(&plan.kind) {
                 return Err(e);
             }
+            after.ddl |= plan.kind == StatementKind::Ddl;
             match &plan.kind {
                 StatementKind::SetTenant { local, value } => {
                     let v =
@@ -557,6 +559,9 @@ impl Requests {
             region: region.clone(),
             query: keys,
         });
+        if after.ddl && self.shared.tenancy.discovers() {
+            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
                 .unwrap_or("")
@@ -774,6 +779,8 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
+    /// The query holds DDL (discovery reads the catalogs again after it).
+    ddl: bool,
 }
 
 fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: bool) {
