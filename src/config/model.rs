@@ -291,11 +291,24 @@ pub struct Admin {
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent
+    /// (and then no series are kept at all).
     pub address: Option<String>,
+    /// Seconds between health checks of every region host (a login each),
+    /// which drive `/readyz` and `regionguard_region_up`.
+    pub health_interval_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            address: None,
+            health_interval_secs: 5,
+        }
+    }
 }
 
 /// Log output.
@@ -314,6 +327,9 @@ pub struct Logging {
     /// A `tracing` filter: `info`, `regionguard=debug`, …
     pub level: String,
     pub format: LogFormat,
+    /// Requests slower than this many milliseconds are logged (at WARN,
+    /// with the statement's normalized text: no literals); 0 turns it off.
+    pub slow_statement_ms: u64,
 }
 
 impl Default for Logging {
@@ -321,6 +337,7 @@ impl Default for Logging {
         Logging {
             level: "info".into(),
             format: LogFormat::Text,
+            slow_statement_ms: 1000,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct Shared {
     /// One permit per client connection (`listen.max_clients`).
     pub clients: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
+    /// Series and the slow-statement threshold (no-ops when metrics are off).
+    pub metrics: crate::metrics::Metrics,
     /// Region root keys and cached tenant data keys (when columns are classified).
     pub keyring: Option<Arc<Keyring>>,
     /// Where each region's classified columns are.

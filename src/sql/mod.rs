@@ -18,6 +18,7 @@ mod classification;
 mod comment;
 mod crypto_plan;
 mod lexer;
+pub mod normalize;
 mod predicates;
 mod session;
 mod tenancy;

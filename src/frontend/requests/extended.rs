@@ -263,6 +263,7 @@ impl Requests {
     /// explicit) failing as Postgres would fail it.
     async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         self.batch.skipping = true;
         self.batch.executes = true;
         if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
@@ -435,7 +436,11 @@ impl Requests {
         };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
+        let text = self.statements.get(&name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
+        if let Some(text) = &text {
+            b.shared.stats.note_statement(b.batches, text);
+        }
         b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),

@@ -205,7 +205,7 @@ impl Requests {
             }
             match client.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return self.gone().await,
-                Ok(_) => {}
+                Ok(n) => self.shared.metrics.client_received(n),
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
@@ -552,6 +552,7 @@ impl Requests {
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
+        b.shared.stats.note_statement(b.batches, msg);
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
@@ -622,6 +623,7 @@ impl Requests {
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         match self.txn.clone() {
             Txn::Pinned(region) => {
                 let b = self.backend(&region).await?;
