@@ -1,9 +1,10 @@
 //! `float4` and `float8`: Postgres's text input (`strtod` semantics with its
 //! own checks for NaN/Infinity and range) and output (shortest round-trip
 //! digits with Postgres's layout when `extra_float_digits > 0`, `%.*g`
-//! otherwise). The shortest digits come from Rust's float formatting, which
-//! produces the same shortest-closest digits as the Ryu code Postgres uses;
-//! only the layout is Postgres's.
+//! otherwise). The shortest digits come from the `ryu` crate, the same
+//! algorithm Postgres ships in `d2s.c`/`f2s.c` (Rust's own float formatting
+//! breaks ties between equally short candidates differently); only the
+//! layout is Postgres's.
 
 use super::error::TypeError;
 use super::text::is_pg_space;
@@ -132,16 +133,17 @@ pub(crate) fn float_out(
     extra_float_digits: i32,
 ) -> Result<String, TypeError> {
     float_recv(bin, width)?;
+    let mut buffer = ryu::Buffer::new();
     let (value, shortest) = match width {
         FloatWidth::Float4 => {
             let v = f32::from_be_bytes([bin[0], bin[1], bin[2], bin[3]]);
-            (f64::from(v), format!("{v:e}"))
+            (f64::from(v), buffer.format(v).to_string())
         }
         FloatWidth::Float8 => {
             let mut b = [0u8; 8];
             b.copy_from_slice(bin);
             let v = f64::from_be_bytes(b);
-            (v, format!("{v:e}"))
+            (v, buffer.format(v).to_string())
         }
     };
     if value.is_nan() {
@@ -158,15 +160,25 @@ pub(crate) fn float_out(
     }
 }
 
-/// Splits Rust's `{:e}` output (`-1.25e-7`) into sign, digits and exponent.
+/// Splits a decimal rendering (`-1.25e-7`, `4153705.2`, `0.00012`, `1e20`)
+/// into sign, significant digits (no leading or trailing zeros) and the
+/// decimal exponent of the first digit.
 fn split_exp(s: &str) -> (bool, String, i32) {
     let (negative, s) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s),
     };
-    let (mantissa, exp) = s.split_once('e').unwrap_or((s, "0"));
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    (negative, digits, exp.parse().unwrap_or(0))
+    let (mantissa, exp) = s.split_once(['e', 'E']).unwrap_or((s, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all: String = format!("{int}{frac}");
+    let leading = all.bytes().take_while(|b| *b == b'0').count();
+    let digits = all[leading..].trim_end_matches('0');
+    if digits.is_empty() {
+        return (negative, "0".into(), 0);
+    }
+    let first_exp = int.len() as i32 - 1 - leading as i32 + exp;
+    (negative, digits.to_string(), first_exp)
 }
 
 /// Postgres's Ryu layout: fixed point when `-4 <= exp < dig`, else
