@@ -72,7 +72,10 @@ impl Checker<'_> {
     /// Text input and output of `input` as `ty`.
     async fn text(&mut self, ty: &LogicalType, input: &str) {
         self.checked += 1;
-        let sql = format!("SELECT x, format('%s', x) FROM (SELECT $1::text::{} AS x) s", sql_name(ty));
+        let sql = format!(
+            "SELECT x, format('%s', x) FROM (SELECT $1::text::{} AS x) s",
+            sql_name(ty)
+        );
         let pg = self.pg(&sql, &input).await;
         let ours = ty.text_to_binary(input.as_bytes(), &self.fmt);
         let what = format!(
@@ -84,12 +87,16 @@ impl Checker<'_> {
             self.fmt.extra_float_digits
         );
         match (&pg, &ours) {
-            (Ok((bin, _)), Ok(our_bin)) if bin != our_bin => self
-                .failures
-                .push(format!("{what}: binary differs: pg {bin:02x?} ours {our_bin:02x?}")),
+            (Ok((bin, _)), Ok(our_bin)) if bin != our_bin => self.failures.push(format!(
+                "{what}: binary differs: pg {bin:02x?} ours {our_bin:02x?}"
+            )),
             (Ok(_), Err(e)) if e.sqlstate() == "0A000" => self.refused.push(what.clone()),
-            (Ok(_), Err(e)) => self.failures.push(format!("{what}: pg accepts, we refuse: {e}")),
-            (Err(code), Ok(_)) => self.failures.push(format!("{what}: pg refuses ({code}), we accept")),
+            (Ok(_), Err(e)) => self
+                .failures
+                .push(format!("{what}: pg accepts, we refuse: {e}")),
+            (Err(code), Ok(_)) => self
+                .failures
+                .push(format!("{what}: pg refuses ({code}), we accept")),
             (Err(code), Err(e)) if code != e.sqlstate() => self
                 .failures
                 .push(format!("{what}: SQLSTATE pg {code} ours {}", e.sqlstate())),
@@ -103,19 +110,28 @@ impl Checker<'_> {
     /// Binary input of `bin` as `ty`: acceptance, canonical form, output.
     async fn binary(&mut self, ty: &LogicalType, bin: &[u8]) {
         self.checked += 1;
-        let sql = format!("SELECT x, format('%s', x) FROM (SELECT $1::{} AS x) s", sql_name(ty));
+        let sql = format!(
+            "SELECT x, format('%s', x) FROM (SELECT $1::{} AS x) s",
+            sql_name(ty)
+        );
         let pg = self.pg(&sql, &Raw(bin.to_vec())).await;
         let ours = ty.canonical_binary(bin);
         let what = format!("{} binary {bin:02x?}", ty.name());
         match (&pg, &ours) {
             (Ok((canonical, text)), Ok(our)) => {
                 if canonical != our {
-                    self.failures.push(format!("{what}: canonical pg {canonical:02x?} ours {our:02x?}"));
+                    self.failures.push(format!(
+                        "{what}: canonical pg {canonical:02x?} ours {our:02x?}"
+                    ));
                 }
                 self.output(ty, bin, text, &what);
             }
-            (Ok(_), Err(e)) => self.failures.push(format!("{what}: pg accepts, we refuse: {e}")),
-            (Err(code), Ok(_)) => self.failures.push(format!("{what}: pg refuses ({code}), we accept")),
+            (Ok(_), Err(e)) => self
+                .failures
+                .push(format!("{what}: pg accepts, we refuse: {e}")),
+            (Err(code), Ok(_)) => self
+                .failures
+                .push(format!("{what}: pg refuses ({code}), we accept")),
             _ => {}
         }
     }
@@ -138,7 +154,8 @@ impl Checker<'_> {
                 let again = ty.text_to_binary(&text, &self.fmt);
                 if let (Ok(c), Ok(a)) = (&canonical, &again) {
                     if c != a {
-                        self.failures.push(format!("{what}: output does not read back"));
+                        self.failures
+                            .push(format!("{what}: output does not read back"));
                     }
                 }
             }
@@ -171,32 +188,370 @@ fn ty(name: &str) -> LogicalType {
 /// The type as written in SQL casts: `character` alone means `char(1)`, so
 /// the unlimited `bpchar` is named as such.
 fn sql_name(ty: &LogicalType) -> String {
-    ty.name().replace("character varying", "varchar").replace("character", "bpchar")
+    ty.name()
+        .replace("character varying", "varchar")
+        .replace("character", "bpchar")
 }
 
 const TYPES: [&str; 18] = [
-    "text", "varchar", "bpchar", "bytea", "bool", "int2", "int4", "int8", "float4", "float8",
-    "numeric", "date", "time", "timestamp", "timestamptz", "uuid", "json", "jsonb",
+    "text",
+    "varchar",
+    "bpchar",
+    "bytea",
+    "bool",
+    "int2",
+    "int4",
+    "int8",
+    "float4",
+    "float8",
+    "numeric",
+    "date",
+    "time",
+    "timestamp",
+    "timestamptz",
+    "uuid",
+    "json",
+    "jsonb",
 ];
 
 /// Hand-picked edge cases per type (valid and invalid).
 fn edge_cases(name: &str) -> Vec<String> {
     let v: &[&str] = match name {
-        "text" | "varchar" | "bpchar" => &["", " ", "a ", "héllo wörld", "tab\there", "quote\"back\\slash", "NULL", "{}", "😀"],
-        "bytea" => &["", "\\x", "\\x00ff", "\\xDEADbeef", "\\x 01 02", "\\x0", "\\xzz", "abc", "a\\\\b", "\\001\\377", "\\400", "\\", "\\X01", "é"],
-        "bool" => &["t", "f", "true", "FALSE", "yes", "no", "on", "off", "of", "o", "1", "0", " t ", "tr", "truee", "", "2", "y", "n"],
-        "int2" => &["0", "-32768", "32767", "32768", "-32769", " 12 ", "+5", "1.0", "", "-", "1e3", "0x10", "00012", "1_000"],
-        "int4" => &["0", "-2147483648", "2147483647", "2147483648", " -7 ", "12a", "99999999999999999999"],
-        "int8" => &["0", "-9223372036854775808", "9223372036854775807", "9223372036854775808", "+0", "  42  "],
-        "float4" => &["0", "-0", "1.5", "3.4028235e38", "3.4028236e38", "1e39", "1e-45", "1e-46", "1.17549435e-38", "NaN", "-Infinity", "inf", "+INF", "nan", "1e", "0.1", "16777217", "123456", "1234567", "1e6", "abc", " 2.5 ", "1e-5", "0.0001"],
-        "float8" => &["0", "-0", "0.1", "1e20", "1.5e-7", "1e15", "123456789012345", "1e308", "1e309", "1e-324", "5e-324", "2.5e-324", "2.4e-324", "-1.7976931348623157e308", "NaN", "-nan", "Infinity", "-inf", "1e-5", "0.0001", "3.141592653589793", "1e", ".5", "5.", "-.5e-3", "0x1p3", "1,5", ""],
-        "numeric" => &["0", "-0", "0.00", "-0.00", "1.5", "12345678901234567890.12345678901234567890", "1e3", "1.5e-3", "1e-20", "1E+2", "1e 2", "NaN", "nan", "Infinity", "-Infinity", "inf", "+inf", "-inf", "", ".", "1..2", "1e", "abc", " 42 ", "+.5", "5.", "0.000001", "100000000", "99999", "1e131071", "1e131072", "1e-16383", "1e-16384", "0e-16384", "9999.9999", "-0.1e1"],
-        "date" => &["2024-01-02", "2024-02-29", "2023-02-29", "0001-01-01", "0001-01-01 BC", "4714-11-24 BC", "4714-11-23 BC", "5874897-12-31", "5874898-01-01", "infinity", "-infinity", "epoch", "01/02/2024", "1/2/24", "2024/01/02", "20240102", "January 8, 1999", "8 Jan 1999", "Jan-08-1999", "08-Jan-1999", "1999-Jan-08", "99-Jan-08", "2024.01.02", "2024-01-02 12:34:56", "2024-01-02T12:34:56Z", "2024-13-01", "2024-00-10", "0000-01-01", "today", "J2451187", "2024-1-2", " 2024-01-02 ", "Tuesday 2024-01-02", "2024-01-02 AD", "10000-01-01", "70-01-01", "69-12-31", "2024-01", "abc", "", "2024-01-02 Europe/Berlin"],
-        "time" => &["00:00", "12:34", "12:34:56", "12:34:56.789", "23:59:59.999999", "23:59:59.9999999", "24:00", "24:00:00.000001", "24:00:01", "23:59:60", "23:59:60.5", "25:00", "12:60", "1:2:3", "12:00 am", "12:00 pm", "1:00 pm", "13:00 pm", "allballs", "04:05:06 PST", "04:05:06+05", "2024-01-02 03:04:05", "040506", "0405", "12:34.5", "", "abc", "now", "12:34:56.123456789"],
-        "timestamp" => &["2024-01-02 03:04:05", "2024-01-02T03:04:05.123456", "2024-01-02 03:04:05.1234565", "2024-01-02 03:04:05+02", "2024-01-02 03:04:05 Europe/Berlin", "2024-01-02", "infinity", "-infinity", "epoch", "294276-12-31 23:59:59.999999", "294277-01-01 00:00:00", "4714-11-24 00:00:00 BC", "4714-11-23 23:59:59 BC", "2024-01-02 24:00:00", "2024-01-02 24:00:01", "January 8 04:05:06 1999", "20240102 040506", "2024-01-02 03:04:05 Mars/Base", "1999-01-08 04:05:06 -8:00", "2024-01-02 03:04", "2024-01-02 03:04:05 pm", "Tue Jan 02 03:04:05 2024", "2024-01-02T", "now"],
-        "timestamptz" => &["2024-01-02 03:04:05", "2024-01-02 03:04:05+00", "2024-01-02 03:04:05Z", "2024-01-02T03:04:05.5+05:30", "2024-01-02 03:04:05-0330", "2024-01-02 03:04:05 +5", "2024-01-02 03:04:05+05:30:15", "2024-01-02 03:04:05+16", "2024-07-01 12:00 Europe/Berlin", "2024-07-01 12:00 america/st_johns", "2024-03-31 02:30:00 Europe/Berlin", "2024-10-27 02:30:00 Europe/Berlin", "2024-03-31 02:30:00", "2024-10-27 02:30:00", "2024-03-10 02:30:00", "2024-11-03 01:30:00", "2024-07-01 12:00 CET", "2024-07-01 12:00 CEST", "2024-07-01 12:00 PST", "2024-07-01 12:00 UTC", "2024-07-01 12:00 MSK", "1800-06-01 12:00", "1900-06-01 12:00", "2100-07-01 12:00", "2500-07-01 12:00", "12000-07-01 12:00", "294276-12-31 23:59:59", "294276-12-31 23:59:59-01", "4714-11-24 00:00:00+00 BC", "4714-11-24 00:00:00 BC", "infinity", "-infinity", "epoch", "allballs", "2024-01-02 03:04:05 Etc/GMT+3", "2024-01-02 03:04:05 Asia/Kolkata", "2024-01-02 allballs", "1999-01-08 04:05:06 EST5EDT"],
-        "uuid" => &["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}", "a0eebc999c0b4ef8bb6d6bb9bd380a11", "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11", "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}", " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11x", "", "00000000-0000-0000-0000-000000000000"],
-        "json" | "jsonb" => &["1", "-0", "1.50", "1e2", "1E-2", "-0.0e+0", "12345678901234567890123456789", "true", "null", "\"a\"", "\"\\u0000\"", "\"\\ud83d\\ude00\"", "\"\\ud83d\"", "\"\\ude00\"", "\"é\\u00e9\\n\\t\\/\\\\\"", "{}", "[]", " { \"b\" : 1 , \"a\" : [ 1 , 2 ] } ", "{\"a\":1,\"a\":2}", "{\"aa\":1,\"b\":2,\"a\":3}", "[1,[2,[3,{}]]]", "{\"\\u0041\":\"x\"}", "", "01", "1.", "[1,]", "{\"a\"}", "tru", "\"\t\"", "[1 2]", "{\"a\":1}x", "1e-16384", "\"\\x\"", "[\"\\u001f\\u007f\"]"],
+        "text" | "varchar" | "bpchar" => &[
+            "",
+            " ",
+            "a ",
+            "héllo wörld",
+            "tab\there",
+            "quote\"back\\slash",
+            "NULL",
+            "{}",
+            "😀",
+        ],
+        "bytea" => &[
+            "",
+            "\\x",
+            "\\x00ff",
+            "\\xDEADbeef",
+            "\\x 01 02",
+            "\\x0",
+            "\\xzz",
+            "abc",
+            "a\\\\b",
+            "\\001\\377",
+            "\\400",
+            "\\",
+            "\\X01",
+            "é",
+        ],
+        "bool" => &[
+            "t", "f", "true", "FALSE", "yes", "no", "on", "off", "of", "o", "1", "0", " t ", "tr",
+            "truee", "", "2", "y", "n",
+        ],
+        "int2" => &[
+            "0", "-32768", "32767", "32768", "-32769", " 12 ", "+5", "1.0", "", "-", "1e3", "0x10",
+            "00012", "1_000",
+        ],
+        "int4" => &[
+            "0",
+            "-2147483648",
+            "2147483647",
+            "2147483648",
+            " -7 ",
+            "12a",
+            "99999999999999999999",
+        ],
+        "int8" => &[
+            "0",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "9223372036854775808",
+            "+0",
+            "  42  ",
+        ],
+        "float4" => &[
+            "0",
+            "-0",
+            "1.5",
+            "3.4028235e38",
+            "3.4028236e38",
+            "1e39",
+            "1e-45",
+            "1e-46",
+            "1.17549435e-38",
+            "NaN",
+            "-Infinity",
+            "inf",
+            "+INF",
+            "nan",
+            "1e",
+            "0.1",
+            "16777217",
+            "123456",
+            "1234567",
+            "1e6",
+            "abc",
+            " 2.5 ",
+            "1e-5",
+            "0.0001",
+        ],
+        "float8" => &[
+            "0",
+            "-0",
+            "0.1",
+            "1e20",
+            "1.5e-7",
+            "1e15",
+            "123456789012345",
+            "1e308",
+            "1e309",
+            "1e-324",
+            "5e-324",
+            "2.5e-324",
+            "2.4e-324",
+            "-1.7976931348623157e308",
+            "NaN",
+            "-nan",
+            "Infinity",
+            "-inf",
+            "1e-5",
+            "0.0001",
+            "3.141592653589793",
+            "1e",
+            ".5",
+            "5.",
+            "-.5e-3",
+            "0x1p3",
+            "1,5",
+            "",
+        ],
+        "numeric" => &[
+            "0",
+            "-0",
+            "0.00",
+            "-0.00",
+            "1.5",
+            "12345678901234567890.12345678901234567890",
+            "1e3",
+            "1.5e-3",
+            "1e-20",
+            "1E+2",
+            "1e 2",
+            "NaN",
+            "nan",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            "+inf",
+            "-inf",
+            "",
+            ".",
+            "1..2",
+            "1e",
+            "abc",
+            " 42 ",
+            "+.5",
+            "5.",
+            "0.000001",
+            "100000000",
+            "99999",
+            "1e131071",
+            "1e131072",
+            "1e-16383",
+            "1e-16384",
+            "0e-16384",
+            "9999.9999",
+            "-0.1e1",
+        ],
+        "date" => &[
+            "2024-01-02",
+            "2024-02-29",
+            "2023-02-29",
+            "0001-01-01",
+            "0001-01-01 BC",
+            "4714-11-24 BC",
+            "4714-11-23 BC",
+            "5874897-12-31",
+            "5874898-01-01",
+            "infinity",
+            "-infinity",
+            "epoch",
+            "01/02/2024",
+            "1/2/24",
+            "2024/01/02",
+            "20240102",
+            "January 8, 1999",
+            "8 Jan 1999",
+            "Jan-08-1999",
+            "08-Jan-1999",
+            "1999-Jan-08",
+            "99-Jan-08",
+            "2024.01.02",
+            "2024-01-02 12:34:56",
+            "2024-01-02T12:34:56Z",
+            "2024-13-01",
+            "2024-00-10",
+            "0000-01-01",
+            "today",
+            "J2451187",
+            "2024-1-2",
+            " 2024-01-02 ",
+            "Tuesday 2024-01-02",
+            "2024-01-02 AD",
+            "10000-01-01",
+            "70-01-01",
+            "69-12-31",
+            "2024-01",
+            "abc",
+            "",
+            "2024-01-02 Europe/Berlin",
+        ],
+        "time" => &[
+            "00:00",
+            "12:34",
+            "12:34:56",
+            "12:34:56.789",
+            "23:59:59.999999",
+            "23:59:59.9999999",
+            "24:00",
+            "24:00:00.000001",
+            "24:00:01",
+            "23:59:60",
+            "23:59:60.5",
+            "25:00",
+            "12:60",
+            "1:2:3",
+            "12:00 am",
+            "12:00 pm",
+            "1:00 pm",
+            "13:00 pm",
+            "allballs",
+            "04:05:06 PST",
+            "04:05:06+05",
+            "2024-01-02 03:04:05",
+            "040506",
+            "0405",
+            "12:34.5",
+            "",
+            "abc",
+            "now",
+            "12:34:56.123456789",
+        ],
+        "timestamp" => &[
+            "2024-01-02 03:04:05",
+            "2024-01-02T03:04:05.123456",
+            "2024-01-02 03:04:05.1234565",
+            "2024-01-02 03:04:05+02",
+            "2024-01-02 03:04:05 Europe/Berlin",
+            "2024-01-02",
+            "infinity",
+            "-infinity",
+            "epoch",
+            "294276-12-31 23:59:59.999999",
+            "294277-01-01 00:00:00",
+            "4714-11-24 00:00:00 BC",
+            "4714-11-23 23:59:59 BC",
+            "2024-01-02 24:00:00",
+            "2024-01-02 24:00:01",
+            "January 8 04:05:06 1999",
+            "20240102 040506",
+            "2024-01-02 03:04:05 Mars/Base",
+            "1999-01-08 04:05:06 -8:00",
+            "2024-01-02 03:04",
+            "2024-01-02 03:04:05 pm",
+            "Tue Jan 02 03:04:05 2024",
+            "2024-01-02T",
+            "now",
+        ],
+        "timestamptz" => &[
+            "2024-01-02 03:04:05",
+            "2024-01-02 03:04:05+00",
+            "2024-01-02 03:04:05Z",
+            "2024-01-02T03:04:05.5+05:30",
+            "2024-01-02 03:04:05-0330",
+            "2024-01-02 03:04:05 +5",
+            "2024-01-02 03:04:05+05:30:15",
+            "2024-01-02 03:04:05+16",
+            "2024-07-01 12:00 Europe/Berlin",
+            "2024-07-01 12:00 america/st_johns",
+            "2024-03-31 02:30:00 Europe/Berlin",
+            "2024-10-27 02:30:00 Europe/Berlin",
+            "2024-03-31 02:30:00",
+            "2024-10-27 02:30:00",
+            "2024-03-10 02:30:00",
+            "2024-11-03 01:30:00",
+            "2024-07-01 12:00 CET",
+            "2024-07-01 12:00 CEST",
+            "2024-07-01 12:00 PST",
+            "2024-07-01 12:00 UTC",
+            "2024-07-01 12:00 MSK",
+            "1800-06-01 12:00",
+            "1900-06-01 12:00",
+            "2100-07-01 12:00",
+            "2500-07-01 12:00",
+            "12000-07-01 12:00",
+            "294276-12-31 23:59:59",
+            "294276-12-31 23:59:59-01",
+            "4714-11-24 00:00:00+00 BC",
+            "4714-11-24 00:00:00 BC",
+            "infinity",
+            "-infinity",
+            "epoch",
+            "allballs",
+            "2024-01-02 03:04:05 Etc/GMT+3",
+            "2024-01-02 03:04:05 Asia/Kolkata",
+            "2024-01-02 allballs",
+            "1999-01-08 04:05:06 EST5EDT",
+        ],
+        "uuid" => &[
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+            "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}",
+            " a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11x",
+            "",
+            "00000000-0000-0000-0000-000000000000",
+        ],
+        "json" | "jsonb" => &[
+            "1",
+            "-0",
+            "1.50",
+            "1e2",
+            "1E-2",
+            "-0.0e+0",
+            "12345678901234567890123456789",
+            "true",
+            "null",
+            "\"a\"",
+            "\"\\u0000\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\ud83d\"",
+            "\"\\ude00\"",
+            "\"é\\u00e9\\n\\t\\/\\\\\"",
+            "{}",
+            "[]",
+            " { \"b\" : 1 , \"a\" : [ 1 , 2 ] } ",
+            "{\"a\":1,\"a\":2}",
+            "{\"aa\":1,\"b\":2,\"a\":3}",
+            "[1,[2,[3,{}]]]",
+            "{\"\\u0041\":\"x\"}",
+            "",
+            "01",
+            "1.",
+            "[1,]",
+            "{\"a\"}",
+            "tru",
+            "\"\t\"",
+            "[1 2]",
+            "{\"a\":1}x",
+            "1e-16384",
+            "\"\\x\"",
+            "[\"\\u001f\\u007f\"]",
+        ],
         _ => &[],
     };
     v.iter().map(|s| s.to_string()).collect()
@@ -235,15 +590,29 @@ fn random_json(rng: &mut StdRng, depth: u32) -> String {
             }
             n
         }
-        2 | 3 => format!("\"{}\"", random_string(rng, 6).replace('\\', "\\\\").replace('"', "\\\"")),
+        2 | 3 => format!(
+            "\"{}\"",
+            random_string(rng, 6)
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+        ),
         4 => {
-            let items: Vec<String> = (0..rng.random_range(0..4)).map(|_| random_json(rng, depth + 1)).collect();
+            let items: Vec<String> = (0..rng.random_range(0..4))
+                .map(|_| random_json(rng, depth + 1))
+                .collect();
             format!("[{}{}]", ws(rng), items.join(","))
         }
         _ => {
             let keys = ["a", "b", "aa", "ab", "é", "", "key"];
             let items: Vec<String> = (0..rng.random_range(0..5))
-                .map(|_| format!("\"{}\"{}:{}", keys[rng.random_range(0..keys.len())], ws(rng), random_json(rng, depth + 1)))
+                .map(|_| {
+                    format!(
+                        "\"{}\"{}:{}",
+                        keys[rng.random_range(0..keys.len())],
+                        ws(rng),
+                        random_json(rng, depth + 1)
+                    )
+                })
                 .collect();
             format!("{{{}}}", items.join(&format!(",{}", ws(rng))))
         }
@@ -257,7 +626,10 @@ fn random_text(rng: &mut StdRng, name: &str) -> String {
         "bytea" => {
             let bytes: Vec<u8> = (0..rng.random_range(0..10)).map(|_| rng.random()).collect();
             if rng.random_bool(0.5) {
-                format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                format!(
+                    "\\x{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
             } else {
                 bytes.iter().map(|b| format!("\\{:03o}", b)).collect()
             }
@@ -268,13 +640,29 @@ fn random_text(rng: &mut StdRng, name: &str) -> String {
         "int8" => rng.random::<i64>().to_string(),
         "float4" => match rng.random_range(0..3) {
             0 => format!("{:e}", f32::from_bits(rng.random())),
-            1 => format!("{}", rng.random::<f32>() * 10f32.powi(rng.random_range(-8..8))),
-            _ => format!("{}.{}e{}", rng.random_range(0..1000), rng.random_range(0..1000), rng.random_range(-40..40)),
+            1 => format!(
+                "{}",
+                rng.random::<f32>() * 10f32.powi(rng.random_range(-8..8))
+            ),
+            _ => format!(
+                "{}.{}e{}",
+                rng.random_range(0..1000),
+                rng.random_range(0..1000),
+                rng.random_range(-40..40)
+            ),
         },
         "float8" => match rng.random_range(0..3) {
             0 => format!("{:e}", f64::from_bits(rng.random())),
-            1 => format!("{}", rng.random::<f64>() * 10f64.powi(rng.random_range(-20..20))),
-            _ => format!("{}.{}e{}", rng.random_range(0..100000), rng.random_range(0..100000), rng.random_range(-320..320)),
+            1 => format!(
+                "{}",
+                rng.random::<f64>() * 10f64.powi(rng.random_range(-20..20))
+            ),
+            _ => format!(
+                "{}.{}e{}",
+                rng.random_range(0..100000),
+                rng.random_range(0..100000),
+                rng.random_range(-320..320)
+            ),
         },
         "numeric" => {
             let mut s = String::new();
@@ -313,7 +701,17 @@ fn random_text(rng: &mut StdRng, name: &str) -> String {
             rng.random_range(0..10_000_000)
         ),
         "timestamp" | "timestamptz" => {
-            let zones = ["", "+00", "-05", "+05:30", " Europe/Berlin", " America/New_York", " UTC", "Z", " Australia/Lord_Howe"];
+            let zones = [
+                "",
+                "+00",
+                "-05",
+                "+05:30",
+                " Europe/Berlin",
+                " America/New_York",
+                " UTC",
+                "Z",
+                " Australia/Lord_Howe",
+            ];
             format!(
                 "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{}{}",
                 rng.random_range(1..2200),
@@ -345,7 +743,10 @@ fn random_binary(rng: &mut StdRng, name: &str) -> Vec<u8> {
         }
         .to_be_bytes()
         .to_vec(),
-        "time" => rng.random_range(-10i64..86_400_000_010).to_be_bytes().to_vec(),
+        "time" => rng
+            .random_range(-10i64..86_400_000_010)
+            .to_be_bytes()
+            .to_vec(),
         "timestamp" | "timestamptz" => match rng.random_range(0..3) {
             0 => rng.random::<i64>(),
             1 => rng.random_range(-211_813_488_000_000_000..9_223_371_331_200_000_000),
@@ -362,7 +763,11 @@ fn random_binary(rng: &mut StdRng, name: &str) -> Vec<u8> {
             out.extend_from_slice(&signs[rng.random_range(0..signs.len())].to_be_bytes());
             out.extend_from_slice(&rng.random_range(0u16..20).to_be_bytes());
             for _ in 0..n {
-                let d: i16 = if rng.random_bool(0.05) { 10000 } else { rng.random_range(0..10000) };
+                let d: i16 = if rng.random_bool(0.05) {
+                    10000
+                } else {
+                    rng.random_range(0..10000)
+                };
                 out.extend_from_slice(&d.to_be_bytes());
             }
             out
@@ -378,7 +783,9 @@ fn random_binary(rng: &mut StdRng, name: &str) -> Vec<u8> {
 
 /// A random array literal of `element` values.
 fn random_array(rng: &mut StdRng, element: &str) -> String {
-    let dims: Vec<usize> = (0..rng.random_range(1..=2)).map(|_| rng.random_range(1..4)).collect();
+    let dims: Vec<usize> = (0..rng.random_range(1..=2))
+        .map(|_| rng.random_range(1..4))
+        .collect();
     fn level(rng: &mut StdRng, element: &str, dims: &[usize]) -> String {
         let items: Vec<String> = (0..dims[0])
             .map(|_| {
@@ -434,13 +841,31 @@ async fn conversions_match_postgres() {
 
     // Arrays: edge cases and random ones of every element type.
     for input in [
-        "{}", "{1,2,3}", " { 1 , NULL , 3 } ", "{{1,2},{3,4}}", "[0:2]={1,2,3}", "[1:2][3:4]={{1,2},{3,4}}",
-        "{1,{2}}", "{{1},{2,3}}", "{1,}", "{", "{1}x", "{{}}", "{null,NULL,\"NULL\"}", "[1:3]={1,2}", "{{{{{{{1}}}}}}}",
+        "{}",
+        "{1,2,3}",
+        " { 1 , NULL , 3 } ",
+        "{{1,2},{3,4}}",
+        "[0:2]={1,2,3}",
+        "[1:2][3:4]={{1,2},{3,4}}",
+        "{1,{2}}",
+        "{{1},{2,3}}",
+        "{1,}",
+        "{",
+        "{1}x",
+        "{{}}",
+        "{null,NULL,\"NULL\"}",
+        "[1:3]={1,2}",
+        "{{{{{{{1}}}}}}}",
     ] {
         c.text(&ty("int4[]"), input).await;
         c.text(&ty("text[]"), input).await;
     }
-    for input in ["{\"a b\",\"\",\"q\\\"\\\\\", a\\ ,\\,x}", "{\"{}\",\"a,b\"}", "{é,\"\"}", "{ a b , c }"] {
+    for input in [
+        "{\"a b\",\"\",\"q\\\"\\\\\", a\\ ,\\,x}",
+        "{\"{}\",\"a,b\"}",
+        "{é,\"\"}",
+        "{ a b , c }",
+    ] {
         c.text(&ty("text[]"), input).await;
     }
     for name in TYPES {
@@ -452,7 +877,17 @@ async fn conversions_match_postgres() {
     }
 
     // Binary input: random (often invalid) values must be judged like recv.
-    for name in ["bool", "float4", "float8", "date", "time", "timestamp", "timestamptz", "numeric", "jsonb"] {
+    for name in [
+        "bool",
+        "float4",
+        "float8",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "numeric",
+        "jsonb",
+    ] {
         let t = ty(name);
         for _ in 0..60 {
             let bin = random_binary(&mut rng, name);
@@ -463,34 +898,68 @@ async fn conversions_match_postgres() {
     for bin in [
         vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23],
         vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 0, 0, 0, 0, 1],
-        vec![0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 7],
-        vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff],
-        vec![0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 7],
-        vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 7],
+        vec![
+            0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 7,
+        ],
+        vec![
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff,
+        ],
+        vec![
+            0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 23, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 7,
+        ],
+        vec![
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0, 7,
+        ],
         vec![0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 23],
-        vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 4, 0, 0, 0, 7],
+        vec![
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 4, 0,
+            0, 0, 7,
+        ],
     ] {
         c.binary(&int4_array, &bin).await;
     }
 
     // Time zones: timestamptz and its arrays, input and output.
-    for zone in ["Europe/Berlin", "Asia/Kolkata", "America/St_Johns", "Australia/Lord_Howe", "5.5", "-3", "UTC"] {
+    for zone in [
+        "Europe/Berlin",
+        "Asia/Kolkata",
+        "America/St_Johns",
+        "Australia/Lord_Howe",
+        "5.5",
+        "-3",
+        "UTC",
+    ] {
         c.set("TimeZone", zone).await;
         check_all_text(&mut c, &mut rng, &["timestamptz"], 40).await;
         for _ in 0..40 {
             let bin = random_binary(&mut rng, "timestamptz");
             c.binary(&ty("timestamptz"), &bin).await;
         }
-        c.text(&ty("timestamptz[]"), "{\"2024-01-02 03:04:05\",infinity,NULL}").await;
+        c.text(
+            &ty("timestamptz[]"),
+            "{\"2024-01-02 03:04:05\",infinity,NULL}",
+        )
+        .await;
     }
-    c.client.batch_execute("SET TIME ZONE INTERVAL '-03:30' HOUR TO MINUTE").await.unwrap();
+    c.client
+        .batch_execute("SET TIME ZONE INTERVAL '-03:30' HOUR TO MINUTE")
+        .await
+        .unwrap();
     let shown: String = client.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
     c.fmt.set("TimeZone", &shown).unwrap();
     check_all_text(&mut c, &mut rng, &["timestamptz"], 10).await;
     c.set("TimeZone", "UTC").await;
 
     // DateStyle: input order and output style of dates and timestamps.
-    for style in ["ISO, DMY", "ISO, YMD", "SQL, MDY", "SQL, DMY", "Postgres, MDY", "Postgres, DMY", "German"] {
+    for style in [
+        "ISO, DMY",
+        "ISO, YMD",
+        "SQL, MDY",
+        "SQL, DMY",
+        "Postgres, MDY",
+        "Postgres, DMY",
+        "German",
+    ] {
         c.set("DateStyle", style).await;
         check_all_text(&mut c, &mut rng, &["date", "timestamp", "time"], 15).await;
     }
@@ -507,7 +976,10 @@ async fn conversions_match_postgres() {
 
     println!("{} values checked", c.checked);
     if !c.refused.is_empty() {
-        println!("{} inputs Postgres accepts that the proxy refuses (0A000):", c.refused.len());
+        println!(
+            "{} inputs Postgres accepts that the proxy refuses (0A000):",
+            c.refused.len()
+        );
         for r in &c.refused {
             println!("  {r}");
         }
@@ -516,6 +988,10 @@ async fn conversions_match_postgres() {
         for f in c.failures.iter().take(80) {
             println!("MISMATCH {f}");
         }
-        panic!("{} mismatches with Postgres (of {} values)", c.failures.len(), c.checked);
+        panic!(
+            "{} mismatches with Postgres (of {} values)",
+            c.failures.len(),
+            c.checked
+        );
     }
 }

@@ -25,7 +25,10 @@ struct Array {
 }
 
 fn malformed() -> TypeError {
-    TypeError::new(sqlstate::INVALID_TEXT_REPRESENTATION, "malformed array literal")
+    TypeError::new(
+        sqlstate::INVALID_TEXT_REPRESENTATION,
+        "malformed array literal",
+    )
 }
 
 fn too_many_dims() -> TypeError {
@@ -283,8 +286,11 @@ impl Cursor<'_> {
     }
 }
 
+/// Dimensions (length, lower bound) and element texts of an array literal.
+type ParsedText = (Vec<(i32, i32)>, Vec<Option<Vec<u8>>>);
+
 /// Parses `{…}` text into dimensions and element texts.
-fn parse_text(text: &[u8]) -> Result<(Vec<(i32, i32)>, Vec<Option<Vec<u8>>>), TypeError> {
+fn parse_text(text: &[u8]) -> Result<ParsedText, TypeError> {
     let mut c = Cursor { s: text, i: 0 };
     c.skip_space();
     let explicit = c.dimensions()?;
@@ -425,14 +431,10 @@ pub(crate) fn array_out(
         };
         if n > 0 {
             // Close the braces that rolled over, then separate.
-            for _ in 0..opening {
-                out.push(b'}');
-            }
+            out.extend(std::iter::repeat_n(b'}', opening));
             out.push(b',');
         }
-        for _ in 0..opening {
-            out.push(b'{');
-        }
+        out.extend(std::iter::repeat_n(b'{', opening));
         match item {
             None => out.extend_from_slice(b"NULL"),
             Some(bytes) => push_quoted(&mut out, &element.binary_to_text(bytes, fmt)?),
@@ -446,9 +448,7 @@ pub(crate) fn array_out(
             index[d] = 0;
         }
     }
-    for _ in 0..lens.len() {
-        out.push(b'}');
-    }
+    out.extend(std::iter::repeat_n(b'}', lens.len()));
     Ok(out)
 }
 
@@ -497,10 +497,7 @@ mod tests {
             r#"{"a b","",NULL,"NULL",",x","q\"\\","a "}"#
         );
         assert_eq!(round("bytea[]", r#"{"\\x01"}"#), r#"{"\\x01"}"#);
-        assert_eq!(
-            round("text[]", "{{a},{b}}"),
-            "{{a},{b}}"
-        );
+        assert_eq!(round("text[]", "{{a},{b}}"), "{{a},{b}}");
     }
 
     #[test]
@@ -508,8 +505,19 @@ mod tests {
         let ty = LogicalType::parse("int4[]").unwrap();
         let f = SessionFormat::default();
         for bad in [
-            "", "1", "{", "{1", "{1,}", "{,1}", "{{1},2}", "{1,{2}}", "{{1,2},{3}}", "{1}x",
-            "{{}}", "[1:3]={1,2}", "{1 2}",
+            "",
+            "1",
+            "{",
+            "{1",
+            "{1,}",
+            "{,1}",
+            "{{1},2}",
+            "{1,{2}}",
+            "{{1,2},{3}}",
+            "{1}x",
+            "{{}}",
+            "[1:3]={1,2}",
+            "{1 2}",
         ] {
             assert!(ty.text_to_binary(bad.as_bytes(), &f).is_err(), "{bad:?}");
         }
@@ -518,7 +526,9 @@ mod tests {
             "22P02"
         );
         assert_eq!(
-            ty.text_to_binary(b"{{{{{{{1}}}}}}}", &f).unwrap_err().sqlstate(),
+            ty.text_to_binary(b"{{{{{{{1}}}}}}}", &f)
+                .unwrap_err()
+                .sqlstate(),
             "54000"
         );
     }
@@ -541,7 +551,9 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 23]
         );
         // A huge element count with no data fails without allocating it.
-        let huge = [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0x07, 0xff, 0xff, 0xff, 0, 0, 0, 1];
+        let huge = [
+            0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 23, 0x07, 0xff, 0xff, 0xff, 0, 0, 0, 1,
+        ];
         assert!(ty.check_binary(&huge).is_err());
     }
 }

@@ -69,11 +69,15 @@ pub(crate) fn float_in(text: &str, width: FloatWidth) -> Result<Vec<u8>, TypeErr
                 .any(|b| (b'1'..=b'9').contains(&b));
             let (parsed, zero, infinite) = match width {
                 FloatWidth::Float8 => {
-                    let v: f64 = unsigned.parse().map_err(|_| TypeError::syntax(width.name()))?;
+                    let v: f64 = unsigned
+                        .parse()
+                        .map_err(|_| TypeError::syntax(width.name()))?;
                     (v, v == 0.0, v.is_infinite())
                 }
                 FloatWidth::Float4 => {
-                    let v: f32 = unsigned.parse().map_err(|_| TypeError::syntax(width.name()))?;
+                    let v: f32 = unsigned
+                        .parse()
+                        .map_err(|_| TypeError::syntax(width.name()))?;
                     (f64::from(v), v == 0.0, v.is_infinite())
                 }
             };
@@ -357,7 +361,10 @@ fn format_g(value: f64, precision: usize) -> String {
         let decimals = (precision as i64 - 1 - exp as i64).max(0) as usize;
         let fixed = format!("{:.*}", decimals, value);
         if fixed.contains('.') {
-            fixed.trim_end_matches('0').trim_end_matches('.').to_string()
+            fixed
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
         } else {
             fixed
         }
@@ -423,7 +430,9 @@ mod tests {
 
     #[test]
     fn input_forms() {
-        let f8 = |s: &str| float_in(s, FloatWidth::Float8).map(|b| f64::from_be_bytes(b.try_into().unwrap()));
+        let f8 = |s: &str| {
+            float_in(s, FloatWidth::Float8).map(|b| f64::from_be_bytes(b.try_into().unwrap()))
+        };
         assert_eq!(f8(" 1.5 ").unwrap(), 1.5);
         assert_eq!(f8("-.5e1").unwrap(), -5.0);
         assert_eq!(f8("5.").unwrap(), 5.0);

@@ -232,9 +232,7 @@ impl Lexer<'_> {
                                 (Some(high), 0xDC00..=0xDFFF) => {
                                     0x10000 + ((high - 0xD800) << 10) + (cp - 0xDC00)
                                 }
-                                (None, 0xDC00..=0xDFFF) | (Some(_), _) => {
-                                    return Err(self.syntax())
-                                }
+                                (None, 0xDC00..=0xDFFF) | (Some(_), _) => return Err(self.syntax()),
                                 (None, cp) => cp,
                             };
                             if scalar == 0 {
@@ -469,7 +467,10 @@ pub(crate) fn jsonb_in(text: &[u8]) -> Result<Vec<u8>, TypeError> {
 pub(crate) fn jsonb_recv(bin: &[u8]) -> Result<Vec<u8>, TypeError> {
     match bin.split_first() {
         Some((&JSONB_VERSION, text)) => jsonb_in(text),
-        _ => Err(TypeError::binary("jsonb", "unsupported jsonb version number")),
+        _ => Err(TypeError::binary(
+            "jsonb",
+            "unsupported jsonb version number",
+        )),
     }
 }
 
@@ -496,7 +497,10 @@ mod tests {
         assert_eq!(jsonb(" [ ] ").unwrap(), "[]");
         assert_eq!(jsonb("{}").unwrap(), "{}");
         assert_eq!(jsonb("[[],[{}]]").unwrap(), "[[], [{}]]");
-        assert_eq!(jsonb(r#""a\u00e9\n\u001f\/""#).unwrap(), "\"aé\\n\\u001f/\"");
+        assert_eq!(
+            jsonb(r#""a\u00e9\n\u001f\/""#).unwrap(),
+            "\"aé\\n\\u001f/\""
+        );
         assert_eq!(jsonb("1E-3").unwrap(), "0.001");
         assert_eq!(jsonb(r#""\ud83d\ude00""#).unwrap(), "\"😀\"");
         assert_eq!(jsonb(r#"["\u0000"]"#).unwrap_err().sqlstate(), "22P05");
@@ -508,14 +512,38 @@ mod tests {
     #[test]
     fn json_validation() {
         for ok in [
-            "1", "-0.5e+3", "\"\\u0000\"", " {\"a\" : [true, false, null]} ", "[1,[2,[3]]]",
+            "1",
+            "-0.5e+3",
+            "\"\\u0000\"",
+            " {\"a\" : [true, false, null]} ",
+            "[1,[2,[3]]]",
         ] {
             assert_eq!(json_in(ok.as_bytes()).unwrap(), ok.as_bytes(), "{ok}");
         }
         for bad in [
-            "", " ", "01", "1.", ".5", "-", "+1", "[1,]", "{\"a\"}", "{\"a\":1,}", "[1 2]",
-            "tru", "True", "nul",
-            "\"\t\"", "\"\\x\"", "{1:2}", "[1]]", "1 2", "\"abc", "1x", "[", "{",
+            "",
+            " ",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "+1",
+            "[1,]",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "[1 2]",
+            "tru",
+            "True",
+            "nul",
+            "\"\t\"",
+            "\"\\x\"",
+            "{1:2}",
+            "[1]]",
+            "1 2",
+            "\"abc",
+            "1x",
+            "[",
+            "{",
         ] {
             assert_eq!(
                 json_in(bad.as_bytes()).unwrap_err().sqlstate(),

@@ -163,7 +163,8 @@ impl Numeric {
             i += 1;
         }
         let rest = &s[i..];
-        let starts = |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
+        let starts =
+            |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
         let (value, used) = if starts(b"NaN") {
             (Numeric::special(SIGN_NAN), 3)
         } else if starts(b"Infinity") {
@@ -369,7 +370,10 @@ mod tests {
             ("12345678.9", "12345678.9"),
             ("0.00001", "0.00001"),
             ("100000000", "100000000"),
-            ("-123456789012345678901234567890.123456789", "-123456789012345678901234567890.123456789"),
+            (
+                "-123456789012345678901234567890.123456789",
+                "-123456789012345678901234567890.123456789",
+            ),
             ("nan", "NaN"),
             ("-inf", "-Infinity"),
             ("Infinity", "Infinity"),
@@ -377,7 +381,9 @@ mod tests {
         ] {
             assert_eq!(round(input), output, "{input}");
         }
-        for bad in ["", ".", "1..2", "e5", "1e", "1e+", "abc", "1 2", "NaNx", "--1"] {
+        for bad in [
+            "", ".", "1..2", "e5", "1e", "1e+", "abc", "1 2", "NaNx", "--1",
+        ] {
             assert_eq!(
                 Numeric::parse(bad).unwrap_err().sqlstate(),
                 "22P02",
@@ -385,7 +391,11 @@ mod tests {
             );
         }
         for big in ["1e1000000", "1e-20000", "0e-20000", "1e2147483647"] {
-            assert_eq!(Numeric::parse(big).unwrap_err().sqlstate(), "22003", "{big}");
+            assert_eq!(
+                Numeric::parse(big).unwrap_err().sqlstate(),
+                "22003",
+                "{big}"
+            );
         }
     }
 
@@ -399,11 +409,15 @@ mod tests {
         let sloppy = [0, 3, 0, 1, 0, 0, 0, 0, 0, 0, 0, 12, 0x13, 0x88];
         assert_eq!(numeric_recv(&sloppy).unwrap(), numeric_in("12").unwrap());
         assert_eq!(
-            numeric_recv(&[0, 0, 0, 0, 0x50, 0, 0, 0]).unwrap_err().sqlstate(),
+            numeric_recv(&[0, 0, 0, 0, 0x50, 0, 0, 0])
+                .unwrap_err()
+                .sqlstate(),
             "22P03"
         );
         assert_eq!(
-            numeric_recv(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]).unwrap_err().sqlstate(),
+            numeric_recv(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10])
+                .unwrap_err()
+                .sqlstate(),
             "22P03"
         );
         assert_eq!(numeric_out(&numeric_in("NaN").unwrap()).unwrap(), "NaN");

@@ -128,7 +128,9 @@ fn posix_fixed(value: &str) -> Option<TimeZone> {
         return None;
     }
     let east = if west { -seconds } else { seconds };
-    jiff::tz::Offset::from_seconds(east).ok().map(TimeZone::fixed)
+    jiff::tz::Offset::from_seconds(east)
+        .ok()
+        .map(TimeZone::fixed)
 }
 
 impl Default for SessionTimeZone {

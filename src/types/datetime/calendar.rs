@@ -93,7 +93,11 @@ mod tests {
         assert_eq!(date2j(2000, 1, 1), POSTGRES_EPOCH_JDATE);
         assert_eq!(date2j(1970, 1, 1), UNIX_EPOCH_JDATE);
         assert_eq!(date2j(-4713, 11, 24), 0);
-        for jd in (0..DATE_END_JULIAN).step_by(9_999_991).chain([0, 1, 2_451_545, DATE_END_JULIAN - 1]) {
+        for jd in
+            (0..DATE_END_JULIAN)
+                .step_by(9_999_991)
+                .chain([0, 1, 2_451_545, DATE_END_JULIAN - 1])
+        {
             let (y, m, d) = j2date(jd);
             assert_eq!(date2j(y, m, d), jd, "{jd} -> {y}-{m}-{d}");
         }

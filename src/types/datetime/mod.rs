@@ -21,7 +21,10 @@ const TS_NOBEGIN: i64 = i64::MIN;
 const TS_NOEND: i64 = i64::MAX;
 
 fn out_of_range(what: &str) -> TypeError {
-    TypeError::new(sqlstate::DATETIME_FIELD_OVERFLOW, format!("{what} out of range"))
+    TypeError::new(
+        sqlstate::DATETIME_FIELD_OVERFLOW,
+        format!("{what} out of range"),
+    )
 }
 
 fn fixed_len<const N: usize>(bin: &[u8], type_name: &str) -> Result<[u8; N], TypeError> {
@@ -146,12 +149,7 @@ pub(crate) fn time_out(bin: &[u8]) -> Result<String, TypeError> {
 fn encode_time(t: i64) -> String {
     let secs = t / USECS_PER_SEC;
     let fsec = t % USECS_PER_SEC;
-    let mut out = format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let mut out = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
     if fsec != 0 {
         let frac = format!("{fsec:06}");
         out.push('.');
@@ -244,7 +242,12 @@ pub(crate) fn timestamp_out(bin: &[u8], fmt: &SessionFormat) -> Result<String, T
 pub(crate) fn timestamptz_out(bin: &[u8], fmt: &SessionFormat) -> Result<String, TypeError> {
     let t = timestamp_value(bin, "timestamp with time zone")?;
     if t == TS_NOBEGIN || t == TS_NOEND {
-        return Ok(if t == TS_NOBEGIN { "-infinity" } else { "infinity" }.into());
+        return Ok(if t == TS_NOBEGIN {
+            "-infinity"
+        } else {
+            "infinity"
+        }
+        .into());
     }
     if fmt.date_output != DateOutput::Iso {
         return Err(TypeError::unsupported(
@@ -329,14 +332,21 @@ mod tests {
             "2024-07-02 06:34:05+05:30"
         );
         assert_eq!(
-            tstz("2024-07-02 03:04:05", "America/St_Johns", "America/St_Johns"),
+            tstz(
+                "2024-07-02 03:04:05",
+                "America/St_Johns",
+                "America/St_Johns"
+            ),
             "2024-07-02 03:04:05-02:30"
         );
         assert_eq!(
             tstz("1800-01-01 00:00", "UTC", "Europe/Berlin"),
             "1800-01-01 00:53:28+00:53:28"
         );
-        assert_eq!(tstz("0044-03-15 12:00 BC", "UTC", "UTC"), "0044-03-15 12:00:00+00 BC");
+        assert_eq!(
+            tstz("0044-03-15 12:00 BC", "UTC", "UTC"),
+            "0044-03-15 12:00:00+00 BC"
+        );
         assert_eq!(tstz("infinity", "UTC", "UTC"), "infinity");
         assert_eq!(tstz("epoch", "UTC", "UTC"), "1970-01-01 00:00:00+00");
     }
@@ -360,8 +370,14 @@ mod tests {
         assert_eq!(time("2024-01-02 13:14:15+02"), "13:14:15");
         assert!(time_in("24:00:01", &f).is_err());
         let ts = |s: &str| timestamp_out(&timestamp_in(s, &f).unwrap(), &f).unwrap();
-        assert_eq!(ts("2024-01-02 03:04:05.000001+05"), "2024-01-02 03:04:05.000001");
-        assert_eq!(ts("294276-12-31 23:59:59.999999"), "294276-12-31 23:59:59.999999");
+        assert_eq!(
+            ts("2024-01-02 03:04:05.000001+05"),
+            "2024-01-02 03:04:05.000001"
+        );
+        assert_eq!(
+            ts("294276-12-31 23:59:59.999999"),
+            "294276-12-31 23:59:59.999999"
+        );
         assert!(timestamp_in("294277-01-01", &f).is_err());
     }
 

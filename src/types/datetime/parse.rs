@@ -125,7 +125,9 @@ fn tokenize(text: &str, type_name: &str) -> Result<Vec<(FieldType, String)>, Typ
             take_while(&mut i, &mut buf, &|b| b.is_ascii_digit());
             if i < s.len() && s[i] == b':' {
                 ftype = FieldType::Time;
-                take_while(&mut i, &mut buf, &|b| b.is_ascii_digit() || b == b':' || b == b'.');
+                take_while(&mut i, &mut buf, &|b| {
+                    b.is_ascii_digit() || b == b':' || b == b'.'
+                });
             } else if i < s.len() && matches!(s[i], b'-' | b'/' | b'.') {
                 let delim = s[i];
                 buf.push(delim as char);
@@ -144,7 +146,9 @@ fn tokenize(text: &str, type_name: &str) -> Result<Vec<(FieldType, String)>, Typ
                     ftype = t;
                 } else {
                     ftype = FieldType::Date;
-                    take_while(&mut i, &mut buf, &|b| b.is_ascii_alphanumeric() || b == delim);
+                    take_while(&mut i, &mut buf, &|b| {
+                        b.is_ascii_alphanumeric() || b == delim
+                    });
                 }
             } else {
                 ftype = FieldType::Number;
@@ -231,10 +235,30 @@ enum Keyword {
 fn keyword(word: &str) -> Option<Keyword> {
     use Keyword::*;
     let months = [
-        ("jan", 1), ("january", 1), ("feb", 2), ("february", 2), ("mar", 3), ("march", 3),
-        ("apr", 4), ("april", 4), ("may", 5), ("jun", 6), ("june", 6), ("jul", 7), ("july", 7),
-        ("aug", 8), ("august", 8), ("sep", 9), ("sept", 9), ("september", 9), ("oct", 10),
-        ("october", 10), ("nov", 11), ("november", 11), ("dec", 12), ("december", 12),
+        ("jan", 1),
+        ("january", 1),
+        ("feb", 2),
+        ("february", 2),
+        ("mar", 3),
+        ("march", 3),
+        ("apr", 4),
+        ("april", 4),
+        ("may", 5),
+        ("jun", 6),
+        ("june", 6),
+        ("jul", 7),
+        ("july", 7),
+        ("aug", 8),
+        ("august", 8),
+        ("sep", 9),
+        ("sept", 9),
+        ("september", 9),
+        ("oct", 10),
+        ("october", 10),
+        ("nov", 11),
+        ("november", 11),
+        ("dec", 12),
+        ("december", 12),
     ];
     if let Some((_, m)) = months.iter().find(|(name, _)| *name == word) {
         return Some(Month(*m));
@@ -423,7 +447,10 @@ impl Decoder<'_> {
     /// (only a time when `time_only`).
     fn number_field(&mut self, s: &str, time_only: bool) -> Result<(), TypeError> {
         if s.contains('.') {
-            return Err(unsupported(self.type_name, "a run-together date or time with a fraction"));
+            return Err(unsupported(
+                self.type_name,
+                "a run-together date or time with a fraction",
+            ));
         }
         let len = s.len();
         if !time_only && self.fmask & DATE_M != DATE_M && len >= 6 {
@@ -550,13 +577,19 @@ impl Decoder<'_> {
     /// punctuation like `america/new_york` (unknown: 22023, as Postgres).
     fn zone_name(&mut self, name: &str, punctuated: bool) -> Result<(), TypeError> {
         if zone::is_dynamic_abbreviation(name) {
-            return Err(unsupported(self.type_name, "a date-dependent time zone abbreviation"));
+            return Err(unsupported(
+                self.type_name,
+                "a date-dependent time zone abbreviation",
+            ));
         }
         let zone = zone::named_zone(name).ok_or_else(|| {
             if punctuated {
                 TypeError::new(
                     sqlstate::INVALID_PARAMETER_VALUE,
-                    format!("time zone not recognized in a value of type {}", self.type_name),
+                    format!(
+                        "time zone not recognized in a value of type {}",
+                        self.type_name
+                    ),
                 )
             } else {
                 self.bad()
@@ -633,7 +666,10 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
             FieldType::Date => {
                 if d.fmask & (MONTH | DAY) == (MONTH | DAY) {
                     if field.as_bytes()[0].is_ascii_digit() {
-                        return Err(unsupported(type_name, "a run-together time with a time zone"));
+                        return Err(unsupported(
+                            type_name,
+                            "a run-together time with a time zone",
+                        ));
                     }
                     d.zone_name(field, true)?;
                 } else {
@@ -656,7 +692,10 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
             FieldType::Number if time_only => {
                 // DecodeTimeOnly: numbers are run-together times.
                 if field.contains('.') {
-                    return Err(unsupported(type_name, "a run-together time with a fraction"));
+                    return Err(unsupported(
+                        type_name,
+                        "a run-together time with a fraction",
+                    ));
                 }
                 d.number_field(field, true)?;
             }
@@ -665,9 +704,10 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                 let dot = field.find('.');
                 if dot.is_some() && d.fmask & DATE_M == 0 {
                     d.date(field)?;
-                } else if dot.is_some_and(|p| p > 2) {
-                    d.number_field(field, false)?;
-                } else if flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0) {
+                } else if dot.is_some_and(|p| p > 2)
+                    || (flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0))
+                {
+                    // A run-together date (yyyymmdd) or time (hhmmss).
                     d.number_field(field, false)?;
                 } else {
                     d.number(field)?;
@@ -729,7 +769,10 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                         d.tm.zone = Some(ZoneGiven::Fixed(0));
                     }
                     Some(Keyword::Unsupported) => {
-                        return Err(unsupported(type_name, "a relative or labelled date/time word"))
+                        return Err(unsupported(
+                            type_name,
+                            "a relative or labelled date/time word",
+                        ))
                     }
                     None => d.zone_name(field, false)?,
                 }
@@ -796,17 +839,29 @@ mod tests {
 
     #[test]
     fn time_and_zone_forms() {
-        let f = match decode("2024-01-02T03:04:05.5+05:30", "timestamptz", DateOrder::Mdy).unwrap() {
+        let f = match decode("2024-01-02T03:04:05.5+05:30", "timestamptz", DateOrder::Mdy).unwrap()
+        {
             Decoded::Fields(f) => f,
             _ => panic!(),
         };
         assert_eq!((f.hour, f.minute, f.second, f.fsec), (3, 4, 5, 500_000));
         assert!(matches!(f.zone, Some(ZoneGiven::Fixed(19800))));
-        for (tz, east) in [("+0530", 19800), ("-7", -25200), ("+05:30:15", 19815), ("+1", 3600)] {
+        for (tz, east) in [
+            ("+0530", 19800),
+            ("-7", -25200),
+            ("+05:30:15", 19815),
+            ("+1", 3600),
+        ] {
             assert_eq!(decode_timezone(tz, "x").unwrap(), east, "{tz}");
         }
         assert_eq!(decode_timezone("+16", "x").unwrap_err().sqlstate(), "22009");
-        let f = match decode("2024-01-02 12:00 pm Europe/Berlin", "timestamptz", DateOrder::Mdy).unwrap() {
+        let f = match decode(
+            "2024-01-02 12:00 pm Europe/Berlin",
+            "timestamptz",
+            DateOrder::Mdy,
+        )
+        .unwrap()
+        {
             Decoded::Fields(f) => f,
             _ => panic!(),
         };
