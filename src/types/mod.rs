@@ -20,6 +20,8 @@ mod int;
 mod json;
 mod logical;
 mod numeric;
+#[cfg(test)]
+mod proptests;
 mod session;
 mod text;
 mod uuid;

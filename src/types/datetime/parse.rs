@@ -378,7 +378,7 @@ impl Decoder<'_> {
         };
         if let Some(frac) = frac {
             if digits.len() > 2 {
-                return self.number_field(s);
+                return self.number_field(s, false);
             }
             self.tm.fsec = fraction(frac, self.type_name)?;
         }
@@ -434,7 +434,7 @@ impl Decoder<'_> {
                 tmask = YEAR;
                 self.tm.year = val;
             }
-            DATE_M => return self.number_field(s),
+            DATE_M => return self.number_field(s, false),
             _ => return Err(self.bad()),
         }
         if tmask == YEAR {
@@ -443,8 +443,9 @@ impl Decoder<'_> {
         self.claim(tmask)
     }
 
-    /// `DecodeNumberField`: run-together `yyyymmdd`, `hhmmss` or `hhmm`.
-    fn number_field(&mut self, s: &str) -> Result<(), TypeError> {
+    /// `DecodeNumberField`: run-together `yyyymmdd`, `hhmmss` or `hhmm`
+    /// (only a time when `time_only`).
+    fn number_field(&mut self, s: &str, time_only: bool) -> Result<(), TypeError> {
         if s.contains('.') {
             return Err(unsupported(
                 self.type_name,
@@ -452,7 +453,7 @@ impl Decoder<'_> {
             ));
         }
         let len = s.len();
-        if self.fmask & DATE_M != DATE_M && len >= 6 {
+        if !time_only && self.fmask & DATE_M != DATE_M && len >= 6 {
             self.claim(DATE_M)?;
             self.tm.day = parse_int(&s[len - 2..], self.type_name)?;
             self.tm.month = parse_int(&s[len - 4..len - 2], self.type_name)?;
@@ -526,7 +527,9 @@ impl Decoder<'_> {
         for n in numbers {
             self.number(n)?;
         }
-        if self.fmask & DATE_M != DATE_M {
+        // DecodeDate checks the caller's mask too: a date field after a
+        // time, weekday, AM/PM or era word is refused.
+        if self.fmask & !TZ != DATE_M {
             return Err(self.bad());
         }
         Ok(())
@@ -570,7 +573,9 @@ impl Decoder<'_> {
         Ok(())
     }
 
-    fn zone_name(&mut self, name: &str) -> Result<(), TypeError> {
+    /// A zone name: from a word (unknown: bad format) or from a field with
+    /// punctuation like `america/new_york` (unknown: 22023, as Postgres).
+    fn zone_name(&mut self, name: &str, punctuated: bool) -> Result<(), TypeError> {
         if zone::is_dynamic_abbreviation(name) {
             return Err(unsupported(
                 self.type_name,
@@ -578,13 +583,17 @@ impl Decoder<'_> {
             ));
         }
         let zone = zone::named_zone(name).ok_or_else(|| {
-            TypeError::new(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "time zone not recognized in a value of type {}",
-                    self.type_name
-                ),
-            )
+            if punctuated {
+                TypeError::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "time zone not recognized in a value of type {}",
+                        self.type_name
+                    ),
+                )
+            } else {
+                self.bad()
+            }
         })?;
         self.claim(TZ)?;
         self.tm.zone = Some(ZoneGiven::Named(zone));
@@ -634,6 +643,7 @@ impl Decoder<'_> {
 /// Decodes date/time text for `type_name` (`date`, `time`, `timestamp`,
 /// `timestamptz`); `order` is the session's `DateStyle` field order.
 pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<Decoded, TypeError> {
+    let time_only = type_name == "time without time zone";
     let fields = tokenize(text, type_name)?;
     let mut d = Decoder {
         type_name,
@@ -661,7 +671,7 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                             "a run-together time with a time zone",
                         ));
                     }
-                    d.zone_name(field)?;
+                    d.zone_name(field, true)?;
                 } else {
                     d.date(field)?;
                 }
@@ -679,15 +689,26 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                 d.claim(TZ)?;
                 d.tm.zone = Some(ZoneGiven::Fixed(east));
             }
+            FieldType::Number if time_only => {
+                // DecodeTimeOnly: numbers are run-together times.
+                if field.contains('.') {
+                    return Err(unsupported(
+                        type_name,
+                        "a run-together time with a fraction",
+                    ));
+                }
+                d.number_field(field, true)?;
+            }
             FieldType::Number => {
                 let flen = field.len();
                 let dot = field.find('.');
                 if dot.is_some() && d.fmask & DATE_M == 0 {
                     d.date(field)?;
-                } else if dot.is_some_and(|p| p > 2) {
-                    d.number_field(field)?;
-                } else if flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0) {
-                    d.number_field(field)?;
+                } else if dot.is_some_and(|p| p > 2)
+                    || (flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0))
+                {
+                    // A run-together date (yyyymmdd) or time (hhmmss).
+                    d.number_field(field, false)?;
                 } else {
                     d.number(field)?;
                 }
@@ -700,7 +721,18 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                 }
                 match keyword(field) {
                     Some(Keyword::Month(m)) => {
-                        d.claim(MONTH)?;
+                        // A numeric "month" read before the month name was
+                        // the day: "8 Jan 1999".
+                        if d.fmask & MONTH != 0
+                            && !d.have_text_month
+                            && d.fmask & DAY == 0
+                            && (1..=31).contains(&d.tm.month)
+                        {
+                            d.tm.day = d.tm.month;
+                            d.fmask |= DAY;
+                        } else {
+                            d.claim(MONTH)?;
+                        }
                         d.tm.month = m;
                         d.have_text_month = true;
                     }
@@ -742,7 +774,7 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                             "a relative or labelled date/time word",
                         ))
                     }
-                    None => d.zone_name(field)?,
+                    None => d.zone_name(field, false)?,
                 }
             }
         }
