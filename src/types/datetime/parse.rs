@@ -600,6 +600,20 @@ impl Decoder<'_> {
         Ok(())
     }
 
+    /// `time_overflows`: each field in range and at most 24:00:00.
+    fn check_time(&self) -> Result<(), TypeError> {
+        let t = &self.tm;
+        let total = ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.fsec;
+        if !(0..=24).contains(&t.hour)
+            || !(0..60).contains(&t.minute)
+            || !(0..=60).contains(&t.second)
+            || total > 86_400_000_000
+        {
+            return Err(field_overflow(self.type_name));
+        }
+        Ok(())
+    }
+
     /// `ValidateDate` plus the AM/PM adjustment.
     fn finish(&mut self) -> Result<(), TypeError> {
         if self.fmask & YEAR != 0 {
@@ -663,6 +677,25 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
         }
         iso_time_next = false;
         match ftype {
+            FieldType::Date if time_only => {
+                // DecodeTimeOnly takes a date only as the first field, before
+                // a time or with a zone name last; otherwise a zone name.
+                let last_is_date = fields.last().is_some_and(|f| f.0 == FieldType::Date);
+                let second_is_time = fields.get(1).is_some_and(|f| f.0 == FieldType::Time);
+                if index == 0 && fields.len() >= 2 && (last_is_date || second_is_time) {
+                    d.date(field)?;
+                } else if field.as_bytes()[0].is_ascii_digit() {
+                    if d.fmask & TIME_M == TIME_M {
+                        return Err(d.bad());
+                    }
+                    return Err(unsupported(
+                        type_name,
+                        "a run-together time with a time zone",
+                    ));
+                } else {
+                    d.zone_name(field, true)?;
+                }
+            }
             FieldType::Date => {
                 if d.fmask & (MONTH | DAY) == (MONTH | DAY) {
                     if field.as_bytes()[0].is_ascii_digit() {
@@ -678,11 +711,7 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
             }
             FieldType::Time => {
                 d.time(field)?;
-                let t = &d.tm;
-                let total = ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.fsec;
-                if !(0..=24).contains(&t.hour) || total > 86_400_000_000 {
-                    return Err(field_overflow(type_name));
-                }
+                d.check_time()?;
             }
             FieldType::Tz => {
                 let east = decode_timezone(field, type_name)?;
@@ -691,13 +720,17 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
             }
             FieldType::Number if time_only => {
                 // DecodeTimeOnly: numbers are run-together times.
-                if field.contains('.') {
-                    return Err(unsupported(
-                        type_name,
-                        "a run-together time with a fraction",
-                    ));
+                match field.find('.') {
+                    Some(p) if p > 2 => {
+                        return Err(unsupported(
+                            type_name,
+                            "a run-together time with a fraction",
+                        ))
+                    }
+                    Some(_) => return Err(d.bad()),
+                    None => d.number_field(field, true)?,
                 }
-                d.number_field(field, true)?;
+                d.check_time()?;
             }
             FieldType::Number => {
                 let flen = field.len();
@@ -707,7 +740,8 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                 } else if dot.is_some_and(|p| p > 2)
                     || (flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0))
                 {
-                    // A run-together date (yyyymmdd) or time (hhmmss).
+                    // A run-together date (yyyymmdd) or time (hhmmss); as in
+                    // Postgres, such a time is not range-checked here.
                     d.number_field(field, false)?;
                 } else {
                     d.number(field)?;
@@ -720,6 +754,7 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                     continue;
                 }
                 match keyword(field) {
+                    Some(Keyword::Month(_) | Keyword::Dow) if time_only => return Err(d.bad()),
                     Some(Keyword::Month(m)) => {
                         // A numeric "month" read before the month name was
                         // the day: "8 Jan 1999".
@@ -752,14 +787,26 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                     }
                     Some(Keyword::Ignore) => {}
                     Some(Keyword::IsoTime) => {
-                        if d.fmask & DATE_M != DATE_M || index + 1 >= fields.len() {
+                        let needs_date = !time_only && d.fmask & DATE_M != DATE_M;
+                        if needs_date || index + 1 >= fields.len() {
                             return Err(d.bad());
                         }
                         iso_time_next = true;
                     }
+                    Some(Keyword::Infinity | Keyword::NegInfinity | Keyword::Epoch)
+                        if time_only =>
+                    {
+                        return Err(d.bad())
+                    }
                     Some(k @ (Keyword::Infinity | Keyword::NegInfinity | Keyword::Epoch)) => {
+                        // Postgres 15 lets other fields surround these with
+                        // rules of its own (`allballs` turns the result back
+                        // into a date); only the plain word is taken.
                         if fields.len() != 1 {
-                            return Err(d.bad());
+                            return Err(unsupported(
+                                type_name,
+                                "infinity or epoch combined with other fields",
+                            ));
                         }
                         special = Some(k);
                     }
@@ -782,14 +829,21 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
     if iso_time_next {
         return Err(d.bad());
     }
-    match special {
-        Some(Keyword::Infinity) => return Ok(Decoded::Late),
-        Some(Keyword::NegInfinity) => return Ok(Decoded::Early),
-        Some(Keyword::Epoch) => return Ok(Decoded::Epoch),
-        _ => {}
-    }
     d.finish()?;
-    Ok(Decoded::Fields(d.tm))
+    if time_only && d.fmask & DATE_M != DATE_M {
+        // A zone with daylight saving time needs a date to mean anything.
+        if let Some(ZoneGiven::Named(tz)) = &d.tm.zone {
+            if tz.to_fixed_offset().is_err() {
+                return Err(d.bad());
+            }
+        }
+    }
+    Ok(match special {
+        Some(Keyword::Infinity) => Decoded::Late,
+        Some(Keyword::NegInfinity) => Decoded::Early,
+        Some(Keyword::Epoch) => Decoded::Epoch,
+        _ => Decoded::Fields(d.tm),
+    })
 }
 
 #[cfg(test)]
