@@ -370,11 +370,12 @@ pub fn rewrite_bind(
                     class.logical.name()
                 )));
             }
+            // One canonical form per value (bool, numeric, jsonb and arrays
+            // have several binary spellings), so deterministic mode holds.
             class
                 .logical
-                .check_binary(value)
-                .map_err(|e| type_error(class, e))?;
-            value.to_vec()
+                .canonical_binary(value)
+                .map_err(|e| type_error(class, e))?
         } else {
             class
                 .logical

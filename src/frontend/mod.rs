@@ -134,7 +134,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     messages::ready_for_query(&mut out, conn.status);
 
     let mut format = SessionFormat::default();
-    for (name, value) in &conn.params {
+    // extra_float_digits and bytea_output are never reported back in
+    // ParameterStatus: take them from what the client asked for.
+    for (name, value) in setup.backend_params.iter().chain(&conn.params) {
         let _ = format.set(name, value);
     }
     let format = Arc::new(std::sync::Mutex::new(format));
