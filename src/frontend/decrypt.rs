@@ -275,7 +275,11 @@ fn tenant_text(value: &[u8], column: Option<(u32, bool)>) -> Option<String> {
 }
 
 /// The binary envelope from a stored value as the database sent it.
-fn stored_envelope(stored: &[u8], storage: Storage, binary: bool) -> Result<Vec<u8>, String> {
+pub(crate) fn stored_envelope(
+    stored: &[u8],
+    storage: Storage,
+    binary: bool,
+) -> Result<Vec<u8>, String> {
     match (storage, binary) {
         (Storage::Bytea, true) => Ok(stored.to_vec()),
         (Storage::Bytea, false) => bytea_text(stored),

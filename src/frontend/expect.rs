@@ -6,6 +6,7 @@
 //! backend→client pump works through the queue, so the client sees answers
 //! in the order it asked, whichever region produced them.
 
+use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
 use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
@@ -83,6 +84,9 @@ pub struct BackendShared {
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
     param_types: Mutex<std::collections::HashMap<String, Vec<u32>>>,
+    /// `COPY … TO STDOUT` executions of classified tables, by batch: the
+    /// response side decrypts the CopyData after their CopyOutResponse.
+    copy_outs: Mutex<VecDeque<(u64, Arc<CopyOutRun>)>>,
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
@@ -127,6 +131,26 @@ impl BackendShared {
         }
         if q.front().is_some_and(|(b, _)| *b == batch) {
             return q.pop_front().map(|(_, u)| u);
+        }
+        None
+    }
+
+    /// A COPY TO STDOUT whose rows need decrypting runs in `batch`.
+    pub fn expect_copy_out(&self, batch: u64, run: Arc<CopyOutRun>) {
+        if let Ok(mut q) = self.copy_outs.lock() {
+            q.push_back((batch, run));
+        }
+    }
+
+    /// The decryption of the COPY whose CopyOutResponse just arrived in
+    /// `batch`, if it needs one.
+    pub fn take_copy_out(&self, batch: u64) -> Option<Arc<CopyOutRun>> {
+        let mut q = self.copy_outs.lock().ok()?;
+        while q.front().is_some_and(|(b, _)| *b < batch) {
+            q.pop_front();
+        }
+        if q.front().is_some_and(|(b, _)| *b == batch) {
+            return q.pop_front().map(|(_, r)| r);
         }
         None
     }
@@ -251,6 +275,11 @@ impl BackendShared {
             }
         }
         if let Ok(mut q) = self.rows.lock() {
+            while q.front().is_some_and(|(b, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+        if let Ok(mut q) = self.copy_outs.lock() {
             while q.front().is_some_and(|(b, _)| *b <= batch) {
                 q.pop_front();
             }

@@ -4,6 +4,7 @@
 mod backends;
 mod cancel;
 mod copy_in;
+mod copy_out;
 mod decrypt;
 pub mod encrypt;
 mod expect;

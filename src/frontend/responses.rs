@@ -6,6 +6,7 @@
 //! Flushing before every wait matters for COPY FROM STDIN, where the client
 //! sends data only after it has seen CopyInResponse.
 
+use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Expect, RowUse};
@@ -105,6 +106,8 @@ pub struct AnswerCrypto {
     /// A value failed to decrypt: the rest of the batch is dropped until
     /// its ReadyForQuery, after the error went to the client.
     failed: bool,
+    /// A COPY TO STDOUT whose CopyData is being decrypted.
+    copy_out: Option<CopyOut>,
 }
 
 impl AnswerCrypto {
@@ -114,6 +117,71 @@ impl AnswerCrypto {
             format,
             rows: None,
             failed: false,
+            copy_out: None,
+        }
+    }
+
+    /// Whether `tag` belongs to a COPY TO STDOUT being decrypted (handle
+    /// it with [`Self::copy_out_message`]).
+    fn copying(&self, tag: u8) -> bool {
+        self.copy_out.is_some() && matches!(tag, b'd' | b'c')
+    }
+
+    /// CopyData or CopyDone of a COPY TO STDOUT being decrypted: the rows
+    /// decrypted go to `out`; a failure sends the error instead and drops
+    /// the rest of the batch.
+    async fn copy_out_message(&mut self, tag: u8, body: &[u8], region: &str, out: &mut BytesMut) {
+        let Some(copy) = self.copy_out.as_mut() else {
+            return;
+        };
+        let result = if tag == b'd' {
+            copy.data(body, out).await
+        } else {
+            copy.done(out).await
+        };
+        match result {
+            Ok(()) if tag == b'c' => {
+                out.extend_from_slice(&tag_frame(tag, body));
+                self.copy_out = None;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(region, code = e.code, "a COPY value could not be decrypted");
+                e.encode(out);
+                self.copy_out = None;
+                self.failed = true;
+            }
+        }
+    }
+
+    /// CopyOutResponse: starts decrypting the COPY if the request side
+    /// registered it. `false` when the message is forwarded as usual.
+    fn copy_out_response(&mut self, body: &[u8], reader: &Reader, out: &mut BytesMut) -> bool {
+        self.copy_out = None;
+        let Some(run) = reader.shared.take_copy_out(reader.done) else {
+            return false;
+        };
+        let checked = match self.shared.keyring.clone() {
+            Some(keyring) => {
+                let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                let copy = CopyOut::new(run, keyring, format);
+                copy.check_response(body).map(|()| copy)
+            }
+            None => Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "classified columns are configured but no region key is loaded",
+            )),
+        };
+        match checked {
+            Ok(copy) => {
+                self.copy_out = Some(copy);
+                false
+            }
+            Err(e) => {
+                e.encode(out);
+                self.failed = true;
+                true
+            }
         }
     }
 
@@ -193,8 +261,10 @@ impl AnswerCrypto {
                 }
                 true
             }
+            b'H' => self.copy_out_response(body, reader, out),
             b'C' | b's' | b'I' | b'E' => {
                 self.rows = None;
+                self.copy_out = None;
                 false
             }
             b'S' => {
@@ -480,6 +550,12 @@ impl Responses {
                         .command_complete(f.body(&reader.buf), copy_in);
                 }
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
+                    if crypto.copying(f.tag) {
+                        crypto
+                            .copy_out_message(f.tag, f.body(&reader.buf), region, &mut self.out)
+                            .await;
+                        continue;
+                    }
                     if crypto.message(
                         f.tag,
                         f.body(&reader.buf),
@@ -541,6 +617,7 @@ impl Responses {
                         if let Some(crypto) = self.crypto.as_mut() {
                             crypto.failed = false;
                             crypto.rows = None;
+                            crypto.copy_out = None;
                         }
                         reader.copy_active = false;
                         reader.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');

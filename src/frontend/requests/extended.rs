@@ -96,8 +96,8 @@ impl Requests {
             },
             None => (msg.clone(), None),
         };
-        // A COPY into a tenant-scoped table: where its rows' tenants are
-        // (a COPY with classified columns was refused just above).
+        // A COPY whose rows the proxy sees: where its rows' tenants and
+        // classified columns are.
         let (parse, copy) = if local {
             (parse, None)
         } else {
@@ -333,7 +333,7 @@ impl Requests {
                 .await;
         };
         if copy_plan.is_none()
-            && single(&analysis).is_some_and(crate::frontend::copy_in::is_per_row)
+            && single(&analysis).is_some_and(crate::frontend::copy_in::needs_plan)
         {
             return self
                 .fail_batch(route::refusal(
@@ -403,7 +403,8 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
-        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty()) {
+        // A planned COPY's classified fields are handled row by row.
+        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
             Some(plan) => {
                 let sealed = (&region, &tenants[..], sealed_for.as_deref());
                 match self
@@ -415,6 +416,23 @@ impl Requests {
                 }
             }
             None => (msg.clone(), None),
+        };
+        let copy_plan = match copy_plan {
+            Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
+                Ok(p) => Some(p),
+                Err(e) => return self.fail_batch(e).await,
+            },
+            None => None,
+        };
+        let copy = match copy_plan {
+            Some(p) if p.format.direction == crate::copy::Direction::To => {
+                match super::copy::copy_out_run(&self.shared, p, &region, &tenants).await {
+                    Ok(run) => Some(super::copy::PortalCopy::Out(run)),
+                    Err(e) => return self.fail_batch(e).await,
+                }
+            }
+            Some(p) => Some(super::copy::PortalCopy::In(p)),
+            None => None,
         };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
@@ -437,7 +455,7 @@ impl Requests {
                 region,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             },
         );
         Ok(())
@@ -690,7 +708,7 @@ impl Requests {
                 region: r,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
@@ -712,10 +730,19 @@ impl Requests {
                         b.push(&describe);
                     }
                 }
+                if let Some(super::copy::PortalCopy::Out(run)) = &copy {
+                    // The response side decrypts the CopyData that follows
+                    // this Execute's CopyOutResponse.
+                    let b = self.backend(&r).await?;
+                    if !run.plan.classified.is_empty() {
+                        b.shared.expect_copy_out(b.batches, Arc::clone(run));
+                    }
+                }
                 self.send_or_hold(msg.clone(), None, None).await?;
-                if let Some(plan) = copy_plan {
+                if let Some(super::copy::PortalCopy::In(plan)) = copy {
+                    let session = self.format.lock().map(|f| f.clone()).unwrap_or_default();
                     self.copy_in = Some(super::copy::ActiveCopy::new(
-                        crate::frontend::copy_in::CopyIn::new(plan, r.clone()),
+                        crate::frontend::copy_in::CopyIn::new(plan, r.clone(), session),
                         false,
                     ));
                 }

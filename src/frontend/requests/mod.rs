@@ -88,7 +88,9 @@ struct Stmt {
     /// The tenants whose keys encrypted the text's classified literals:
     /// the statement may only run for them.
     sealed_for: Option<Vec<String>>,
-    /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
+    /// A COPY whose rows the proxy sees (FROM STDIN into a tenant-scoped
+    /// table, TO STDOUT of a classified table): where its tenants and
+    /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
 
@@ -102,8 +104,8 @@ enum PortalTarget {
         /// The statement touches classified columns: its rows are
         /// decrypted with these keys.
         keys: Option<Arc<StatementKeys>>,
-        /// Its rows' tenants are checked (tenant-scoped table).
-        copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+        /// A COPY whose rows the proxy checks, encrypts or decrypts.
+        copy: Option<copy::PortalCopy>,
     },
     Local(extended::LocalAction),
 }
@@ -368,22 +370,19 @@ impl Requests {
             Err(err) => return self.refuse_query(err).await,
         };
         match self
+            .plan_copy_query(&analysis, sql, &region, &tenants)
+            .await
+        {
+            Ok(Some(planned)) => return self.send_copy_query(region, msg, after, planned).await,
+            Ok(None) => {}
+            Err(err) => return self.refuse_query(err).await,
+        }
+        match self
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
             .await
         {
-            Ok(None) => match self.plan_copy_query(&analysis, sql, &region).await {
-                Ok(None) => self.send_query(region, msg, after, None).await,
-                Ok(Some((copy, rewritten))) => {
-                    self.send_copy_query(region, msg, after, copy, rewritten)
-                        .await
-                }
-                Err(err) => self.refuse_query(err).await,
-            },
+            Ok(None) => self.send_query(region, msg, after, None).await,
             Ok(Some((rewritten, keys))) => {
-                if copy::has_per_row_copy(&analysis) {
-                    // Rows of COPY data are not encrypted yet: never store them.
-                    return self.refuse_query(copy::classified_copy_refusal()).await;
-                }
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
