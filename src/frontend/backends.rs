@@ -168,7 +168,12 @@ impl Backends {
         if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
             entry.targets.push(conn.cancel.clone());
         }
-        let stats = shared.metrics.backend_connected(region, &conn);
+        let stats = shared.metrics.backend_connected(
+            region,
+            conn.host_index,
+            &conn.failed_hosts,
+            conn.failed_over,
+        );
         let (reader, writer) = conn.stream.split();
         let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {

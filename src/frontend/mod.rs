@@ -152,7 +152,12 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     };
     let (expect_tx, expect_rx) = tokio::sync::mpsc::unbounded_channel();
     let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
-    let stats = shared.metrics.backend_connected(&region, &conn);
+    let stats = shared.metrics.backend_connected(
+        &region,
+        conn.host_index,
+        &conn.failed_hosts,
+        conn.failed_over,
+    );
     let (backend_rd, backend_wr) = conn.stream.split();
     let bshared = Arc::new(expect::BackendShared::new(stats));
     let _ = expect_tx.send(expect::Expect::Attach {

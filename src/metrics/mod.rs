@@ -111,31 +111,34 @@ impl Metrics {
         }
     }
 
-    /// A backend session opened on `conn.host_index` of `region`, after the
-    /// hosts in `conn.failed_hosts` failed. The returned stats count it as
-    /// open until dropped.
+    /// A backend session opened on host `host` (index in the config) of
+    /// `region`, after the hosts in `failed_hosts` failed; `failed_over`
+    /// when the region's primary moved to it. The returned stats count it
+    /// as open until dropped.
     pub fn backend_connected(
         &self,
         region: &str,
-        conn: &crate::backend::BackendConn,
+        host: usize,
+        failed_hosts: &[usize],
+        failed_over: bool,
     ) -> BackendStats {
         let slow = self
             .slow_threshold
             .map(|t| slow::SlowLog::new(t, Arc::from(region)));
         let live = self.series.as_ref().and_then(|s| {
             let r = s.region(region)?;
-            for &i in &conn.failed_hosts {
+            for &i in failed_hosts {
                 if let Some(h) = r.hosts.get(i) {
                     h.connect_failures.inc();
                 }
             }
-            if conn.failed_over {
+            if failed_over {
                 r.failovers.inc();
             }
-            if let Some(h) = r.hosts.get(conn.host_index) {
+            if let Some(h) = r.hosts.get(host) {
                 h.connects.inc();
             }
-            Some((r.clone(), conn.host_index, s.errors.clone()))
+            Some((r.clone(), host, s.errors.clone()))
         });
         BackendStats::new(live, slow)
     }
