@@ -10,6 +10,7 @@ use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Expect, RowUse};
+use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
@@ -250,9 +251,14 @@ impl AnswerCrypto {
                     return false;
                 };
                 let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                let metrics = self.shared.metrics.crypto();
                 match plan.data_row(body, &format) {
-                    Ok(row) => out.extend_from_slice(&row),
+                    Ok((row, n)) => {
+                        metrics.record_n(region, Op::Decrypt, true, n);
+                        out.extend_from_slice(&row);
+                    }
                     Err(e) => {
+                        metrics.record_decrypt(region, false);
                         tracing::warn!(region, code = e.code, "a value could not be decrypted");
                         e.encode(out);
                         self.rows = None;

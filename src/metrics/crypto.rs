@@ -46,6 +46,14 @@ impl CryptoMetrics {
 
     /// `n`-free form of the two above, for callers that hold the op.
     pub fn record(&self, region: &str, op: Op, ok: bool) {
+        self.record_n(region, op, ok, 1);
+    }
+
+    /// `n` values through the cipher at once (a statement's or a row's).
+    pub fn record_n(&self, region: &str, op: Op, ok: bool, n: u64) {
+        if n == 0 {
+            return;
+        }
         if let Some(c) = self.region(region) {
             let i = match (op, ok) {
                 (Op::Encrypt, true) => 0,
@@ -53,7 +61,7 @@ impl CryptoMetrics {
                 (Op::Decrypt, true) => 2,
                 (Op::Decrypt, false) => 3,
             };
-            c.operations[i].inc();
+            c.operations[i].inc_by(n);
         }
     }
 

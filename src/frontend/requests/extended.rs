@@ -162,6 +162,7 @@ impl Requests {
                 &[keys],
                 &catalog,
                 &format,
+                &self.shared.metrics.crypto(),
             )?);
             sealed_for = Some(tenants);
         }
@@ -508,6 +509,7 @@ impl Requests {
             declared,
             &catalog,
             &format,
+            &self.shared.metrics.crypto(),
         )?;
         Ok((Bytes::from(rewritten), keys))
     }

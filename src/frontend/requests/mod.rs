@@ -432,7 +432,12 @@ impl Requests {
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
             Some(encrypt::rewrite_text(
-                sql, &cryptos, &keys, &catalog, &format,
+                sql,
+                &cryptos,
+                &keys,
+                &catalog,
+                &format,
+                &self.shared.metrics.crypto(),
             )?)
         } else {
             None
