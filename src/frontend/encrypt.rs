@@ -190,16 +190,27 @@ fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
     ))
 }
 
+/// What sealing a statement's values needs besides the keys.
+pub struct Sealer<'a> {
+    /// Where the statement runs: how each classified column stores ciphertext.
+    pub catalog: &'a RegionCatalog,
+    /// The session's text I/O settings, for parsing text values.
+    pub format: &'a SessionFormat,
+    pub metrics: &'a CryptoMetrics,
+}
+
+/// Encrypted Bind parameters by index: the value (None for NULL) and its format.
+type Replaced = HashMap<usize, (Option<Vec<u8>>, i16)>;
+
 /// The statement text with every literal target replaced by its ciphertext
 /// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage).
 pub fn rewrite_text(
     sql: &str,
     plans: &[&CryptoPlan],
     keys: &[Option<Arc<StatementKeys>>],
-    catalog: &RegionCatalog,
-    format: &SessionFormat,
-    metrics: &CryptoMetrics,
+    sealer: &Sealer<'_>,
 ) -> Result<String, PgError> {
+    let (catalog, format, metrics) = (sealer.catalog, sealer.format, sealer.metrics);
     let region = keys.iter().flatten().next().map(|k| k.region.clone());
     let result = literal_edits(plans, keys, catalog, format);
     if let Some(region) = region {
@@ -348,11 +359,10 @@ pub fn rewrite_bind(
     keys: &StatementKeys,
     params: &Params<'_>,
     declared: &[u32],
-    catalog: &RegionCatalog,
-    format: &SessionFormat,
-    metrics: &CryptoMetrics,
+    sealer: &Sealer<'_>,
 ) -> Result<Vec<u8>, PgError> {
-    match encrypt_params(plan, keys, params, declared, catalog, format) {
+    let metrics = sealer.metrics;
+    match encrypt_params(plan, keys, params, declared, sealer.catalog, sealer.format) {
         Ok(replaced) => {
             let sealed = replaced.values().filter(|(v, _)| v.is_some()).count();
             metrics.record_n(&keys.region, Op::Encrypt, true, sealed as u64);
@@ -373,7 +383,7 @@ fn encrypt_params(
     declared: &[u32],
     catalog: &RegionCatalog,
     format: &SessionFormat,
-) -> Result<HashMap<usize, (Option<Vec<u8>>, i16)>, PgError> {
+) -> Result<Replaced, PgError> {
     let bind = params.bind;
     let mut replaced: HashMap<usize, (Option<Vec<u8>>, i16)> = HashMap::new();
     for target in &plan.targets {
@@ -446,7 +456,7 @@ fn encrypt_params(
 fn encode_bind(
     body: &[u8],
     bind: &crate::protocol::frontend_msg::Bind<'_>,
-    replaced: &HashMap<usize, (Option<Vec<u8>>, i16)>,
+    replaced: &Replaced,
 ) -> Result<Vec<u8>, PgError> {
     let malformed = || PgError::error(sqlstate::PROTOCOL_VIOLATION, "malformed Bind message");
     // The result formats are the last 2 + 2n bytes: find them by walking

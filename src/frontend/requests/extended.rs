@@ -160,9 +160,11 @@ impl Requests {
                 p.query,
                 &[&plan.crypto],
                 &[keys],
-                &catalog,
-                &format,
-                &self.shared.metrics.crypto(),
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?);
             sealed_for = Some(tenants);
         }
@@ -507,9 +509,11 @@ impl Requests {
             &keys,
             params,
             declared,
-            &catalog,
-            &format,
-            &self.shared.metrics.crypto(),
+            &encrypt::Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &self.shared.metrics.crypto(),
+            },
         )?;
         Ok((Bytes::from(rewritten), keys))
     }

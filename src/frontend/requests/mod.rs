@@ -435,9 +435,11 @@ impl Requests {
                 sql,
                 &cryptos,
                 &keys,
-                &catalog,
-                &format,
-                &self.shared.metrics.crypto(),
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?)
         } else {
             None
