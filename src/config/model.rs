@@ -34,6 +34,9 @@ pub struct Config {
     /// Classified columns: table name → column name → classification.
     #[serde(default)]
     pub classified: BTreeMap<String, BTreeMap<String, ClassifiedColumn>>,
+    /// Two-phase commit of DDL and global-table writes across regions.
+    #[serde(default)]
+    pub two_phase: TwoPhase,
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
@@ -338,6 +341,29 @@ impl Default for Logging {
             level: "info".into(),
             format: LogFormat::Text,
             slow_statement_ms: 1000,
+        }
+    }
+}
+
+/// Two-phase commit across regions (DDL and writes to global tables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwoPhase {
+    /// Names this proxy in the ids of the transactions it prepares
+    /// (`regionguard:<proxy_id>:…`). Empty: `<host name>-<listen port>`.
+    /// Keep it stable across restarts and distinct between proxies: at
+    /// start, a proxy resolves its own leftovers at once.
+    pub proxy_id: String,
+    /// Prepared transactions of other proxies (or of this one while it
+    /// runs) are resolved by recovery only once they are this old.
+    pub recovery_grace_secs: u64,
+}
+
+impl Default for TwoPhase {
+    fn default() -> Self {
+        TwoPhase {
+            proxy_id: String::new(),
+            recovery_grace_secs: 60,
         }
     }
 }

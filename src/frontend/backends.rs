@@ -55,7 +55,10 @@ impl Backend {
     }
 
     /// Queues a simple Query the proxy injects (its answer is discarded).
+    /// A simple Query destroys the unnamed prepared statement, so it is no
+    /// longer counted as prepared here.
     pub fn push_query(&mut self, sql: &str) {
+        self.prepared.remove("");
         let mut b = BytesMut::new();
         if frontend::query(sql, &mut b).is_ok() {
             self.push_batch_end(&b);
@@ -202,6 +205,19 @@ impl Backends {
             }
         }
         Ok(())
+    }
+
+    /// Writes every backend's queued bytes, going on past failures (a
+    /// statement sent to several regions must reach all that can take it);
+    /// returns the regions whose write failed.
+    pub async fn flush_all(&mut self) -> Vec<Arc<str>> {
+        let mut failed = Vec::new();
+        for (region, b) in self.map.iter_mut() {
+            if b.flush().await.is_err() {
+                failed.push(region.clone());
+            }
+        }
+        failed
     }
 
     /// Sends Terminate to every backend, for a clean goodbye.

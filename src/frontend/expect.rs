@@ -40,6 +40,14 @@ pub enum Expect {
     /// Read `region`'s responses up to its next ReadyForQuery and drop them:
     /// statements the proxy injected (a held BEGIN, session-state replay).
     Discard { region: Arc<str> },
+    /// Read the answers of a statement the proxy applies in several regions
+    /// (ADR 8): for each region, that many batches up to their
+    /// ReadyForQuery, handed back through `reply` instead of relayed. A
+    /// region whose connection breaks is reported, not fatal.
+    Collect {
+        regions: Vec<(Arc<str>, usize)>,
+        reply: tokio::sync::oneshot::Sender<Vec<Collected>>,
+    },
     /// Messages the proxy answers itself.
     Local(BytesMut),
     /// Write the error (if any) and end the session.
@@ -55,10 +63,22 @@ impl Expect {
             Expect::RelayUntilCopyIn { .. } => "relay-until-copy-in",
             Expect::CopySync { .. } => "copy-sync",
             Expect::Discard { .. } => "discard",
+            Expect::Collect { .. } => "collect",
             Expect::Local(_) => "local",
             Expect::End(_) => "end",
         }
     }
+}
+
+/// One region's answers to an [`Expect::Collect`].
+#[derive(Debug)]
+pub struct Collected {
+    pub region: Arc<str>,
+    /// Each batch's messages, as the client would have seen them.
+    pub batches: Vec<BytesMut>,
+    /// The connection broke before every batch was answered (the region's
+    /// backend session is dropped; the next statement there reopens it).
+    pub lost: Option<String>,
 }
 
 /// Completion messages of injected Parse/Close requests to swallow, and

@@ -8,6 +8,7 @@ mod copy_out;
 mod decrypt;
 pub mod encrypt;
 mod expect;
+mod fanout;
 mod handshake;
 mod requests;
 mod responses;

@@ -9,7 +9,7 @@
 use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
-use super::expect::{BackendShared, Expect, RowUse};
+use super::expect::{BackendShared, Collected, Expect, RowUse};
 use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
@@ -95,6 +95,10 @@ pub struct Responses {
     sent: crate::metrics::ByteCounter,
     /// Set when columns are classified: decryption of answers.
     crypto: Option<AnswerCrypto>,
+    /// Answers go to a [`Expect::Collect`] buffer, not to the client: no
+    /// flushing, and neither the client leaving nor shutdown interrupts
+    /// the two-phase commit in progress.
+    collecting: bool,
 }
 
 /// What the answer path needs to decrypt.
@@ -325,6 +329,7 @@ impl Responses {
             gone_open: true,
             sent: Default::default(),
             crypto,
+            collecting: false,
         }
     }
 
@@ -395,6 +400,13 @@ impl Responses {
                     let _ = self.client.shutdown().await;
                     return end;
                 }
+                Expect::Collect { regions, reply } => match self.collect(regions).await {
+                    Ok(collected) => {
+                        let _ = reply.send(collected);
+                        Ok(())
+                    }
+                    Err(end) => Err(end),
+                },
                 Expect::Relay { region, query } => self.relay(&region, Mode::Relay, query).await,
                 Expect::Discard { region } => self.relay(&region, Mode::Discard, None).await,
                 Expect::RelayUntilCopyIn { region } => {
@@ -421,7 +433,7 @@ impl Responses {
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {
-        if self.out.is_empty() {
+        if self.out.is_empty() || self.collecting {
             return Ok(());
         }
         let r = self.client.write_all(&self.out).await;
@@ -515,6 +527,49 @@ impl Responses {
         }
         reader.buf.advance(consumed);
         self.flush().await
+    }
+
+    /// Reads each region's answers to a statement applied in several
+    /// regions into buffers of their own (see [`Expect::Collect`]).
+    async fn collect(
+        &mut self,
+        regions: Vec<(Arc<str>, usize)>,
+    ) -> Result<Vec<Collected>, SessionEnd> {
+        // Earlier answers reach the client first.
+        self.flush().await?;
+        let mut all = Vec::with_capacity(regions.len());
+        for (region, count) in regions {
+            let mut batches = Vec::with_capacity(count);
+            let mut lost = None;
+            for _ in 0..count {
+                self.collecting = true;
+                let saved = std::mem::take(&mut self.out);
+                let step = self.relay(&region, Mode::Relay, None).await;
+                let got = std::mem::replace(&mut self.out, saved);
+                self.collecting = false;
+                match step {
+                    Ok(()) => batches.push(got),
+                    Err(SessionEnd::BackendLost { reason, .. }) => {
+                        tracing::warn!(region = %region, %reason, "backend connection lost during a multi-region statement");
+                        if let Some(r) = self.readers.remove(&region) {
+                            r.shared
+                                .dead
+                                .store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        batches.push(got);
+                        lost = Some(reason);
+                        break;
+                    }
+                    Err(end) => return Err(end),
+                }
+            }
+            all.push(Collected {
+                region,
+                batches,
+                lost,
+            });
+        }
+        Ok(all)
     }
 
     /// Moves one batch's responses from `region` to the client (or drops
@@ -655,7 +710,7 @@ impl Responses {
             };
             let read = tokio::select! {
                 read = reader.read_more() => read,
-                changed = self.client_gone.changed(), if self.gone_open => {
+                changed = self.client_gone.changed(), if self.gone_open && !self.collecting => {
                     if changed.is_err() {
                         self.gone_open = false;
                     } else if *self.client_gone.borrow() {
@@ -663,7 +718,7 @@ impl Responses {
                     }
                     continue;
                 }
-                changed = self.phase.changed(), if self.phase_open => {
+                changed = self.phase.changed(), if self.phase_open && !self.collecting => {
                     if changed.is_err() {
                         self.phase_open = false;
                     } else if *self.phase.borrow() == Phase::Closing {
@@ -699,7 +754,7 @@ impl Responses {
             .get(region)
             .map(|r| (r.addr.clone(), r.fatal_seen))
             .unwrap_or_default();
-        if !already_told {
+        if !already_told && !self.collecting {
             PgError::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 format!("connection to region {region} ({addr}) was lost: {reason}"),

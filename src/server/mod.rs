@@ -161,6 +161,9 @@ impl Proxy {
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
         let metrics = crate::metrics::Metrics::new(&config)
             .map_err(|e| StartError::Metrics(e.to_string()))?;
+        let twophase = Arc::new(
+            crate::routing::twophase::TwoPhase::new(&config).map_err(StartError::BackendTls)?,
+        );
         let directory = Arc::new(
             crate::routing::directory::Directory::new(&config).with_metrics(metrics.directory()),
         );
@@ -179,6 +182,7 @@ impl Proxy {
             metrics,
             keyring,
             catalogs,
+            twophase,
         });
         check_catalogs(&shared).await?;
         if shared.tenancy.discovers() {
@@ -199,6 +203,9 @@ impl Proxy {
             ),
             None => None,
         };
+        // Prepared transactions left by a crash are resolved now, not left
+        // holding their locks (ADR 10).
+        shared.twophase.spawn_recovery(shared.phase.clone());
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(address = %local_addr, "RegionGuard listening");
         Ok(Proxy {

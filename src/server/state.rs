@@ -61,6 +61,8 @@ pub struct Shared {
     pub keyring: Option<Arc<Keyring>>,
     /// Where each region's classified columns are.
     pub catalogs: Catalogs,
+    /// Two-phase commit of statements that reach every region.
+    pub twophase: Arc<crate::routing::twophase::TwoPhase>,
 }
 
 impl Shared {

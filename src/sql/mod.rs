@@ -17,6 +17,7 @@ mod cache;
 mod classification;
 mod comment;
 mod crypto_plan;
+mod ddl;
 mod lexer;
 pub mod normalize;
 mod predicates;
@@ -32,6 +33,7 @@ pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
+pub use ddl::{ddl_forms, DdlForm};
 pub use tenancy::{Discovered, Tenancy};
 
 use comment::CommentTenant;

@@ -47,7 +47,10 @@ impl Requests {
             StatementKind::SetTenant { .. } | StatementKind::ShowTenant => true,
             StatementKind::Begin => self.txn == Txn::Idle,
             StatementKind::Commit | StatementKind::Rollback => {
-                matches!(self.txn, Txn::Held { .. } | Txn::FailedHeld)
+                matches!(
+                    self.txn,
+                    Txn::Held { .. } | Txn::FailedHeld | Txn::Fanned { .. }
+                )
             }
             _ => false,
         }
@@ -189,6 +192,15 @@ impl Requests {
         parse: Option<String>,
         describe: Option<super::Described>,
     ) -> Result<(), Quit> {
+        if let Some(regions) = self.batch.fan.as_ref().map(|f| f.regions.clone()) {
+            for region in &regions {
+                if let Some(b) = self.backends.existing(region) {
+                    note_sent(b, &msg, parse.as_deref(), describe.as_ref());
+                    b.push(&msg);
+                }
+            }
+            return Ok(());
+        }
         match self.batch.region.clone() {
             Some(region) => {
                 let b = self.backend(&region).await?;
@@ -248,7 +260,11 @@ impl Requests {
 
     /// Makes sure `name` is prepared in `region`, preparing it there now
     /// (answer swallowed) if it was prepared elsewhere.
-    async fn ensure_prepared(&mut self, region: &Arc<str>, name: &str) -> Result<(), Quit> {
+    pub(super) async fn ensure_prepared(
+        &mut self,
+        region: &Arc<str>,
+        name: &str,
+    ) -> Result<(), Quit> {
         let Some(parse) = self.statements.get(name).map(|s| s.parse.clone()) else {
             return Ok(());
         };
@@ -264,7 +280,7 @@ impl Requests {
     /// Refuses the statement being bound: the rest of the batch is dropped
     /// until Sync and the client sees `err`, the transaction (implicit or
     /// explicit) failing as Postgres would fail it.
-    async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
+    pub(super) async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
         self.shared.metrics.statement_refused(&err);
         self.batch.skipping = true;
@@ -276,10 +292,29 @@ impl Requests {
             self.local(err.to_bytes());
             return Ok(());
         }
+        if let Some(regions) = self.batch.fan.as_ref().map(|f| f.regions.clone()) {
+            // The batch fails in every region; each shows the proxy's error.
+            let mut exec = BytesMut::new();
+            let _ = frontend::execute(FAIL_PORTAL, 0, &mut exec);
+            for region in &regions {
+                if let Some(b) = self.backends.existing(region) {
+                    b.shared.override_error(b.batches, err.clone());
+                    b.push(&exec);
+                }
+            }
+            if let Some(fan) = self.batch.fan.as_mut() {
+                fan.refused = true;
+            }
+            return Ok(());
+        }
         let region = match (&self.batch.region, &self.txn) {
             (Some(r), _) | (None, Txn::Pinned(r)) => r.clone(),
             _ => self.batch_home(),
         };
+        if let Txn::Fanned { .. } = self.txn {
+            // The transaction runs in every region: it fails in all of them.
+            self.fail_others(&region);
+        }
         self.set_batch_region(&region).await?;
         let b = self.backend(&region).await?;
         b.shared.override_error(b.batches, err);
@@ -374,6 +409,49 @@ impl Requests {
             return Ok(());
         }
         let plan = single(&analysis);
+        if let Some(plan) = plan {
+            let ends = matches!(plan.kind, StatementKind::Commit | StatementKind::Rollback);
+            if ends && matches!(self.txn, Txn::Fanned { .. }) {
+                return self
+                    .fail_batch(route::refusal(
+                        "a transaction that runs in every region must end with COMMIT or ROLLBACK in a pipeline batch of its own",
+                        "send COMMIT (or ROLLBACK) on its own, followed by Sync",
+                    ))
+                    .await;
+            }
+            let text = self
+                .statements
+                .get(&name)
+                .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok())
+                .map(|p| p.query.to_string())
+                .unwrap_or_default();
+            match self.fan_mode(&text, std::slice::from_ref(plan), self.batch.fan.is_some()) {
+                Err(e) => return self.fail_batch(e).await,
+                Ok(Some(mode)) if super::refuse_kind(&plan.kind).is_none() => {
+                    if let Err(e) =
+                        route::place(&self.shared, plan, Some(&params), self.tenant.effective())
+                            .await
+                    {
+                        return self.fail_batch(e).await;
+                    }
+                    if self
+                        .batch
+                        .fan
+                        .as_ref()
+                        .is_some_and(|f| matches!(f.mode, super::fanout::FanMode::Unwrapped(_)))
+                    {
+                        return self
+                            .fail_batch(route::refusal(
+                                "a statement that cannot run in a transaction block must be alone in its pipeline batch",
+                                "send Sync after it",
+                            ))
+                            .await;
+                    }
+                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                }
+                _ => {}
+            }
+        }
         let placement = match plan {
             Some(plan) => {
                 if let Some(e) = super::refuse_kind(&plan.kind) {
@@ -387,6 +465,7 @@ impl Requests {
             Ok((p, t)) => (Ok(p), t),
             Err(e) => (Err(e), Vec::new()),
         };
+        let in_region = matches!(placement, Ok(Placement::Region(_)));
         let region = match placement {
             Ok(Placement::Region(r)) => r,
             Ok(Placement::Neutral) => match &self.batch.region {
@@ -395,6 +474,11 @@ impl Requests {
             },
             Err(e) => return self.fail_batch(e).await,
         };
+        if self.batch.fan.is_some() {
+            return self
+                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .await;
+        }
         if let Some(err) = self.conflict(&region) {
             return self.fail_batch(err).await;
         }
@@ -678,8 +762,13 @@ impl Requests {
                 return Ok(());
             }
         }
-        if let Some(region) = self.batch.region.clone() {
-            self.ensure_prepared(&region, &name).await?;
+        let regions = match (&self.batch.fan, &self.batch.region) {
+            (Some(fan), _) => fan.regions.clone(),
+            (None, Some(region)) => vec![region.clone()],
+            (None, None) => Vec::new(),
+        };
+        for region in &regions {
+            self.ensure_prepared(region, &name).await?;
         }
         let declared = self
             .statements
@@ -704,6 +793,14 @@ impl Requests {
             .to_string();
         self.batch.executes = true;
         match self.portals.get(&portal).cloned() {
+            Some(PortalTarget::Local(LocalAction::End { commit }))
+                if matches!(self.txn, Txn::Fanned { .. }) =>
+            {
+                let (out, failed) = self.end_fanned(commit).await?;
+                self.batch.skipping |= failed;
+                self.local(out);
+                Ok(())
+            }
             Some(PortalTarget::Local(action)) => {
                 let mut out = BytesMut::new();
                 self.run_local(action, &mut out);
@@ -828,6 +925,14 @@ impl Requests {
             };
         }
         self.statements.remove(&name);
+        if self.batch.fan.is_some() {
+            // It goes to every region with the batch.
+            for (_, b) in self.backends.iter_mut() {
+                b.shared.forget_statement(&name);
+                b.prepared.remove(&name);
+            }
+            return self.send_or_hold(msg.clone(), None, None).await;
+        }
         let target = self.batch.region.clone();
         // Close it everywhere it is prepared; only the batch's own Close is answered.
         for (region, b) in self.backends.iter_mut() {
@@ -847,7 +952,9 @@ impl Requests {
     }
 
     pub(super) async fn flush_request(&mut self, msg: &Bytes) -> Result<(), Quit> {
-        if self.batch.skipping {
+        if self.batch.skipping || self.batch.fan.is_some() {
+            // A batch that goes to every region is answered at its Sync,
+            // once every region's outcome is known.
             return Ok(());
         }
         if self.batch.region.is_none() && !self.batch.held.is_empty() {
@@ -866,6 +973,14 @@ impl Requests {
     }
 
     pub(super) async fn sync(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        if let Some(fan) = self.batch.fan.take() {
+            self.batch = Batch::default();
+            self.sync_fanned(msg, fan).await?;
+            if self.txn == Txn::Idle {
+                self.tenant.local = None;
+            }
+            return Ok(());
+        }
         if self.batch.region.is_none() && !self.batch.held.is_empty() && !self.batch.skipping {
             let region = self.batch_home();
             self.set_batch_region(&region).await?;
@@ -914,7 +1029,7 @@ impl Requests {
 }
 
 /// Bookkeeping for a message as it is written to a backend.
-fn note_sent(
+pub(super) fn note_sent(
     b: &mut crate::frontend::backends::Backend,
     msg: &[u8],
     parse: Option<&str>,

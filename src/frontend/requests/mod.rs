@@ -27,6 +27,7 @@ use crate::types::SessionFormat;
 
 mod copy;
 mod extended;
+mod fanout;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
@@ -73,6 +74,12 @@ enum Txn {
     FailedHeld,
     /// The transaction runs in this region.
     Pinned(Arc<str>),
+    /// The transaction changed the schema or a global table, so it runs
+    /// in every region and commits with two-phase commit (ADR 8);
+    /// `primary` runs its statements without tenant data.
+    Fanned {
+        primary: Arc<str>,
+    },
 }
 
 /// A statement prepared by the client (extended protocol).
@@ -122,6 +129,9 @@ struct Batch {
     relay_pushed: bool,
     /// A COPY FROM STDIN was executed and its CopyDone/CopyFail not seen.
     copy_pending: bool,
+    /// The batch goes to every region (a statement in it changes the
+    /// schema or a global table).
+    fan: Option<fanout::FanBatch>,
     /// The batch executes something (Bind, Execute): a held BEGIN must go
     /// ahead of it. A batch that only prepares or describes does not pin
     /// the transaction.
@@ -155,6 +165,9 @@ pub struct Requests {
     max_message: usize,
     /// The session's text I/O settings (for parsing literals to encrypt).
     format: Arc<std::sync::Mutex<SessionFormat>>,
+    /// The BEGIN that opened the current transaction, to open it in more
+    /// regions when it starts changing every region.
+    begin_sql: String,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -186,6 +199,7 @@ impl Requests {
             copy_in: None,
             max_message,
             format,
+            begin_sql: "BEGIN".into(),
         }
     }
 
@@ -248,7 +262,7 @@ impl Requests {
     fn status(&self) -> u8 {
         match self.txn {
             Txn::Idle => b'I',
-            Txn::Held { .. } | Txn::Pinned(_) => b'T',
+            Txn::Held { .. } | Txn::Pinned(_) | Txn::Fanned { .. } => b'T',
             Txn::FailedHeld => b'E',
         }
     }
@@ -357,6 +371,9 @@ impl Requests {
             }
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
+        }
+        if self.fan_query(msg, sql, &analysis.statements).await? {
+            return Ok(());
         }
         let placed = match self.place_query(&analysis.statements).await {
             Ok((region, after, tenants)) => match self.open(&region).await {
@@ -537,7 +554,7 @@ impl Requests {
 
     /// Where statements without tenant data go.
     fn neutral_region(&self, tenant: &TenantSetting) -> Arc<str> {
-        if let Txn::Pinned(r) = &self.txn {
+        if let Txn::Pinned(r) | Txn::Fanned { primary: r } = &self.txn {
             return r.clone();
         }
         if let Some(t) = tenant.effective() {
@@ -613,13 +630,33 @@ impl Requests {
         Ok(())
     }
 
+    /// Makes the transaction fail in every region but `except` (a
+    /// transaction that runs in every region failed in `except`).
+    fn fail_others(&mut self, except: &Arc<str>) {
+        let mut failed = Vec::new();
+        for (region, b) in self.backends.iter_mut() {
+            if region != except {
+                b.push_query(FAIL_QUERY);
+                failed.push(region.clone());
+            }
+        }
+        for region in failed {
+            let _ = self.expect.send(Expect::Discard { region });
+        }
+    }
+
     /// A held BEGIN goes to the region of the first statement that needs
     /// one, ahead of it; its answer was already given.
     async fn pin_held(&mut self, region: &Arc<str>) -> Result<(), Quit> {
         if let Txn::Held { begin } = &self.txn {
-            let begin = begin.clone();
+            let begin = if begin.is_empty() {
+                "BEGIN".to_string()
+            } else {
+                begin.clone()
+            };
             let b = self.backend(region).await?;
-            b.push_query(if begin.is_empty() { "BEGIN" } else { &begin });
+            b.push_query(&begin);
+            self.begin_sql = begin;
             let _ = self.expect.send(Expect::Discard {
                 region: region.clone(),
             });
@@ -638,6 +675,17 @@ impl Requests {
                 b.push_query(FAIL_QUERY);
                 let _ = self.expect.send(Expect::Relay {
                     region,
+                    query: None,
+                });
+            }
+            Txn::Fanned { primary } => {
+                // The transaction fails in every region, as on one server.
+                self.fail_others(&primary);
+                let b = self.backend(&primary).await?;
+                b.shared.override_error(b.batches, err);
+                b.push_query(FAIL_QUERY);
+                let _ = self.expect.send(Expect::Relay {
+                    region: primary,
                     query: None,
                 });
             }
