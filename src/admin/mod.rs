@@ -239,18 +239,28 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>) {
         }
     };
     let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     if !peer_allowed(uid, own) {
         let e = AdminError::new(
             codes::PERMISSION_DENIED,
             format!("uid {uid} may not use the admin socket (only uid {own} and root)"),
         );
         record(&ctx, uid, "connect", &Value::Null, Err(&e), None);
+        // Read (and ignore) the first request so the reply is not lost to
+        // a reset, then refuse it and close.
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            (&mut reader)
+                .take(MAX_REQUEST as u64)
+                .read_until(b'\n', &mut buf),
+        )
+        .await;
         let mut line = reply_error(&Value::Null, &e).to_string();
         line.push('\n');
         let _ = write.write_all(line.as_bytes()).await;
         return;
     }
-    let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
     loop {
         buf.clear();
