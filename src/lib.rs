@@ -1,6 +1,7 @@
 //! RegionGuard: a PostgreSQL proxy that keeps each tenant's data in its
 //! region and encrypted. See README.md and docs/.
 
+pub mod admin;
 pub mod backend;
 pub mod catalog;
 pub mod config;

@@ -43,6 +43,9 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub logging: Logging,
+    /// The file this config was loaded from (set by `Config::load`).
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 /// Where clients connect and the limits that protect the proxy.
@@ -287,10 +290,31 @@ fn default_pg_port() -> u16 {
 }
 
 /// The admin socket (key rotation and operations).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
+    /// Unix socket for `regionguard ctl`; off when absent. Its directory
+    /// must not be writable by group or others.
     pub socket: Option<PathBuf>,
+    /// Hash-chained JSON-lines audit log of admin commands and key events.
+    pub audit_log: Option<PathBuf>,
+    /// Backstop for missed key-change notifications: how often cached
+    /// tenant keys are compared with the key table, in seconds.
+    pub key_recheck_secs: u64,
+    /// A data key rotation stages the new version, waits this long for
+    /// every proxy to learn it, then makes it active.
+    pub rotation_grace_ms: u64,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: None,
+            audit_log: None,
+            key_recheck_secs: 30,
+            rotation_grace_ms: 1000,
+        }
+    }
 }
 
 /// The Prometheus endpoint.

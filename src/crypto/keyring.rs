@@ -36,7 +36,11 @@ pub struct Keyring {
 
 struct RegionKeys {
     name: Arc<str>,
-    kek: KekRing,
+    /// Swapped whole by a root key rotation (`keys rotate-root`, or another
+    /// proxy's announcement of one).
+    kek: arc_swap::ArcSwap<KekRing>,
+    /// Where the root keys come from, to read them again.
+    source: crate::config::KeySource,
     connector: ControlConnector,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     tenants: DashMap<String, Arc<TenantKeys>>,
@@ -61,7 +65,8 @@ impl Keyring {
                 name.clone(),
                 RegionKeys {
                     name: Arc::from(name.as_str()),
-                    kek,
+                    kek: arc_swap::ArcSwap::from_pointee(kek),
+                    source: source.clone(),
                     connector,
                     client: tokio::sync::Mutex::new(None),
                     tenants: DashMap::new(),
@@ -91,9 +96,51 @@ impl Keyring {
         v
     }
 
-    /// The root keys of `region`.
-    pub fn kek(&self, region: &str) -> Option<&KekRing> {
-        self.regions.get(region).map(|r| &r.kek)
+    /// The root keys of `region` (the current set: a root key rotation
+    /// replaces it).
+    pub fn kek(&self, region: &str) -> Option<Arc<KekRing>> {
+        self.regions.get(region).map(|r| r.kek.load_full())
+    }
+
+    /// Reads the region's key source again (blocking work on a blocking
+    /// thread) and returns the new root key set without installing it.
+    pub async fn read_key_source(&self, region: &str) -> Result<KekRing, CryptoError> {
+        let r = self.region(region)?;
+        let source = r.source.clone();
+        let name = r.name.to_string();
+        tokio::task::spawn_blocking(move || KekRing::load(&name, &source))
+            .await
+            .map_err(|_| CryptoError::Internal("key source task"))?
+    }
+
+    /// Installs a root key set for `region` (after [`Keyring::read_key_source`]).
+    pub fn install_kek(&self, region: &str, ring: KekRing) -> Result<(), CryptoError> {
+        self.region(region)?.kek.store(Arc::new(ring));
+        Ok(())
+    }
+
+    /// Reads the key source again and installs it: another proxy rotated
+    /// the root key, or a key row names a version this proxy lacks.
+    pub async fn reload_kek(&self, region: &str) -> Result<(), CryptoError> {
+        let ring = self.read_key_source(region).await?;
+        self.install_kek(region, ring)
+    }
+
+    /// Tenants whose keys are cached in `region`, with the versions and
+    /// states cached: what the periodic re-check compares with the table.
+    pub fn cached_tenants(&self, region: &str) -> Vec<(String, Vec<(u32, KeyState)>)> {
+        let Some(r) = self.regions.get(region) else {
+            return Vec::new();
+        };
+        r.tenants
+            .iter()
+            .map(|e| (e.key().clone(), e.value().versions()))
+            .collect()
+    }
+
+    /// The region's control connector (for a dedicated LISTEN connection).
+    pub fn connector(&self, region: &str) -> Option<&ControlConnector> {
+        self.regions.get(region).map(|r| &r.connector)
     }
 
     /// The region's control-plane client (connected and with the key table
@@ -241,7 +288,21 @@ impl RegionKeys {
             Err(e) if e.is_unavailable() => self.fetch_timed(tenant, create).await?,
             other => other?,
         };
-        let keys = Arc::new(TenantKeys::from_rows(&self.kek, &self.name, tenant, &rows)?);
+        let keys = match TenantKeys::from_rows(&self.kek.load(), &self.name, tenant, &rows) {
+            // A root key version this proxy lacks: another proxy rotated the
+            // root key since we read the source; read it again once.
+            Err(CryptoError::MissingKek { .. }) => {
+                let source = self.source.clone();
+                let name = self.name.to_string();
+                let ring = tokio::task::spawn_blocking(move || KekRing::load(&name, &source))
+                    .await
+                    .map_err(|_| CryptoError::Internal("key source task"))??;
+                self.kek.store(Arc::new(ring));
+                TenantKeys::from_rows(&self.kek.load(), &self.name, tenant, &rows)?
+            }
+            other => other?,
+        };
+        let keys = Arc::new(keys);
         if keys.has_keys() {
             self.tenants.insert(tenant.to_string(), Arc::clone(&keys));
         }
@@ -281,7 +342,8 @@ impl RegionKeys {
             return Ok(rows);
         }
         let raw = data_key::generate()?;
-        let kek = self.kek.active();
+        let ring = self.kek.load();
+        let kek = ring.active();
         let wrapped = data_key::wrap(kek, &self.name, tenant, 1, &raw)?;
         let created =
             store::insert_first_key(client, &self.name, tenant, &wrapped, kek.version()).await?;

@@ -98,6 +98,10 @@ pub struct Proxy {
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
     metrics: Option<crate::metrics::Endpoint>,
+    /// The admin socket (when `admin.socket` is set) and the key change
+    /// followers (when columns are classified).
+    admin: Option<crate::admin::AdminServer>,
+    followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Why the proxy could not start.
@@ -121,12 +125,15 @@ pub enum StartError {
     Keys(String),
     #[error("classified columns: {0}")]
     Catalog(String),
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl Proxy {
     /// Binds `config.listen.address` (port 0 picks a free port) and starts
     /// accepting clients in the background.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let started = std::time::Instant::now();
         let tls = tls::acceptor(&config.client_tls).map_err(StartError::Tls)?;
         let mut regions = std::collections::BTreeMap::new();
         for (name, region) in &config.regions {
@@ -206,6 +213,21 @@ impl Proxy {
         // Prepared transactions left by a crash are resolved now, not left
         // holding their locks (ADR 10).
         shared.twophase.spawn_recovery(shared.phase.clone());
+        let followers = match &shared.keyring {
+            Some(keyring) => crate::crypto::rotation::spawn_followers(
+                keyring,
+                Duration::from_secs(shared.config.admin.key_recheck_secs.max(1)),
+            ),
+            None => Vec::new(),
+        };
+        let admin = match &shared.config.admin.socket {
+            Some(path) => Some(
+                crate::admin::start(path, shared.clone(), started)
+                    .await
+                    .map_err(StartError::Admin)?,
+            ),
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(address = %local_addr, "RegionGuard listening");
         Ok(Proxy {
@@ -214,7 +236,14 @@ impl Proxy {
             shared,
             accept,
             metrics,
+            admin,
+            followers,
         })
+    }
+
+    /// The admin socket's path, when it is serving.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin.as_ref().map(|a| a.path())
     }
 
     /// The address clients connect to.
@@ -237,6 +266,12 @@ impl Proxy {
     pub async fn shutdown(self) {
         let _ = self.phase.send(Phase::Draining);
         self.accept.abort();
+        if let Some(admin) = self.admin {
+            admin.shutdown();
+        }
+        for f in &self.followers {
+            f.abort();
+        }
         let max = self.shared.config.listen.max_clients as u32;
         let timeout = Duration::from_secs(self.shared.config.listen.shutdown_timeout_secs);
         let all_done = || self.shared.clients.acquire_many(max);
