@@ -134,14 +134,24 @@ impl CopyOut {
 
     /// COPY output the proxy cannot read or write back: never passed on.
     fn corrupt(&self, e: crate::copy::CopyError) -> PgError {
-        PgError::error(
-            DATA_CORRUPTED,
+        // A row over the proxy's limit keeps its own code (54000).
+        let code = if e.code == crate::copy::BAD_COPY_FILE_FORMAT {
+            DATA_CORRUPTED
+        } else {
+            e.code
+        };
+        let err = PgError::error(
+            code,
             format!(
                 "{}: unreadable COPY output: {}",
                 self.plan().what(),
                 e.message
             ),
-        )
+        );
+        match e.hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
     }
 
     /// The keys of the row's tenant, loaded (read-only) on first sight.
