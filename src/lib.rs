@@ -9,6 +9,8 @@ pub mod crypto;
 pub mod demo;
 pub mod frontend;
 pub mod localpg;
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod routing;

@@ -65,6 +65,8 @@ impl ControlConnector {
                 .dbname(&host.dbname)
                 .user(&host.user)
                 .application_name(APPLICATION_NAME)
+                // Key-table writes need the primary, not a standby listed first.
+                .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
                 .connect_timeout(timeout)
                 .ssl_mode(match self.region.tls {
                     BackendTlsMode::Disable => SslMode::Disable,

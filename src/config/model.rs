@@ -160,7 +160,8 @@ pub struct Region {
     /// Seconds to wait for a backend connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Tried in order; the first that accepts serves the session.
+    /// The primary and its standbys: sessions go to the host that is not a
+    /// hot standby, the last primary tried first.
     pub hosts: Vec<Host>,
     /// Where this region's root key (KEK) comes from. Required when any
     /// column is classified; a proxy only loads the keys of its own regions.
@@ -290,11 +291,24 @@ pub struct Admin {
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent
+    /// (and then no series are kept at all).
     pub address: Option<String>,
+    /// Seconds between health checks of every region host (a login each),
+    /// which drive `/readyz` and `regionguard_region_up`.
+    pub health_interval_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            address: None,
+            health_interval_secs: 5,
+        }
+    }
 }
 
 /// Log output.
@@ -313,6 +327,9 @@ pub struct Logging {
     /// A `tracing` filter: `info`, `regionguard=debug`, …
     pub level: String,
     pub format: LogFormat,
+    /// Requests slower than this many milliseconds are logged (at WARN,
+    /// with the statement's normalized text: no literals); 0 turns it off.
+    pub slow_statement_ms: u64,
 }
 
 impl Default for Logging {
@@ -320,6 +337,7 @@ impl Default for Logging {
         Logging {
             level: "info".into(),
             format: LogFormat::Text,
+            slow_statement_ms: 1000,
         }
     }
 }
@@ -337,6 +355,12 @@ pub struct Tenancy {
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// as the regional catalogs say; tables not seen yet count as
+    /// tenant-scoped until the catalogs show otherwise.
+    pub discover: bool,
+    /// How often the catalogs are read again in discovery mode.
+    pub discover_refresh_secs: u64,
 }
 
 impl Default for Tenancy {
@@ -346,6 +370,8 @@ impl Default for Tenancy {
             tables: Vec::new(),
             columns: BTreeMap::new(),
             global_tables: Vec::new(),
+            discover: false,
+            discover_refresh_secs: 10,
         }
     }
 }

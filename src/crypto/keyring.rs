@@ -426,6 +426,19 @@ impl TenantKeys {
             .seal(Mode::from(protection), aad, canonical_plaintext)
     }
 
+    /// [`TenantKeys::seal`], appending the envelope to `out` (for example
+    /// an outgoing message buffer) without allocating when it has room.
+    pub fn seal_into(
+        &self,
+        protection: Protection,
+        aad: &Aad,
+        canonical_plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        self.active_key()?
+            .seal_into(Mode::from(protection), aad, canonical_plaintext, out)
+    }
+
     /// Deterministic envelopes of one value under every live version,
     /// active first: what an equality lookup must match while rows under
     /// older versions remain (`col IN (enc_v2(x), enc_v1(x))`).
@@ -449,6 +462,21 @@ impl TenantKeys {
     /// Opens a binary envelope with the version its header names. Every
     /// failure is an error naming the region and column, never the value.
     pub fn open(&self, aad: &Aad, stored: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut out = Zeroizing::new(Vec::new());
+        self.open_into(aad, stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TenantKeys::open`] into a reused buffer (its previous contents are
+    /// replaced): no allocation and no per-value wipe on the hot path; the
+    /// buffer is zeroized when it drops.
+    pub fn open_into(
+        &self,
+        aad: &Aad,
+        stored: &[u8],
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<(), CryptoError> {
+        out.clear();
         let env = envelope::decode(stored).map_err(|e| CryptoError::Malformed {
             place: aad.place().clone(),
             reason: e.to_string(),
@@ -456,9 +484,10 @@ impl TenantKeys {
         let version = env.header.key_version;
         match self.slot(version) {
             Some(Slot::Live { key, .. }) => {
-                key.open(aad, &env).map_err(|()| CryptoError::Integrity {
-                    place: aad.place().clone(),
-                })
+                key.open_into(aad, &env, out)
+                    .map_err(|()| CryptoError::Integrity {
+                        place: aad.place().clone(),
+                    })
             }
             Some(Slot::Destroyed) => Err(CryptoError::Destroyed {
                 place: aad.place().clone(),

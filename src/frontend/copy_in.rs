@@ -652,7 +652,7 @@ async fn table_columns(
             "application_name".to_string(),
             "regionguard catalog lookup".to_string(),
         )];
-        let conn = backend::connect(region, &rt.config, &rt.tls, &params)
+        let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &params)
             .await
             .map_err(|e| {
                 PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string()).with_hint(

@@ -90,6 +90,8 @@ pub struct BackendShared {
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
+    /// Metrics and slow-statement log of this backend session.
+    pub stats: crate::metrics::BackendStats,
 }
 
 /// Logical type OIDs of a statement's classified parameters, by 1-based number.
@@ -103,6 +105,13 @@ pub struct RowUse {
 }
 
 impl BackendShared {
+    pub fn new(stats: crate::metrics::BackendStats) -> Self {
+        BackendShared {
+            stats,
+            ..Default::default()
+        }
+    }
+
     /// A Describe was sent in `batch` (see [`RowUse`]).
     pub fn expect_rows(&self, batch: u64, usage: RowUse) {
         if let Ok(mut q) = self.rows.lock() {

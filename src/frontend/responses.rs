@@ -10,6 +10,7 @@ use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Expect, RowUse};
+use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
@@ -62,7 +63,11 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < need.max(READ_CHUNK / 4) {
             self.buf.reserve(need.max(READ_CHUNK));
         }
-        self.rd.read_buf(&mut self.buf).await
+        let read = self.rd.read_buf(&mut self.buf).await;
+        if let Ok(n) = read {
+            self.shared.stats.received(n);
+        }
+        read
     }
 }
 
@@ -87,6 +92,7 @@ pub struct Responses {
     /// False once the request side ended without the client leaving (its
     /// sender dropped): queued answers still go out.
     gone_open: bool,
+    sent: crate::metrics::ByteCounter,
     /// Set when columns are classified: decryption of answers.
     crypto: Option<AnswerCrypto>,
 }
@@ -245,9 +251,14 @@ impl AnswerCrypto {
                     return false;
                 };
                 let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                let metrics = self.shared.metrics.crypto();
                 match plan.data_row(body, &format) {
-                    Ok(row) => out.extend_from_slice(&row),
+                    Ok((row, n)) => {
+                        metrics.record_n(region, Op::Decrypt, true, n);
+                        out.extend_from_slice(&row);
+                    }
                     Err(e) => {
+                        metrics.record_decrypt(region, false);
                         tracing::warn!(region, code = e.code, "a value could not be decrypted");
                         e.encode(out);
                         self.rows = None;
@@ -312,8 +323,14 @@ impl Responses {
             phase_open: true,
             client_gone,
             gone_open: true,
+            sent: Default::default(),
             crypto,
         }
+    }
+
+    /// Counts the bytes written to the client.
+    pub fn counting_sent(self, sent: crate::metrics::ByteCounter) -> Self {
+        Responses { sent, ..self }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Expect>) -> SessionEnd {
@@ -408,6 +425,7 @@ impl Responses {
             return Ok(());
         }
         let r = self.client.write_all(&self.out).await;
+        self.sent.add(self.out.len());
         self.out.clear();
         r.map_err(|_| SessionEnd::ClientWriteFailed)
     }
@@ -511,6 +529,10 @@ impl Responses {
         if let Some(r) = self.readers.get_mut(region) {
             r.parked = false;
         }
+        let mut timer = match (mode, self.readers.get(region)) {
+            (Mode::Relay, Some(r)) => r.shared.stats.start_batch(),
+            _ => crate::metrics::BatchTimer::default(),
+        };
         loop {
             let Some(reader) = self.readers.get_mut(region) else {
                 // Dropped while idle, before the request side noticed.
@@ -526,6 +548,13 @@ impl Responses {
                 tracing::trace!(tag = %(f.tag as char), region = %region, "backend message");
                 consumed = f.end;
                 let bytes = f.bytes(&reader.buf);
+                if f.tag == b'C' && !discard {
+                    let copy_in = reader.copy_active;
+                    reader
+                        .shared
+                        .stats
+                        .command_complete(f.body(&reader.buf), copy_in);
+                }
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
                     if crypto.copying(f.tag) {
                         crypto
@@ -569,6 +598,7 @@ impl Responses {
                                 "a statement the proxy replayed on this region failed"
                             );
                         } else {
+                            reader.shared.stats.backend_error(f.body(&reader.buf));
                             self.out.extend_from_slice(bytes);
                         }
                         if mode == Mode::UntilCopyIn {
@@ -598,6 +628,8 @@ impl Responses {
                         reader.copy_active = false;
                         reader.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
                         reader.shared.batch_done(reader.done);
+                        let done = std::mem::take(&mut timer);
+                        reader.shared.stats.finish_batch(done, reader.done);
                         reader.done += 1;
                         if !discard {
                             self.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');

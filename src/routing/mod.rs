@@ -1,3 +1,4 @@
 //! Tenant resolution and the tenant directory.
 
 pub mod directory;
+pub mod discovery;

@@ -97,6 +97,7 @@ pub struct Proxy {
     phase: watch::Sender<Phase>,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Why the proxy could not start.
@@ -114,6 +115,8 @@ pub enum StartError {
     BackendTls(String),
     #[error("auth.users: {0}")]
     Users(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("keys: {0}")]
     Keys(String),
     #[error("classified columns: {0}")]
@@ -133,6 +136,7 @@ impl Proxy {
                 RegionRuntime {
                     config: region.clone(),
                     tls: rt,
+                    primary: crate::backend::Primary::default(),
                 },
             );
         }
@@ -155,7 +159,11 @@ impl Proxy {
         let keyring = load_keys(&config).await?;
         let catalogs = crate::catalog::Catalogs::new(regions.keys().cloned());
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-        let directory = Arc::new(crate::routing::directory::Directory::new(&config));
+        let metrics = crate::metrics::Metrics::new(&config)
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
+        let directory = Arc::new(
+            crate::routing::directory::Directory::new(&config).with_metrics(metrics.directory()),
+        );
         directory.spawn_refresher();
         let shared = Arc::new(Shared {
             clients: Arc::new(Semaphore::new(config.listen.max_clients)),
@@ -168,13 +176,29 @@ impl Proxy {
             tls,
             cancel: dashmap::DashMap::new(),
             phase: phase_rx,
+            metrics,
             keyring,
             catalogs,
         });
         check_catalogs(&shared).await?;
+        if shared.tenancy.discovers() {
+            crate::routing::discovery::discover(&shared).await;
+            tokio::spawn(crate::routing::discovery::refresh(
+                Arc::downgrade(&shared),
+                Duration::from_secs(shared.config.tenancy.discover_refresh_secs.max(1)),
+            ));
+        }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
         }
+        let metrics = match &shared.config.metrics.address {
+            Some(address) => Some(
+                crate::metrics::Endpoint::start(address, &shared)
+                    .await
+                    .map_err(|e| StartError::Metrics(format!("cannot listen on {address}: {e}")))?,
+            ),
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(address = %local_addr, "RegionGuard listening");
         Ok(Proxy {
@@ -182,12 +206,23 @@ impl Proxy {
             phase: phase_tx,
             shared,
             accept,
+            metrics,
         })
     }
 
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The proxy's metrics (for in-process tools and tests).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
     }
 
     /// Stops accepting, lets open transactions finish up to
@@ -202,6 +237,9 @@ impl Proxy {
             tracing::warn!("shutdown timeout reached: closing remaining sessions");
             let _ = self.phase.send(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(5), all_done()).await;
+        }
+        if let Some(m) = &self.metrics {
+            m.stop();
         }
         tracing::info!("RegionGuard stopped");
     }
@@ -219,6 +257,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = shared.clients.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .client_refused(crate::metrics::ClientRefusal::MaxClients);
             let err = PgError::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
@@ -231,8 +272,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let open = shared.metrics.client_connected();
             crate::frontend::serve(tcp, peer, shared).await;
-            drop(permit);
+            drop((open, permit));
         });
     }
 }

@@ -18,6 +18,7 @@ mod classification;
 mod comment;
 mod crypto_plan;
 mod lexer;
+pub mod normalize;
 mod predicates;
 mod session;
 mod tenancy;
@@ -31,7 +32,7 @@ pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
-pub use tenancy::Tenancy;
+pub use tenancy::{Discovered, Tenancy};
 
 use comment::CommentTenant;
 use sqlparser::dialect::PostgreSqlDialect;

@@ -162,6 +162,7 @@ impl Requests {
                 &[keys],
                 &catalog,
                 &format,
+                &self.shared.metrics.crypto(),
             )?);
             sealed_for = Some(tenants);
         }
@@ -263,6 +264,7 @@ impl Requests {
     /// explicit) failing as Postgres would fail it.
     async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         self.batch.skipping = true;
         self.batch.executes = true;
         if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
@@ -435,7 +437,11 @@ impl Requests {
         };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
+        let text = self.statements.get(&name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
+        if let Some(text) = &text {
+            b.shared.stats.note_statement(b.batches, text);
+        }
         b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),
@@ -503,6 +509,7 @@ impl Requests {
             declared,
             &catalog,
             &format,
+            &self.shared.metrics.crypto(),
         )?;
         Ok((Bytes::from(rewritten), keys))
     }
@@ -553,6 +560,9 @@ impl Requests {
             }
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
+            }
+            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
             }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
@@ -667,10 +677,15 @@ impl Requests {
         if let Some(region) = self.batch.region.clone() {
             self.ensure_prepared(&region, &name).await?;
         }
+        let declared = self
+            .statements
+            .get(&name)
+            .map(|s| s.types.clone())
+            .unwrap_or_default();
         let overrides = stmt_local
             .as_ref()
             .and_then(|(_, a)| single(a))
-            .map(|p| encrypt::param_overrides(&p.crypto))
+            .map(|p| encrypt::param_overrides(&p.crypto, &declared))
             .unwrap_or_default();
         self.send_or_hold(msg.clone(), None, Some((name, overrides)))
             .await

@@ -205,7 +205,7 @@ impl Requests {
             }
             match client.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return self.gone().await,
-                Ok(_) => {}
+                Ok(n) => self.shared.metrics.client_received(n),
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
@@ -432,7 +432,12 @@ impl Requests {
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
             Some(encrypt::rewrite_text(
-                sql, &cryptos, &keys, &catalog, &format,
+                sql,
+                &cryptos,
+                &keys,
+                &catalog,
+                &format,
+                &self.shared.metrics.crypto(),
             )?)
         } else {
             None
@@ -463,6 +468,7 @@ impl Requests {
             txn: self.txn.clone(),
             session_state: false,
             resets: false,
+            ddl: false,
         };
         let mut region: Option<Arc<str>> = match &self.txn {
             Txn::Pinned(r) => Some(r.clone()),
@@ -472,6 +478,7 @@ impl Requests {
             if let Some(e) = refuse_kind(&plan.kind) {
                 return Err(e);
             }
+            after.ddl |= plan.kind == StatementKind::Ddl;
             match &plan.kind {
                 StatementKind::SetTenant { local, value } => {
                     let v =
@@ -550,11 +557,15 @@ impl Requests {
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
+        b.shared.stats.note_statement(b.batches, msg);
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
             query: keys,
         });
+        if after.ddl && self.shared.tenancy.discovers() {
+            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
                 .unwrap_or("")
@@ -617,6 +628,7 @@ impl Requests {
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         match self.txn.clone() {
             Txn::Pinned(region) => {
                 let b = self.backend(&region).await?;
@@ -771,6 +783,8 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
+    /// The query holds DDL (discovery reads the catalogs again after it).
+    ddl: bool,
 }
 
 fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: bool) {
