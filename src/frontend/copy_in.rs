@@ -45,6 +45,7 @@ use crate::copy::{
     parse_copy, CopyError, CopyFormat, CopyInFilter, CopyRow, Direction, FormatKind,
 };
 use crate::crypto::{Aad, TenantKeys};
+use crate::metrics::crypto::Op;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use crate::sql::{
@@ -458,8 +459,9 @@ impl CopyIn {
         row: &mut CopyRow,
     ) -> Result<(), PgError> {
         let plan = &self.plan;
+        let number = row.number;
         let at = |e: PgError| PgError {
-            message: format!("{}, data row {}: {}", plan.what(), row.number, e.message),
+            message: format!("{}, data row {number}: {}", plan.what(), e.message),
             ..e
         };
         if !self.sealing.contains_key(tenant) {
@@ -479,38 +481,57 @@ impl CopyIn {
         let Some(keys) = self.sealing.get(tenant) else {
             return Ok(());
         };
-        let binary = plan.format.kind == FormatKind::Binary;
-        for (field, aad) in plan.classified.iter().zip(&keys.aads) {
-            let Some(slot) = row.fields.get_mut(field.index) else {
-                continue;
-            };
-            // NULL stays NULL.
-            let Some(value) = slot.as_deref() else {
-                continue;
-            };
-            let class = &field.class;
-            let converted;
-            let canonical = if binary {
-                class
-                    .logical
-                    .check_binary(value)
-                    .map_err(|e| at(type_error(class, e)))?;
-                value
-            } else {
-                converted = class
-                    .logical
-                    .text_to_binary(value, &self.session)
-                    .map_err(|e| at(type_error(class, e)))?;
-                converted.as_slice()
-            };
-            let sealed = keys
-                .keys
-                .seal(class.protection, aad, canonical)
-                .map_err(|e| at(crypto_error(&e)))?;
-            *slot = Some(stored_form(sealed, field.storage, binary));
-        }
+        let metrics = shared.metrics.crypto();
+        let sealed = seal_row(plan, keys, &self.session, row).map_err(|e| {
+            metrics.record_encrypt(&self.region, false);
+            at(e)
+        })?;
+        metrics.record_n(&self.region, Op::Encrypt, true, sealed);
         Ok(())
     }
+}
+
+/// Replaces the row's non-NULL classified fields with their ciphertext;
+/// returns how many were sealed.
+fn seal_row(
+    plan: &CopyPlan,
+    keys: &FieldKeys,
+    session: &SessionFormat,
+    row: &mut CopyRow,
+) -> Result<u64, PgError> {
+    let mut sealed = 0;
+    let binary = plan.format.kind == FormatKind::Binary;
+    for (field, aad) in plan.classified.iter().zip(&keys.aads) {
+        let Some(slot) = row.fields.get_mut(field.index) else {
+            continue;
+        };
+        // NULL stays NULL.
+        let Some(value) = slot.as_deref() else {
+            continue;
+        };
+        let class = &field.class;
+        let converted;
+        let canonical = if binary {
+            class
+                .logical
+                .check_binary(value)
+                .map_err(|e| type_error(class, e))?;
+            value
+        } else {
+            converted = class
+                .logical
+                .text_to_binary(value, session)
+                .map_err(|e| type_error(class, e))?;
+            converted.as_slice()
+        };
+        let envelope = keys
+            .keys
+            .seal(class.protection, aad, canonical)
+            .map_err(|e| crypto_error(&e))?;
+        *slot = Some(stored_form(envelope, field.storage, binary));
+        sealed += 1;
+    }
+    Ok(sealed)
 }
 
 /// CopyData messages carrying `bytes`, at most [`OUT_CHUNK`] each.

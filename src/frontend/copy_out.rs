@@ -23,6 +23,7 @@ use super::copy_in::{self, CopyPlan, FieldKeys};
 use super::encrypt::crypto_error;
 use crate::copy::{CopyInFilter, CopyRow, FormatKind};
 use crate::crypto::{CryptoError, Keyring, TenantKeys};
+use crate::metrics::crypto::{CryptoMetrics, Op};
 use crate::protocol::error::PgError;
 use crate::types::SessionFormat;
 use bytes::BytesMut;
@@ -50,11 +51,17 @@ pub struct CopyOut {
     session: SessionFormat,
     /// Read keys (and associated data) by tenant, loaded on first sight.
     keys: HashMap<String, FieldKeys>,
+    metrics: CryptoMetrics,
 }
 
 impl CopyOut {
     /// Starts decrypting `run`; `session` are the session's text settings.
-    pub fn new(run: Arc<CopyOutRun>, keyring: Arc<Keyring>, session: SessionFormat) -> Self {
+    pub fn new(
+        run: Arc<CopyOutRun>,
+        keyring: Arc<Keyring>,
+        session: SessionFormat,
+        metrics: CryptoMetrics,
+    ) -> Self {
         let plan = &run.plan;
         let filter = CopyInFilter::new(
             plan.format.clone(),
@@ -74,6 +81,7 @@ impl CopyOut {
             session,
             keys,
             run,
+            metrics,
         }
     }
 
@@ -124,7 +132,15 @@ impl CopyOut {
         loop {
             let row = self.filter.next_row().map_err(|e| self.corrupt(e))?;
             let Some(mut row) = row else { break };
-            self.decrypt(&mut row).await?;
+            match self.decrypt(&mut row).await {
+                Ok(n) => self
+                    .metrics
+                    .record_n(&self.run.region, Op::Decrypt, true, n),
+                Err(e) => {
+                    self.metrics.record_decrypt(&self.run.region, false);
+                    return Err(e);
+                }
+            }
             self.filter.write_row(&row).map_err(|e| self.corrupt(e))?;
             copy_data(self.filter.take_output(), out);
         }
@@ -134,14 +150,24 @@ impl CopyOut {
 
     /// COPY output the proxy cannot read or write back: never passed on.
     fn corrupt(&self, e: crate::copy::CopyError) -> PgError {
-        PgError::error(
-            DATA_CORRUPTED,
+        // A row over the proxy's limit keeps its own code (54000).
+        let code = if e.code == crate::copy::BAD_COPY_FILE_FORMAT {
+            DATA_CORRUPTED
+        } else {
+            e.code
+        };
+        let err = PgError::error(
+            code,
             format!(
                 "{}: unreadable COPY output: {}",
                 self.plan().what(),
                 e.message
             ),
-        )
+        );
+        match e.hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
     }
 
     /// The keys of the row's tenant, loaded (read-only) on first sight.
@@ -186,8 +212,8 @@ impl CopyOut {
     }
 
     /// Replaces the row's non-NULL classified fields with their plaintext
-    /// in the COPY's format.
-    async fn decrypt(&mut self, row: &mut CopyRow) -> Result<(), PgError> {
+    /// in the COPY's format; returns how many were decrypted.
+    async fn decrypt(&mut self, row: &mut CopyRow) -> Result<u64, PgError> {
         let run = Arc::clone(&self.run);
         let plan = &run.plan;
         if plan
@@ -195,7 +221,7 @@ impl CopyOut {
             .iter()
             .all(|f| matches!(row.fields.get(f.index), Some(None) | None))
         {
-            return Ok(());
+            return Ok(0);
         }
         let binary = plan.format.kind == FormatKind::Binary;
         let keyring = Arc::clone(&self.keyring);
@@ -250,12 +276,14 @@ impl CopyOut {
             };
             plain_fields.push(Some(plain));
         }
+        let mut opened = 0;
         for (field, plain) in plan.classified.iter().zip(plain_fields) {
             if let (Some(slot), Some(plain)) = (row.fields.get_mut(field.index), plain) {
                 *slot = Some(plain);
+                opened += 1;
             }
         }
-        Ok(())
+        Ok(opened)
     }
 }
 

@@ -169,7 +169,7 @@ impl AnswerCrypto {
         let checked = match self.shared.keyring.clone() {
             Some(keyring) => {
                 let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
-                let copy = CopyOut::new(run, keyring, format);
+                let copy = CopyOut::new(run, keyring, format, self.shared.metrics.crypto());
                 copy.check_response(body).map(|()| copy)
             }
             None => Err(PgError::error(
