@@ -79,6 +79,15 @@ impl Requests {
             if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
                 match route::place(&self.shared, plan, None, self.tenant.effective()).await {
                     Ok((Placement::Region(r), tenants)) => {
+                        if self.batch.fan.is_some() {
+                            // Its text would reach every region of the batch.
+                            return self
+                                .fail_batch(route::refusal(
+                                    "a pipeline batch that changes the schema or a global table in every region may not also touch tenant data",
+                                    "send statements on tenant data in a pipeline batch of their own",
+                                ))
+                                .await;
+                        }
                         if let Some(err) = self.conflict(&r) {
                             return self.fail_batch(err).await;
                         }
@@ -419,12 +428,20 @@ impl Requests {
                     ))
                     .await;
             }
-            let text = self
-                .statements
-                .get(&name)
-                .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok())
-                .map(|p| p.query.to_string())
-                .unwrap_or_default();
+            // The text's leading keywords tell DDL forms apart; other
+            // statements need no copy of it (this runs for every Bind).
+            let text = if matches!(
+                plan.kind,
+                StatementKind::Ddl | StatementKind::Unparsed { .. }
+            ) {
+                self.statements
+                    .get(&name)
+                    .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok())
+                    .map(|p| p.query.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             match self.fan_mode(&text, std::slice::from_ref(plan), self.batch.fan.is_some()) {
                 Err(e) => return self.fail_batch(e).await,
                 Ok(Some(mode)) if super::refuse_kind(&plan.kind).is_none() => {

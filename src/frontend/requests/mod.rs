@@ -75,7 +75,7 @@ enum Txn {
     /// The transaction runs in this region.
     Pinned(Arc<str>),
     /// The transaction changed the schema or a global table, so it runs
-    /// in every region and commits with two-phase commit (ADR 8);
+    /// in every region and commits with two-phase commit (ADR 10);
     /// `primary` runs its statements without tenant data.
     Fanned {
         primary: Arc<str>,
