@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,13 @@ pub struct BackendConn {
     pub params: Vec<(String, String)>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
+    /// Which of the region's hosts (index in the config) serves the session.
+    pub host_index: usize,
+    /// Hosts tried first that could not be reached or logged in to
+    /// (standbys are not failures), for the metrics.
+    pub failed_hosts: Vec<usize>,
+    /// This session's host became the region's primary: a failover.
+    pub failed_over: bool,
 }
 
 /// Why no backend session could be opened.
@@ -39,7 +47,13 @@ pub struct BackendConn {
 pub enum ConnectError {
     /// No host of the region could be reached or authenticated against.
     #[error("region {region} is unavailable: {reason}")]
-    Unavailable { region: String, reason: String },
+    Unavailable {
+        region: String,
+        reason: String,
+        /// Hosts that could not be reached or logged in to (standbys are
+        /// not failures), for the metrics.
+        failed_hosts: Vec<usize>,
+    },
     /// The server accepted the login but refused the session (for example
     /// an invalid startup parameter). The raw ErrorResponse is relayed to
     /// the client unchanged.
@@ -66,39 +80,82 @@ impl RegionTls {
     }
 }
 
-/// Connects to the first host of `region` that accepts, with `params` as the
-/// session's startup parameters (besides user and database).
+/// Which host of a region accepted writes last: sessions try it first.
+/// Shared by every session of the proxy.
+#[derive(Debug, Default)]
+pub struct Primary(AtomicUsize);
+
+impl Primary {
+    /// Index of the host in the region's `hosts`.
+    pub fn index(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects to the region's primary — the first host, starting with the
+/// one that was primary last time, that accepts the login and is not a hot
+/// standby (`in_hot_standby`, reported by Postgres 14 and later) — with
+/// `params` as the session's startup parameters (besides user and
+/// database). The hosts are the region's own, so a failover never leaves
+/// its residency zone: when the primary fails, the next session lands on
+/// whichever host has been promoted.
 pub async fn connect(
     region_name: &str,
     region: &Region,
     tls: &RegionTls,
+    primary: &Primary,
     params: &[(String, String)],
 ) -> Result<BackendConn, ConnectError> {
     let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
-    for host in &region.hosts {
+    let mut failed_hosts = Vec::new();
+    let n = region.hosts.len();
+    let first = primary.index() % n.max(1);
+    for i in (0..n).map(|k| (first + k) % n) {
+        let host = &region.hosts[i];
         let addr = format!("{}:{}", host.host, host.port);
         match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params)).await {
-            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Ok(conn)) => {
+                let failed_over = primary.0.swap(i, Ordering::Relaxed) != i;
+                if failed_over {
+                    tracing::info!(region = region_name, host = %addr, "region primary is now this host");
+                }
+                return Ok(BackendConn {
+                    host_index: i,
+                    failed_hosts,
+                    failed_over,
+                    ..conn
+                });
+            }
+            Ok(Err(HostError::Standby)) => reasons.push(format!("{addr}: a read-only standby")),
             Ok(Err(HostError::Refused(error_response))) => {
                 return Err(ConnectError::Refused {
                     region: region_name.to_string(),
                     error_response,
                 })
             }
-            Ok(Err(HostError::Failed(reason))) => reasons.push(format!("{addr}: {reason}")),
-            Err(_) => reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs())),
+            Ok(Err(HostError::Failed(reason))) => {
+                reasons.push(format!("{addr}: {reason}"));
+                failed_hosts.push(i);
+            }
+            Err(_) => {
+                reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs()));
+                failed_hosts.push(i);
+            }
         }
     }
     Err(ConnectError::Unavailable {
         region: region_name.to_string(),
         reason: reasons.join("; "),
+        failed_hosts,
     })
 }
 
 enum HostError {
     Failed(String),
     Refused(BytesMut),
+    /// The server is a hot standby: sessions need the primary.
+    Standby,
 }
 
 impl From<std::io::Error> for HostError {
@@ -189,6 +246,12 @@ async fn connect_host(
                 return Err(HostError::Failed(error_text(&body)));
             }
             Message::ReadyForQuery(body) => {
+                if params_out
+                    .iter()
+                    .any(|(k, v)| k == "in_hot_standby" && v == "on")
+                {
+                    return Err(HostError::Standby);
+                }
                 let (pid, secret) =
                     key.ok_or_else(|| HostError::Failed("server sent no BackendKeyData".into()))?;
                 return Ok(BackendConn {
@@ -203,6 +266,9 @@ async fn connect_host(
                     },
                     params: params_out,
                     status: body.status(),
+                    host_index: 0,
+                    failed_hosts: Vec::new(),
+                    failed_over: false,
                 });
             }
             _ => {

@@ -4,4 +4,6 @@ mod connect;
 pub mod control;
 mod tls;
 
-pub use connect::{connect, send_cancel, BackendConn, CancelTarget, ConnectError, RegionTls};
+pub use connect::{
+    connect, send_cancel, BackendConn, CancelTarget, ConnectError, Primary, RegionTls,
+};

@@ -43,6 +43,9 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub logging: Logging,
+    /// The file this config was loaded from (set by `Config::load`).
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 /// Where clients connect and the limits that protect the proxy.
@@ -163,7 +166,8 @@ pub struct Region {
     /// Seconds to wait for a backend connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Tried in order; the first that accepts serves the session.
+    /// The primary and its standbys: sessions go to the host that is not a
+    /// hot standby, the last primary tried first.
     pub hosts: Vec<Host>,
     /// Where this region's root key (KEK) comes from. Required when any
     /// column is classified; a proxy only loads the keys of its own regions.
@@ -286,18 +290,52 @@ fn default_pg_port() -> u16 {
 }
 
 /// The admin socket (key rotation and operations).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
+    /// Unix socket for `regionguard ctl`; off when absent. Its directory
+    /// must not be writable by group or others.
     pub socket: Option<PathBuf>,
+    /// Hash-chained JSON-lines audit log of admin commands and key events.
+    pub audit_log: Option<PathBuf>,
+    /// Backstop for missed key-change notifications: how often cached
+    /// tenant keys are compared with the key table, in seconds.
+    pub key_recheck_secs: u64,
+    /// A data key rotation stages the new version, waits this long for
+    /// every proxy to learn it, then makes it active.
+    pub rotation_grace_ms: u64,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: None,
+            audit_log: None,
+            key_recheck_secs: 30,
+            rotation_grace_ms: 1000,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent
+    /// (and then no series are kept at all).
     pub address: Option<String>,
+    /// Seconds between health checks of every region host (a login each),
+    /// which drive `/readyz` and `regionguard_region_up`.
+    pub health_interval_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            address: None,
+            health_interval_secs: 5,
+        }
+    }
 }
 
 /// Log output.
@@ -316,6 +354,9 @@ pub struct Logging {
     /// A `tracing` filter: `info`, `regionguard=debug`, …
     pub level: String,
     pub format: LogFormat,
+    /// Requests slower than this many milliseconds are logged (at WARN,
+    /// with the statement's normalized text: no literals); 0 turns it off.
+    pub slow_statement_ms: u64,
 }
 
 impl Default for Logging {
@@ -323,6 +364,7 @@ impl Default for Logging {
         Logging {
             level: "info".into(),
             format: LogFormat::Text,
+            slow_statement_ms: 1000,
         }
     }
 }
@@ -363,6 +405,12 @@ pub struct Tenancy {
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// as the regional catalogs say; tables not seen yet count as
+    /// tenant-scoped until the catalogs show otherwise.
+    pub discover: bool,
+    /// How often the catalogs are read again in discovery mode.
+    pub discover_refresh_secs: u64,
 }
 
 impl Default for Tenancy {
@@ -372,6 +420,8 @@ impl Default for Tenancy {
             tables: Vec::new(),
             columns: BTreeMap::new(),
             global_tables: Vec::new(),
+            discover: false,
+            discover_refresh_secs: 10,
         }
     }
 }

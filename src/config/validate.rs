@@ -26,6 +26,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }
+    if c.metrics.health_interval_secs == 0 {
+        return Err(ConfigError::invalid(
+            "metrics.health_interval_secs",
+            "must be at least 1",
+        ));
+    }
     validate_tls(c)?;
     validate_auth(c)?;
     validate_regions(c)?;

@@ -70,6 +70,7 @@ impl Backend {
             return Ok(());
         }
         let r = self.writer.write_all(&self.out).await;
+        self.shared.stats.sent(self.out.len());
         self.out.clear();
         r
     }
@@ -152,11 +153,14 @@ impl Backends {
                 format!("region {region} is not configured"),
             )
         })?;
-        let conn = backend::connect(region, &rt.config, &rt.tls, &self.params)
+        let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &self.params)
             .await
             .map_err(|e| match e {
-                ConnectError::Unavailable { .. } => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
-                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working"),
+                ConnectError::Unavailable { .. } => {
+                    shared.metrics.connect_failed(region, &e);
+                    PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
+                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working")
+                }
                 ConnectError::Refused { region, .. } => PgError::error(
                     sqlstate::CONNECTION_FAILURE,
                     format!("region {region} refused a session with this session's parameters"),
@@ -167,8 +171,14 @@ impl Backends {
         if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
             entry.targets.push(conn.cancel.clone());
         }
+        let stats = shared.metrics.backend_connected(
+            region,
+            conn.host_index,
+            &conn.failed_hosts,
+            conn.failed_over,
+        );
         let (reader, writer) = conn.stream.split();
-        let bshared = Arc::new(BackendShared::default());
+        let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {
             region: region.clone(),
             addr: conn.addr.clone(),

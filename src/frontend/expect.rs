@@ -6,6 +6,7 @@
 //! backend→client pump works through the queue, so the client sees answers
 //! in the order it asked, whichever region produced them.
 
+use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
 use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
@@ -103,9 +104,14 @@ pub struct BackendShared {
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
     param_types: Mutex<std::collections::HashMap<String, Vec<u32>>>,
+    /// `COPY … TO STDOUT` executions of classified tables, by batch: the
+    /// response side decrypts the CopyData after their CopyOutResponse.
+    copy_outs: Mutex<VecDeque<(u64, Arc<CopyOutRun>)>>,
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
+    /// Metrics and slow-statement log of this backend session.
+    pub stats: crate::metrics::BackendStats,
 }
 
 /// Logical type OIDs of a statement's classified parameters, by 1-based number.
@@ -119,6 +125,13 @@ pub struct RowUse {
 }
 
 impl BackendShared {
+    pub fn new(stats: crate::metrics::BackendStats) -> Self {
+        BackendShared {
+            stats,
+            ..Default::default()
+        }
+    }
+
     /// A Describe was sent in `batch` (see [`RowUse`]).
     pub fn expect_rows(&self, batch: u64, usage: RowUse) {
         if let Ok(mut q) = self.rows.lock() {
@@ -138,6 +151,26 @@ impl BackendShared {
         }
         if q.front().is_some_and(|(b, _)| *b == batch) {
             return q.pop_front().map(|(_, u)| u);
+        }
+        None
+    }
+
+    /// A COPY TO STDOUT whose rows need decrypting runs in `batch`.
+    pub fn expect_copy_out(&self, batch: u64, run: Arc<CopyOutRun>) {
+        if let Ok(mut q) = self.copy_outs.lock() {
+            q.push_back((batch, run));
+        }
+    }
+
+    /// The decryption of the COPY whose CopyOutResponse just arrived in
+    /// `batch`, if it needs one.
+    pub fn take_copy_out(&self, batch: u64) -> Option<Arc<CopyOutRun>> {
+        let mut q = self.copy_outs.lock().ok()?;
+        while q.front().is_some_and(|(b, _)| *b < batch) {
+            q.pop_front();
+        }
+        if q.front().is_some_and(|(b, _)| *b == batch) {
+            return q.pop_front().map(|(_, r)| r);
         }
         None
     }
@@ -262,6 +295,11 @@ impl BackendShared {
             }
         }
         if let Ok(mut q) = self.rows.lock() {
+            while q.front().is_some_and(|(b, _)| *b <= batch) {
+                q.pop_front();
+            }
+        }
+        if let Ok(mut q) = self.copy_outs.lock() {
             while q.front().is_some_and(|(b, _)| *b <= batch) {
                 q.pop_front();
             }

@@ -46,6 +46,23 @@ impl PgBinaries {
         self.dir.join(name)
     }
 
+    /// A client program (`pg_dump`, `pg_basebackup`…): from the server
+    /// binaries' directory when it is there, else from the newest Debian
+    /// installation, else by name from the PATH (directories holding only
+    /// the server programs exist).
+    pub fn client_program(&self, name: &str) -> PathBuf {
+        let here = self.program(name);
+        if here.is_file() {
+            return here;
+        }
+        if let Some(debian) = highest_debian_version().map(|d| d.join(name)) {
+            if debian.is_file() {
+                return debian;
+            }
+        }
+        PathBuf::from(name)
+    }
+
     /// The directory holding the programs.
     pub fn dir(&self) -> &Path {
         &self.dir

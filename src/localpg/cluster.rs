@@ -218,6 +218,68 @@ impl Cluster {
         }
     }
 
+    /// Makes a streaming-replication standby of this (running) cluster in
+    /// `dir` with `pg_basebackup -R`, named `name`; it is not started. The
+    /// primary's `pg_hba.conf` gets a replication line for loopback SCRAM
+    /// (and is reloaded) first.
+    pub async fn standby(&self, name: &str, dir: &Path) -> Result<Cluster, LocalPgError> {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let current = std::fs::read_to_string(&hba)
+            .map_err(LocalPgError::io(format!("cannot read {}", hba.display())))?;
+        if !current.contains("replication") {
+            std::fs::write(
+                &hba,
+                format!("{current}host replication all 127.0.0.1/32 scram-sha-256\n"),
+            )
+            .map_err(LocalPgError::io(format!("cannot write {}", hba.display())))?;
+            self.pg_ctl(&["reload"]).await?;
+        }
+        let dir = std::path::absolute(dir).map_err(LocalPgError::io(format!(
+            "cannot resolve {}",
+            dir.display()
+        )))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(LocalPgError::io(format!("cannot create {}", dir.display())))?;
+        self.run_as.chown_tree(&dir)?;
+        let mut cmd = self
+            .run_as
+            .command(&self.binaries.client_program("pg_basebackup"));
+        cmd.current_dir(&dir)
+            .env("PGPASSWORD", &self.superuser_password)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                super::SUPERUSER,
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .arg("-p")
+            .arg(self.port.to_string());
+        tokio::task::spawn_blocking(move || run(cmd, "pg_basebackup")).await??;
+        Cluster::new(
+            name,
+            &dir,
+            &self.superuser_password,
+            &ClusterOptions {
+                port: None,
+                fast: self.fast,
+            },
+            self.binaries.clone(),
+            self.run_as.clone(),
+        )
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting for it).
+    pub async fn promote(&self) -> Result<(), LocalPgError> {
+        self.pg_ctl(&["promote"]).await
+    }
+
     /// Stops the server cleanly (`pg_ctl stop -m fast`: open sessions are
     /// disconnected, a checkpoint is written).
     pub async fn stop(&mut self) -> Result<(), LocalPgError> {

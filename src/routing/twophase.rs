@@ -1,5 +1,5 @@
 //! Two-phase commit across regions: transaction ids, the decision log and
-//! the recovery of prepared transactions left behind (ADR 8).
+//! the recovery of prepared transactions left behind (ADR 10).
 //!
 //! A statement that must reach every region (DDL, a write to a global
 //! table) is prepared in each region under one id,

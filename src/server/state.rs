@@ -30,6 +30,8 @@ pub enum Phase {
 pub struct RegionRuntime {
     pub config: Region,
     pub tls: RegionTls,
+    /// The host that accepted writes last.
+    pub primary: crate::backend::Primary,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.
@@ -53,6 +55,8 @@ pub struct Shared {
     /// One permit per client connection (`listen.max_clients`).
     pub clients: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
+    /// Series and the slow-statement threshold (no-ops when metrics are off).
+    pub metrics: crate::metrics::Metrics,
     /// Region root keys and cached tenant data keys (when columns are classified).
     pub keyring: Option<Arc<Keyring>>,
     /// Where each region's classified columns are.
@@ -66,6 +70,9 @@ impl Shared {
     pub fn tenancy_of(config: &Config) -> Tenancy {
         let t = &config.tenancy;
         let mut tenancy = Tenancy::new(&t.column);
+        if t.discover {
+            tenancy.enable_discovery();
+        }
         for table in &t.tables {
             tenancy.add_scoped(table, t.columns.get(table).map(String::as_str));
         }

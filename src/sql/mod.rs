@@ -19,6 +19,7 @@ mod comment;
 mod crypto_plan;
 mod ddl;
 mod lexer;
+pub mod normalize;
 mod predicates;
 mod session;
 mod tenancy;
@@ -33,7 +34,7 @@ pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
 pub use ddl::{ddl_forms, DdlForm};
-pub use tenancy::Tenancy;
+pub use tenancy::{Discovered, Tenancy};
 
 use comment::CommentTenant;
 use sqlparser::dialect::PostgreSqlDialect;

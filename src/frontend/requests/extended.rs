@@ -108,8 +108,8 @@ impl Requests {
             },
             None => (msg.clone(), None),
         };
-        // A COPY into a tenant-scoped table: where its rows' tenants are
-        // (a COPY with classified columns was refused just above).
+        // A COPY whose rows the proxy sees: where its rows' tenants and
+        // classified columns are.
         let (parse, copy) = if local {
             (parse, None)
         } else {
@@ -172,8 +172,11 @@ impl Requests {
                 p.query,
                 &[&plan.crypto],
                 &[keys],
-                &catalog,
-                &format,
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?);
             sealed_for = Some(tenants);
         }
@@ -288,6 +291,7 @@ impl Requests {
     /// explicit) failing as Postgres would fail it.
     pub(super) async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         self.batch.skipping = true;
         self.batch.executes = true;
         if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
@@ -376,7 +380,7 @@ impl Requests {
                 .await;
         };
         if copy_plan.is_none()
-            && single(&analysis).is_some_and(crate::frontend::copy_in::is_per_row)
+            && single(&analysis).is_some_and(crate::frontend::copy_in::needs_plan)
         {
             return self
                 .fail_batch(route::refusal(
@@ -503,7 +507,8 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
-        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty()) {
+        // A planned COPY's classified fields are handled row by row.
+        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
             Some(plan) => {
                 let sealed = (&region, &tenants[..], sealed_for.as_deref());
                 match self
@@ -516,9 +521,30 @@ impl Requests {
             }
             None => (msg.clone(), None),
         };
+        let copy_plan = match copy_plan {
+            Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
+                Ok(p) => Some(p),
+                Err(e) => return self.fail_batch(e).await,
+            },
+            None => None,
+        };
+        let copy = match copy_plan {
+            Some(p) if p.format.direction == crate::copy::Direction::To => {
+                match super::copy::copy_out_run(&self.shared, p, &region, &tenants).await {
+                    Ok(run) => Some(super::copy::PortalCopy::Out(run)),
+                    Err(e) => return self.fail_batch(e).await,
+                }
+            }
+            Some(p) => Some(super::copy::PortalCopy::In(p)),
+            None => None,
+        };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, &name).await?;
+        let text = self.statements.get(&name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
+        if let Some(text) = &text {
+            b.shared.stats.note_statement(b.batches, text);
+        }
         b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),
@@ -533,7 +559,7 @@ impl Requests {
                 region,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             },
         );
         Ok(())
@@ -584,8 +610,11 @@ impl Requests {
             &keys,
             params,
             declared,
-            &catalog,
-            &format,
+            &encrypt::Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &self.shared.metrics.crypto(),
+            },
         )?;
         Ok((Bytes::from(rewritten), keys))
     }
@@ -636,6 +665,9 @@ impl Requests {
             }
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
+            }
+            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
             }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
@@ -755,10 +787,15 @@ impl Requests {
         for region in &regions {
             self.ensure_prepared(region, &name).await?;
         }
+        let declared = self
+            .statements
+            .get(&name)
+            .map(|s| s.types.clone())
+            .unwrap_or_default();
         let overrides = stmt_local
             .as_ref()
             .and_then(|(_, a)| single(a))
-            .map(|p| encrypt::param_overrides(&p.crypto))
+            .map(|p| encrypt::param_overrides(&p.crypto, &declared))
             .unwrap_or_default();
         self.send_or_hold(msg.clone(), None, Some((name, overrides)))
             .await
@@ -791,7 +828,7 @@ impl Requests {
                 region: r,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
@@ -813,10 +850,19 @@ impl Requests {
                         b.push(&describe);
                     }
                 }
+                if let Some(super::copy::PortalCopy::Out(run)) = &copy {
+                    // The response side decrypts the CopyData that follows
+                    // this Execute's CopyOutResponse.
+                    let b = self.backend(&r).await?;
+                    if !run.plan.classified.is_empty() {
+                        b.shared.expect_copy_out(b.batches, Arc::clone(run));
+                    }
+                }
                 self.send_or_hold(msg.clone(), None, None).await?;
-                if let Some(plan) = copy_plan {
+                if let Some(super::copy::PortalCopy::In(plan)) = copy {
+                    let session = self.format.lock().map(|f| f.clone()).unwrap_or_default();
                     self.copy_in = Some(super::copy::ActiveCopy::new(
-                        crate::frontend::copy_in::CopyIn::new(plan, r.clone()),
+                        crate::frontend::copy_in::CopyIn::new(plan, r.clone(), session),
                         false,
                     ));
                 }

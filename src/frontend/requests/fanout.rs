@@ -1,4 +1,4 @@
-//! Statements that reach every region (ADR 8): DDL and writes to global
+//! Statements that reach every region (ADR 10): DDL and writes to global
 //! tables. Applications run migrations through their `DATABASE_URL`, so the
 //! schema and the global tables must change everywhere or nowhere.
 //!
@@ -523,7 +523,7 @@ impl Requests {
                 region: regions[0].clone(),
                 copy_in: false,
                 keys: None,
-                copy_plan: None,
+                copy: None,
             },
         );
         Ok(())

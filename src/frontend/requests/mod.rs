@@ -75,7 +75,7 @@ enum Txn {
     /// The transaction runs in this region.
     Pinned(Arc<str>),
     /// The transaction changed the schema or a global table, so it runs
-    /// in every region and commits with two-phase commit (ADR 8);
+    /// in every region and commits with two-phase commit (ADR 10);
     /// `primary` runs its statements without tenant data.
     Fanned {
         primary: Arc<str>,
@@ -95,7 +95,9 @@ struct Stmt {
     /// The tenants whose keys encrypted the text's classified literals:
     /// the statement may only run for them.
     sealed_for: Option<Vec<String>>,
-    /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
+    /// A COPY whose rows the proxy sees (FROM STDIN into a tenant-scoped
+    /// table, TO STDOUT of a classified table): where its tenants and
+    /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
 
@@ -109,8 +111,8 @@ enum PortalTarget {
         /// The statement touches classified columns: its rows are
         /// decrypted with these keys.
         keys: Option<Arc<StatementKeys>>,
-        /// Its rows' tenants are checked (tenant-scoped table).
-        copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+        /// A COPY whose rows the proxy checks, encrypts or decrypts.
+        copy: Option<copy::PortalCopy>,
     },
     Local(extended::LocalAction),
 }
@@ -217,7 +219,7 @@ impl Requests {
             }
             match client.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return self.gone().await,
-                Ok(_) => {}
+                Ok(n) => self.shared.metrics.client_received(n),
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
@@ -385,22 +387,19 @@ impl Requests {
             Err(err) => return self.refuse_query(err).await,
         };
         match self
+            .plan_copy_query(&analysis, sql, &region, &tenants)
+            .await
+        {
+            Ok(Some(planned)) => return self.send_copy_query(region, msg, after, planned).await,
+            Ok(None) => {}
+            Err(err) => return self.refuse_query(err).await,
+        }
+        match self
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
             .await
         {
-            Ok(None) => match self.plan_copy_query(&analysis, sql, &region).await {
-                Ok(None) => self.send_query(region, msg, after, None).await,
-                Ok(Some((copy, rewritten))) => {
-                    self.send_copy_query(region, msg, after, copy, rewritten)
-                        .await
-                }
-                Err(err) => self.refuse_query(err).await,
-            },
+            Ok(None) => self.send_query(region, msg, after, None).await,
             Ok(Some((rewritten, keys))) => {
-                if copy::has_per_row_copy(&analysis) {
-                    // Rows of COPY data are not encrypted yet: never store them.
-                    return self.refuse_query(copy::classified_copy_refusal()).await;
-                }
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
@@ -450,7 +449,14 @@ impl Requests {
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
             Some(encrypt::rewrite_text(
-                sql, &cryptos, &keys, &catalog, &format,
+                sql,
+                &cryptos,
+                &keys,
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?)
         } else {
             None
@@ -481,6 +487,7 @@ impl Requests {
             txn: self.txn.clone(),
             session_state: false,
             resets: false,
+            ddl: false,
         };
         let mut region: Option<Arc<str>> = match &self.txn {
             Txn::Pinned(r) => Some(r.clone()),
@@ -490,6 +497,7 @@ impl Requests {
             if let Some(e) = refuse_kind(&plan.kind) {
                 return Err(e);
             }
+            after.ddl |= plan.kind == StatementKind::Ddl;
             match &plan.kind {
                 StatementKind::SetTenant { local, value } => {
                     let v =
@@ -568,11 +576,15 @@ impl Requests {
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
+        b.shared.stats.note_statement(b.batches, msg);
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
             query: keys,
         });
+        if after.ddl && self.shared.tenancy.discovers() {
+            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
                 .unwrap_or("")
@@ -655,6 +667,7 @@ impl Requests {
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         match self.txn.clone() {
             Txn::Pinned(region) => {
                 let b = self.backend(&region).await?;
@@ -820,6 +833,8 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
+    /// The query holds DDL (discovery reads the catalogs again after it).
+    ddl: bool,
 }
 
 fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: bool) {
