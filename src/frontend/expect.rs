@@ -41,7 +41,7 @@ pub enum Expect {
     /// statements the proxy injected (a held BEGIN, session-state replay).
     Discard { region: Arc<str> },
     /// Read the answers of a statement the proxy applies in several regions
-    /// (ADR 8): for each region, that many batches up to their
+    /// (ADR 10): for each region, that many batches up to their
     /// ReadyForQuery, handed back through `reply` instead of relayed. A
     /// region whose connection breaks is reported, not fatal.
     Collect {

@@ -1,5 +1,5 @@
 //! Reading the answers of a statement applied in several regions and
-//! composing the one answer the client gets (ADR 8). Pure functions over
+//! composing the one answer the client gets (ADR 10). Pure functions over
 //! collected backend messages; the flow lives in `requests::fanout`.
 //!
 //! The client sees what one region answered: the first region that failed
