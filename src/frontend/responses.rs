@@ -15,8 +15,13 @@ use crate::protocol::framing::{self, read_cstr, Frame};
 use crate::server::state::{Phase, Shared};
 use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
+use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -81,6 +86,8 @@ pub struct Responses {
     /// Transaction status of the last ReadyForQuery the client got.
     status: u8,
     phase: watch::Receiver<Phase>,
+    /// Wakes the session when `phase` changes.
+    phase_signal: PhaseSignal,
     phase_open: bool,
     client_gone: watch::Receiver<bool>,
     /// False once the request side ended without the client leaving (its
@@ -238,6 +245,7 @@ impl Responses {
             out: BytesMut::with_capacity(READ_CHUNK),
             readers: HashMap::new(),
             status,
+            phase_signal: PhaseSignal::new(phase.clone()),
             phase,
             phase_open: true,
             client_gone,
@@ -355,12 +363,12 @@ impl Responses {
         }
         tokio::select! {
             biased;
-            item = rx.recv() => match item {
+            item = queued(rx) => match item {
                 Some(item) => Ok(Some(item)),
                 None => Err(SessionEnd::ClientGone),
             },
-            changed = self.phase.changed(), if self.phase_open => {
-                if changed.is_err() {
+            changed = self.phase_signal.changed(), if self.phase_open => {
+                if !changed {
                     self.phase_open = false;
                 }
                 Ok(None)
@@ -545,17 +553,17 @@ impl Responses {
                 continue;
             };
             let read = tokio::select! {
+                biased;
                 read = reader.read_more() => read,
-                changed = self.client_gone.changed(), if self.gone_open => {
-                    if changed.is_err() {
-                        self.gone_open = false;
-                    } else if *self.client_gone.borrow() {
+                (gone, open) = gone_signal(&mut self.client_gone), if self.gone_open => {
+                    if gone {
                         return Err(SessionEnd::ClientGone);
                     }
+                    self.gone_open = open;
                     continue;
                 }
-                changed = self.phase.changed(), if self.phase_open => {
-                    if changed.is_err() {
+                changed = self.phase_signal.changed(), if self.phase_open => {
+                    if !changed {
                         self.phase_open = false;
                     } else if *self.phase.borrow() == Phase::Closing {
                         return Err(self.shutting_down().await);
@@ -604,6 +612,100 @@ impl Responses {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The next item of the response plan, `None` once the request side is
+/// gone. Registers no waker: only the request side queues items, and the
+/// session polls it right before this side (`frontend::start_session`), so
+/// an item queued while this waits is seen in the same poll of the task.
+fn queued(rx: &mut mpsc::UnboundedReceiver<Expect>) -> impl Future<Output = Option<Expect>> + '_ {
+    std::future::poll_fn(move |_| match rx.try_recv() {
+        Ok(item) => Poll::Ready(Some(item)),
+        Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
+        Err(mpsc::error::TryRecvError::Empty) => Poll::Pending,
+    })
+}
+
+/// Completes when the request side reported the client gone (`(true, _)`)
+/// or ended without that (`(false, false)`). Like [`queued`], registers no
+/// waker (the sender is the request side) and reads only an atomic while
+/// nothing happened.
+fn gone_signal(rx: &mut watch::Receiver<bool>) -> impl Future<Output = (bool, bool)> + '_ {
+    std::future::poll_fn(move |_| match rx.has_changed() {
+        Ok(false) => Poll::Pending,
+        Ok(true) => Poll::Ready((*rx.borrow_and_update(), true)),
+        Err(_) => Poll::Ready((*rx.borrow_and_update(), false)),
+    })
+}
+
+/// Wakes the session when the proxy's phase changes (shutdown). The
+/// watch's own `changed()` future takes a lock shared by every session
+/// each time it is polled, and a session is polled several times per
+/// transaction; this one polls it only after its waker fired.
+struct PhaseSignal {
+    wait: Pin<Box<dyn Future<Output = (watch::Receiver<Phase>, bool)> + Send>>,
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+/// The waker [`PhaseSignal`] polls its watch with: notes the wake-up and
+/// wakes the session.
+struct Woken {
+    flag: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl PhaseSignal {
+    fn new(rx: watch::Receiver<Phase>) -> Self {
+        let woken = Arc::new(Woken {
+            flag: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        PhaseSignal {
+            wait: Box::pin(phase_changed(rx)),
+            waker: Waker::from(woken.clone()),
+            woken,
+        }
+    }
+
+    /// `true` when the phase changed, `false` when it never will (the
+    /// proxy is gone): what `watch::Receiver::changed` tells, as `is_ok()`.
+    fn changed(&mut self) -> impl Future<Output = bool> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.woken.task.register(cx.waker());
+            if !self.woken.flag.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            match self
+                .wait
+                .as_mut()
+                .poll(&mut Context::from_waker(&self.waker))
+            {
+                Poll::Ready((rx, changed)) => {
+                    self.wait = Box::pin(phase_changed(rx));
+                    self.woken.flag.store(true, Ordering::Release);
+                    Poll::Ready(changed)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+async fn phase_changed(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, bool) {
+    let changed = rx.changed().await.is_ok();
+    (rx, changed)
 }
 
 /// Waits until any backend that is not parked has bytes (or broke). With
