@@ -3,13 +3,14 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
+use super::region_map::RegionMap;
 use crate::backend::{self, ConnectError};
 use crate::net::WriteHalf;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -74,7 +75,7 @@ impl Backend {
 
 /// All backend sessions of one client session.
 pub struct Backends {
-    map: HashMap<Arc<str>, Backend>,
+    map: RegionMap<Backend>,
     /// Startup parameters every backend session is opened with.
     params: Vec<(String, String)>,
     /// Session-state statements (SET, PREPARE, LISTEN…) to replay on a
@@ -87,7 +88,7 @@ pub struct Backends {
 impl Backends {
     pub fn new(params: Vec<(String, String)>, cancel_pid: i32) -> Self {
         Backends {
-            map: HashMap::new(),
+            map: RegionMap::default(),
             params,
             replay: Vec::new(),
             cancel_pid,

@@ -8,6 +8,7 @@ mod decrypt;
 pub mod encrypt;
 mod expect;
 mod handshake;
+mod region_map;
 mod requests;
 mod responses;
 mod route;

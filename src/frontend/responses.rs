@@ -9,6 +9,7 @@
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Expect, RowUse};
+use super::region_map::RegionMap;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
@@ -16,7 +17,6 @@ use crate::server::state::{Phase, Shared};
 use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
 use futures_util::task::AtomicWaker;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,7 +82,7 @@ enum Mode {
 pub struct Responses {
     client: WriteHalf,
     out: BytesMut,
-    readers: HashMap<Arc<str>, Reader>,
+    readers: RegionMap<Reader>,
     /// Transaction status of the last ReadyForQuery the client got.
     status: u8,
     phase: watch::Receiver<Phase>,
@@ -243,7 +243,7 @@ impl Responses {
         Responses {
             client,
             out: BytesMut::with_capacity(READ_CHUNK),
-            readers: HashMap::new(),
+            readers: RegionMap::default(),
             status,
             phase_signal: PhaseSignal::new(phase.clone()),
             phase,
@@ -710,7 +710,7 @@ async fn phase_changed(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase
 
 /// Waits until any backend that is not parked has bytes (or broke). With
 /// none it never completes, which leaves the other `select!` arms to decide.
-async fn read_any(readers: &mut HashMap<Arc<str>, Reader>) -> (Arc<str>, std::io::Result<usize>) {
+async fn read_any(readers: &mut RegionMap<Reader>) -> (Arc<str>, std::io::Result<usize>) {
     let live = readers.values().filter(|r| !r.parked).count();
     if live == 0 {
         return std::future::pending().await;
