@@ -3,6 +3,7 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
+use super::fast_hash::FxBuildHasher;
 use super::region_map::RegionMap;
 use crate::backend::{self, ConnectError};
 use crate::net::WriteHalf;
@@ -27,7 +28,7 @@ pub struct Backend {
     /// this backend's next batch, so an idle backend stays silent.
     deferred: BytesMut,
     /// Statements prepared here (`""` is the unnamed one).
-    pub prepared: HashSet<String>,
+    pub prepared: HashSet<String, FxBuildHasher>,
 }
 
 impl Backend {
@@ -107,6 +108,12 @@ impl Backends {
     /// The backend of `region` if the session already has one.
     pub fn existing(&mut self, region: &str) -> Option<&mut Backend> {
         self.map.get_mut(region)
+    }
+
+    /// The backend of `region` if the session has one that is not known to
+    /// be dead: what [`Backends::get`] returns without opening one.
+    pub fn live(&mut self, region: &str) -> Option<&mut Backend> {
+        self.map.get_mut(region).filter(|b| !b.is_dead())
     }
 
     /// Records a session-state statement for regions opened later.
@@ -213,6 +220,6 @@ fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
         batches: 0,
         out: BytesMut::with_capacity(16 * 1024),
         deferred: BytesMut::new(),
-        prepared: HashSet::new(),
+        prepared: HashSet::default(),
     }
 }

@@ -7,6 +7,7 @@ mod copy_in;
 mod decrypt;
 pub mod encrypt;
 mod expect;
+mod fast_hash;
 mod handshake;
 mod region_map;
 mod requests;

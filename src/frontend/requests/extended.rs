@@ -310,10 +310,10 @@ impl Requests {
         }
         let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
         self.batch.executes = true;
-        let name = bind.statement.to_string();
+        let name = bind.statement;
         let portal = bind.portal.to_string();
         let Some((analysis, stmt_types, sealed_for, copy_plan)) =
-            self.statements.get(&name).map(|s| {
+            self.statements.get(name).map(|s| {
                 (
                     s.analysis.clone(),
                     s.types.clone(),
@@ -341,7 +341,14 @@ impl Requests {
                 ))
                 .await;
         }
-        let types = self.param_types(&name, &stmt_types, bind.params.len());
+        // Only statements that read a parameter (a tenant, a value to
+        // encrypt) need its type; finding inferred types costs a lookup in
+        // every backend of the session per parameter.
+        let types = if single(&analysis).is_some_and(reads_params) {
+            self.param_types(name, &stmt_types, bind.params.len())
+        } else {
+            Vec::new()
+        };
         let params = Params {
             bind: &bind,
             types: &types,
@@ -352,7 +359,7 @@ impl Requests {
         if self.batch_is_local() && self.is_local_statement(&analysis) {
             let text = self
                 .statements
-                .get(&name)
+                .get(name)
                 .and_then(|s| {
                     frontend_msg::parse(&s.parse[HEADER_LEN..])
                         .ok()
@@ -416,7 +423,7 @@ impl Requests {
             None => (msg.clone(), None),
         };
         self.set_batch_region(&region).await?;
-        self.ensure_prepared(&region, &name).await?;
+        self.ensure_prepared(&region, name).await?;
         let b = self.backend(&region).await?;
         b.push(&msg);
         let copy_in = matches!(
@@ -865,6 +872,21 @@ impl Requests {
         self.last_region = region;
         Ok(())
     }
+}
+
+/// Whether running `plan` reads a bind parameter's value: a tenant (its
+/// requirement, an UPDATE's assignment, `SET regionguard.tenant = $n`) or a
+/// value of a classified column. Readers use [`Params::types`].
+fn reads_params(plan: &StatementPlan) -> bool {
+    route::needs_params(plan)
+        || !plan.crypto.is_empty()
+        || matches!(
+            plan.kind,
+            StatementKind::SetTenant {
+                value: Some(TenantSource::Param(_)),
+                ..
+            }
+        )
 }
 
 /// Bookkeeping for a message as it is written to a backend.

@@ -15,6 +15,7 @@
 use super::backends::Backends;
 use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
+use super::fast_hash::FxBuildHasher;
 use super::route::{self, Params, Placement};
 use crate::net::ReadHalf;
 use crate::protocol::error::{sqlstate, PgError};
@@ -143,8 +144,8 @@ pub struct Requests {
     /// startup option `regionguard.region`, else the default region.
     home: Arc<str>,
     txn: Txn,
-    statements: HashMap<String, Stmt>,
-    portals: HashMap<String, PortalTarget>,
+    statements: HashMap<String, Stmt, FxBuildHasher>,
+    portals: HashMap<String, PortalTarget, FxBuildHasher>,
     batch: Batch,
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
@@ -178,8 +179,8 @@ impl Requests {
             last_region: home.clone(),
             home,
             txn: Txn::Idle,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: HashMap::default(),
+            portals: HashMap::default(),
             batch: Batch::default(),
             copy_in: None,
             max_message,
@@ -298,6 +299,9 @@ impl Requests {
     /// The backend of `region`; a region that cannot be reached ends the
     /// session only if the session cannot go on without it.
     async fn backend(&mut self, region: &Arc<str>) -> Result<&mut super::backends::Backend, Quit> {
+        if self.backends.live(region).is_some() {
+            return self.backends.existing(region).ok_or(Quit);
+        }
         if let Err(e) = self.backends.get(region, &self.shared, &self.expect).await {
             self.fatal(PgError {
                 severity: crate::protocol::error::Severity::Fatal,
@@ -311,6 +315,9 @@ impl Requests {
     /// Opens the session's backend in `region` if needed; a region that is
     /// down refuses the statement (08006) and the session goes on.
     async fn open(&mut self, region: &Arc<str>) -> Result<(), PgError> {
+        if self.backends.live(region).is_some() {
+            return Ok(());
+        }
         self.backends
             .get(region, &self.shared, &self.expect)
             .await
