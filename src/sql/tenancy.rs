@@ -144,6 +144,11 @@ impl Tenancy {
             .is_some_and(|schemas| schemas.iter().any(|s| schema_matches(s, &reference)))
     }
 
+    /// Whether any table is tenant-scoped or global.
+    pub(crate) fn names_tables(&self) -> bool {
+        !self.scoped.is_empty() || !self.global.is_empty()
+    }
+
     /// Whether the bare word (lowercased) names any scoped table.
     pub(crate) fn mentions_scoped_word(&self, word: &str) -> bool {
         self.scoped.contains_key(word)

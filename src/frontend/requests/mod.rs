@@ -678,9 +678,9 @@ impl Requests {
             return Ok(Some(out));
         }
         let [plan] = plans else { return Ok(None) };
-        let text = sql.trim().trim_end_matches(';').trim().to_string();
         match (&plan.kind, &self.txn) {
             (StatementKind::Begin, Txn::Idle) => {
+                let text = sql.trim().trim_end_matches(';').trim().to_string();
                 self.txn = Txn::Held { begin: text };
                 messages::command_complete(&mut out, "BEGIN");
             }
