@@ -710,29 +710,23 @@ async fn phase_changed(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase
 
 /// Waits until any backend that is not parked has bytes (or broke). With
 /// none it never completes, which leaves the other `select!` arms to decide.
+///
+/// Each poll tries each reader with a fresh read: a read that is not ready
+/// leaves nothing behind but the socket's waker registration, so nothing
+/// is allocated per wait.
 async fn read_any(readers: &mut RegionMap<Reader>) -> (Arc<str>, std::io::Result<usize>) {
-    let live = readers.values().filter(|r| !r.parked).count();
-    if live == 0 {
-        return std::future::pending().await;
-    }
-    if live == 1 {
+    std::future::poll_fn(|cx| {
         for (region, reader) in readers.iter_mut() {
-            if !reader.parked {
-                let r = reader.read_more().await;
-                return (region.clone(), r);
+            if reader.parked {
+                continue;
+            }
+            if let Poll::Ready(r) = std::pin::pin!(reader.read_more()).poll(cx) {
+                return Poll::Ready((region.clone(), r));
             }
         }
-    }
-    let futures = readers
-        .iter_mut()
-        .filter(|(_, r)| !r.parked)
-        .map(|(region, reader)| {
-            Box::pin(async move {
-                let r = reader.read_more().await;
-                (region.clone(), r)
-            })
-        });
-    futures_util::future::select_all(futures).await.0
+        Poll::Pending
+    })
+    .await
 }
 
 /// The status byte of the last ReadyForQuery in a buffer of messages.

@@ -58,10 +58,23 @@ impl Requests {
             return Ok(());
         }
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
-        let analysis = self
-            .shared
-            .analysis
-            .get_or_analyze(p.query, &self.shared.tenancy);
+        let analysis = match self.statements.get(p.name) {
+            // The Parse the statement it replaces was prepared with, sent
+            // unchanged (drivers send the unnamed statement's Parse again
+            // for each execution): same text, same analysis, as the
+            // session's tenancy never changes.
+            Some(s)
+                if s.parse == *msg
+                    && s.copy.is_none()
+                    && s.analysis.statements.iter().all(|p| p.crypto.is_empty()) =>
+            {
+                s.analysis.clone()
+            }
+            _ => self
+                .shared
+                .analysis
+                .get_or_analyze(p.query, &self.shared.tenancy),
+        };
         let name = p.name.to_string();
         for (_, b) in self.backends.iter_mut() {
             b.prepared.remove(&name);
