@@ -35,6 +35,10 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Talk to a running proxy's admin socket (status, keys, tenants,
+    /// audit). Exit codes: 0 ok, 1 command failed, 2 usage, 3 socket
+    /// unreachable.
+    Ctl(regionguard::admin::client::CtlArgs),
     /// Print a SCRAM-SHA-256 verifier for a client user's password (read
     /// from standard input, one line).
     HashPassword,
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Ctl(args) => regionguard::admin::client::main(args),
         Command::Demo { data_dir, port } => {
             init_logging("warn,regionguard=info", LogFormat::Text);
             run_async(async move {
@@ -99,16 +104,7 @@ fn hash_password() -> ExitCode {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REGIONGUARD_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    regionguard::logging::init(level, format);
 }
 
 fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {

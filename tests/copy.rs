@@ -67,7 +67,8 @@ async fn copy_text_and_csv_match_direct() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let via = proxy_client(&proxy, "eu").await;
     let direct = regions.client("eu").await;
-    direct.batch_execute(DDL).await.expect("create");
+    // In every region: DDL through the proxy (`LIKE items`) reaches them all.
+    regions.batch_everywhere(DDL).await;
     direct
         .batch_execute("CREATE TABLE items_direct (LIKE items INCLUDING ALL)")
         .await
@@ -145,7 +146,8 @@ async fn copy_binary_matches_direct() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let via = proxy_client(&proxy, "us").await;
     let direct = regions.client("us").await;
-    direct.batch_execute(DDL).await.expect("create");
+    // In every region: DDL through the proxy (`LIKE items`) reaches them all.
+    regions.batch_everywhere(DDL).await;
     direct
         .batch_execute("CREATE TABLE items_direct (LIKE items INCLUDING ALL)")
         .await
@@ -241,7 +243,8 @@ async fn copy_errors_match_direct_and_the_session_recovers() {
     let proxy = start_proxy(regions.proxy_config()).await;
     let via = proxy_client(&proxy, "apac").await;
     let direct = regions.client("apac").await;
-    direct.batch_execute(DDL).await.expect("create");
+    // In every region: DDL through the proxy (`LIKE items`) reaches them all.
+    regions.batch_everywhere(DDL).await;
     for client in [&via, &direct] {
         // Bad data in the middle of the stream.
         let sink = client

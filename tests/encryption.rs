@@ -684,3 +684,122 @@ async fn canaries_written_through_the_proxy_are_nowhere_in_databases_dumps_or_lo
     assert_eq!(regions.rows_in("eu", "customers").await.len(), 1);
     assert_eq!(regions.rows_in("us", "customers").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_typed_statements_encrypt_and_decrypt() {
+    use tokio_postgres::types::Type;
+    let (regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, Some("acme")).await;
+    // Parameter types declared by the client (as JDBC does): varchar for a
+    // text column is the same binary encoding; int8 for an int4 column is not.
+    let insert = client
+        .prepare_typed(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, $2, $3, $4)",
+            &[Type::TEXT, Type::INT8, Type::VARCHAR, Type::TEXT],
+        )
+        .await
+        .expect("prepare with declared types");
+    // Pipelined: tokio-postgres sends all four before reading any answer.
+    let (a, b, c, d) = tokio::join!(
+        client.execute(&insert, &[&"acme", &1i64, &"p1@x", &"P One"]),
+        client.execute(&insert, &[&"acme", &2i64, &"p2@x", &"P Two"]),
+        client.query(
+            "SELECT email FROM customers WHERE tenant_id = 'acme' AND id = 1",
+            &[]
+        ),
+        client.query_one(
+            "SELECT count(*) FROM customers WHERE email = $1",
+            &[&"p2@x"]
+        ),
+    );
+    a.expect("pipelined insert 1");
+    b.expect("pipelined insert 2");
+    assert_eq!(c.expect("pipelined select")[0].get::<_, String>(0), "p1@x");
+    assert_eq!(d.expect("pipelined lookup").get::<_, i64>(0), 1);
+    let wrong = client
+        .prepare_typed(
+            "INSERT INTO typed (tenant_id, id, i4) VALUES ($1, $2, $3)",
+            &[Type::TEXT, Type::INT8, Type::INT8],
+        )
+        .await
+        .expect("prepare");
+    let err = client
+        .execute(&wrong, &[&"acme", &1i64, &5i64])
+        .await
+        .expect_err("int8 binary for an int4 column");
+    assert_eq!(sqlstate(&err).as_deref(), Some("42804"), "{err:?}");
+    // The statement's own description shows the logical types.
+    let stmt = client
+        .prepare("SELECT email, full_name, id FROM customers WHERE email = $1")
+        .await
+        .expect("prepare a select");
+    assert_eq!(stmt.params(), &[Type::TEXT]);
+    let types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
+    assert_eq!(types, vec![Type::TEXT, Type::TEXT, Type::INT8]);
+    // A statement prepared with literals for one tenant is not run for another.
+    client
+        .batch_execute("SET regionguard.tenant = 'acme'")
+        .await
+        .expect("set tenant");
+    let sealed = client
+        .prepare("SELECT id FROM customers WHERE email = 'p1@x'")
+        .await
+        .expect("prepare with a literal");
+    assert_eq!(
+        client
+            .query(&sealed, &[])
+            .await
+            .expect("run for acme")
+            .len(),
+        1
+    );
+    client
+        .batch_execute("SET regionguard.tenant = 'umbrella'")
+        .await
+        .expect("switch tenant");
+    let err = client
+        .query(&sealed, &[])
+        .await
+        .expect_err("sealed for acme");
+    assert_eq!(sqlstate(&err).as_deref(), Some("42501"), "{err:?}");
+    assert_eq!(regions.rows_in("eu", "customers").await.len(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_several_tenants_use_each_rows_tenant_key() {
+    let (_regions, _keys, proxy) = setup().await;
+    let client = tenant_client(&proxy, None).await;
+    client
+        .simple_query(
+            "INSERT INTO customers (tenant_id, id, email, full_name) VALUES \
+             ('acme', 1, 'a@acme', 'A'), ('umbrella', 1, 'u@umbrella', 'U')",
+        )
+        .await
+        .expect("multi-row insert, one key per row's tenant");
+    let rows = client
+        .query(
+            "SELECT tenant_id, email FROM customers WHERE tenant_id IN ('acme', 'umbrella') ORDER BY tenant_id",
+            &[],
+        )
+        .await
+        .expect("the tenant column tells each row's key");
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("acme".into(), "a@acme".into()),
+            ("umbrella".into(), "u@umbrella".into())
+        ]
+    );
+    let err = client
+        .query(
+            "SELECT email FROM customers WHERE tenant_id IN ('acme', 'umbrella')",
+            &[],
+        )
+        .await
+        .expect_err("without the tenant column the key is unknown");
+    assert_eq!(sqlstate(&err).as_deref(), Some("XX001"), "{err:?}");
+    assert!(err.as_db_error().and_then(|e| e.hint()).is_some());
+    proxy.shutdown().await;
+}

@@ -132,7 +132,8 @@ async fn first_write_creates_one_wrapped_key_in_the_tenants_region_only() {
         // The stored bytes are the key wrapped, not the key: unwrapping
         // with the region's root key gives a key that opens the value, and
         // those raw bytes appear nowhere in the row.
-        let kek = keyring.kek("eu").unwrap().get(1).unwrap();
+        let ring = keyring.kek("eu").unwrap();
+        let kek = ring.get(1).unwrap();
         let raw = data_key::unwrap(kek, "eu", "acme", 1, &wrapped).unwrap();
         assert!(!wrapped.windows(32).any(|w| w == &raw[..]));
         let derived = data_key::DataKey::derive(1, &raw).unwrap();
@@ -389,7 +390,8 @@ async fn a_version_created_elsewhere_is_found_on_a_cache_miss() {
         let old = v1.seal(RND, &aad, b"old").unwrap();
         // Another proxy rotates: v1 decrypt-only, v2 active (done here
         // directly in the table, as key rotation will).
-        let kek = a.kek("eu").unwrap().active();
+        let ring = a.kek("eu").unwrap();
+        let kek = ring.active();
         let raw = data_key::generate().unwrap();
         let wrapped = data_key::wrap(kek, "eu", "acme", 2, &raw).unwrap();
         regions

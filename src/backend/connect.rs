@@ -33,6 +33,13 @@ pub struct BackendConn {
     pub params: Vec<(String, String)>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
+    /// Which of the region's hosts (index in the config) serves the session.
+    pub host_index: usize,
+    /// Hosts tried first that could not be reached or logged in to
+    /// (standbys are not failures), for the metrics.
+    pub failed_hosts: Vec<usize>,
+    /// This session's host became the region's primary: a failover.
+    pub failed_over: bool,
 }
 
 /// Why no backend session could be opened.
@@ -40,7 +47,13 @@ pub struct BackendConn {
 pub enum ConnectError {
     /// No host of the region could be reached or authenticated against.
     #[error("region {region} is unavailable: {reason}")]
-    Unavailable { region: String, reason: String },
+    Unavailable {
+        region: String,
+        reason: String,
+        /// Hosts that could not be reached or logged in to (standbys are
+        /// not failures), for the metrics.
+        failed_hosts: Vec<usize>,
+    },
     /// The server accepted the login but refused the session (for example
     /// an invalid startup parameter). The raw ErrorResponse is relayed to
     /// the client unchanged.
@@ -95,6 +108,7 @@ pub async fn connect(
 ) -> Result<BackendConn, ConnectError> {
     let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
+    let mut failed_hosts = Vec::new();
     let n = region.hosts.len();
     let first = primary.index() % n.max(1);
     for i in (0..n).map(|k| (first + k) % n) {
@@ -102,10 +116,16 @@ pub async fn connect(
         let addr = format!("{}:{}", host.host, host.port);
         match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params)).await {
             Ok(Ok(conn)) => {
-                if primary.0.swap(i, Ordering::Relaxed) != i {
+                let failed_over = primary.0.swap(i, Ordering::Relaxed) != i;
+                if failed_over {
                     tracing::info!(region = region_name, host = %addr, "region primary is now this host");
                 }
-                return Ok(conn);
+                return Ok(BackendConn {
+                    host_index: i,
+                    failed_hosts,
+                    failed_over,
+                    ..conn
+                });
             }
             Ok(Err(HostError::Standby)) => reasons.push(format!("{addr}: a read-only standby")),
             Ok(Err(HostError::Refused(error_response))) => {
@@ -114,13 +134,20 @@ pub async fn connect(
                     error_response,
                 })
             }
-            Ok(Err(HostError::Failed(reason))) => reasons.push(format!("{addr}: {reason}")),
-            Err(_) => reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs())),
+            Ok(Err(HostError::Failed(reason))) => {
+                reasons.push(format!("{addr}: {reason}"));
+                failed_hosts.push(i);
+            }
+            Err(_) => {
+                reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs()));
+                failed_hosts.push(i);
+            }
         }
     }
     Err(ConnectError::Unavailable {
         region: region_name.to_string(),
         reason: reasons.join("; "),
+        failed_hosts,
     })
 }
 
@@ -239,6 +266,9 @@ async fn connect_host(
                     },
                     params: params_out,
                     status: body.status(),
+                    host_index: 0,
+                    failed_hosts: Vec::new(),
+                    failed_over: false,
                 });
             }
             _ => {

@@ -11,8 +11,9 @@ use super::tls;
 use crate::config::{BackendTlsMode, Region};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// `application_name` of control-plane sessions, so operators can tell
@@ -54,6 +55,24 @@ impl ControlConnector {
     /// spawned task until the client is dropped or the server goes away
     /// (`Client::is_closed` then says so).
     pub async fn connect(&self) -> Result<Client, ControlError> {
+        self.connect_inner(None).await
+    }
+
+    /// [`ControlConnector::connect`], forwarding the connection's
+    /// notifications (LISTEN/NOTIFY) to the returned receiver, which closes
+    /// when the connection ends.
+    pub async fn connect_listening(
+        &self,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ControlError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.connect_inner(Some(tx)).await?;
+        Ok((client, rx))
+    }
+
+    async fn connect_inner(
+        &self,
+        notify: Option<mpsc::UnboundedSender<Notification>>,
+    ) -> Result<Client, ControlError> {
         let timeout = Duration::from_secs(self.region.connect_timeout_secs.max(1));
         let mut reasons = Vec::new();
         for host in &self.region.hosts {
@@ -65,6 +84,8 @@ impl ControlConnector {
                 .dbname(&host.dbname)
                 .user(&host.user)
                 .application_name(APPLICATION_NAME)
+                // Key-table writes need the primary, not a standby listed first.
+                .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
                 .connect_timeout(timeout)
                 .ssl_mode(match self.region.tls {
                     BackendTlsMode::Disable => SslMode::Disable,
@@ -74,7 +95,7 @@ impl ControlConnector {
             if let Some(pw) = &host.password {
                 config.password(pw);
             }
-            match tokio::time::timeout(timeout, self.connect_host(&config)).await {
+            match tokio::time::timeout(timeout, self.connect_host(&config, notify.clone())).await {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(e)) => reasons.push(format!("{addr}: {e}")),
                 Err(_) => reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs())),
@@ -92,6 +113,7 @@ impl ControlConnector {
     async fn connect_host(
         &self,
         config: &tokio_postgres::Config,
+        notify: Option<mpsc::UnboundedSender<Notification>>,
     ) -> Result<Client, tokio_postgres::Error> {
         let region = self.region_name.clone();
         match &self.tls {
@@ -99,20 +121,12 @@ impl ControlConnector {
                 let (client, conn) = config
                     .connect(MakeRustlsConnect::new((**tls).clone()))
                     .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(region, error = %e, "control connection ended");
-                    }
-                });
+                tokio::spawn(drive(conn, region, notify));
                 Ok(client)
             }
             None => {
                 let (client, conn) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(region, error = %e, "control connection ended");
-                    }
-                });
+                tokio::spawn(drive(conn, region, notify));
                 Ok(client)
             }
         }
@@ -125,5 +139,36 @@ impl std::fmt::Debug for ControlConnector {
             .field("region", &self.region_name)
             .field("tls", &self.region.tls)
             .finish_non_exhaustive()
+    }
+}
+
+/// Runs a control connection until it ends, forwarding notifications when
+/// asked to (dropping the sender then closes the receiver).
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    region: String,
+    notify: Option<mpsc::UnboundedSender<Notification>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(tx) = notify else {
+        if let Err(e) = conn.await {
+            tracing::debug!(region, error = %e, "control connection ended");
+        }
+        return;
+    };
+    loop {
+        match futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                let _ = tx.send(n);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(region, error = %e, "control connection ended");
+                return;
+            }
+            None => return,
+        }
     }
 }

@@ -46,7 +46,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
+        config.source_path = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses config text; `origin` names the source in error messages.

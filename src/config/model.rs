@@ -34,12 +34,18 @@ pub struct Config {
     /// Classified columns: table name → column name → classification.
     #[serde(default)]
     pub classified: BTreeMap<String, BTreeMap<String, ClassifiedColumn>>,
+    /// Two-phase commit of DDL and global-table writes across regions.
+    #[serde(default)]
+    pub two_phase: TwoPhase,
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
     pub logging: Logging,
+    /// The file this config was loaded from (set by `Config::load`).
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 /// Where clients connect and the limits that protect the proxy.
@@ -287,18 +293,52 @@ fn default_pg_port() -> u16 {
 }
 
 /// The admin socket (key rotation and operations).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
+    /// Unix socket for `regionguard ctl`; off when absent. Its directory
+    /// must not be writable by group or others.
     pub socket: Option<PathBuf>,
+    /// Hash-chained JSON-lines audit log of admin commands and key events.
+    pub audit_log: Option<PathBuf>,
+    /// Backstop for missed key-change notifications: how often cached
+    /// tenant keys are compared with the key table, in seconds.
+    pub key_recheck_secs: u64,
+    /// A data key rotation stages the new version, waits this long for
+    /// every proxy to learn it, then makes it active.
+    pub rotation_grace_ms: u64,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: None,
+            audit_log: None,
+            key_recheck_secs: 30,
+            rotation_grace_ms: 1000,
+        }
+    }
 }
 
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
-    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent.
+    /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent
+    /// (and then no series are kept at all).
     pub address: Option<String>,
+    /// Seconds between health checks of every region host (a login each),
+    /// which drive `/readyz` and `regionguard_region_up`.
+    pub health_interval_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            address: None,
+            health_interval_secs: 5,
+        }
+    }
 }
 
 /// Log output.
@@ -317,6 +357,9 @@ pub struct Logging {
     /// A `tracing` filter: `info`, `regionguard=debug`, …
     pub level: String,
     pub format: LogFormat,
+    /// Requests slower than this many milliseconds are logged (at WARN,
+    /// with the statement's normalized text: no literals); 0 turns it off.
+    pub slow_statement_ms: u64,
 }
 
 impl Default for Logging {
@@ -324,6 +367,30 @@ impl Default for Logging {
         Logging {
             level: "info".into(),
             format: LogFormat::Text,
+            slow_statement_ms: 1000,
+        }
+    }
+}
+
+/// Two-phase commit across regions (DDL and writes to global tables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwoPhase {
+    /// Names this proxy in the ids of the transactions it prepares
+    /// (`regionguard:<proxy_id>:…`). Empty: `<host name>-<listen port>`.
+    /// Keep it stable across restarts and distinct between proxies: at
+    /// start, a proxy resolves its own leftovers at once.
+    pub proxy_id: String,
+    /// Prepared transactions of other proxies (or of this one while it
+    /// runs) are resolved by recovery only once they are this old.
+    pub recovery_grace_secs: u64,
+}
+
+impl Default for TwoPhase {
+    fn default() -> Self {
+        TwoPhase {
+            proxy_id: String::new(),
+            recovery_grace_secs: 60,
         }
     }
 }
@@ -341,6 +408,12 @@ pub struct Tenancy {
     /// Reference tables present in every region (`countries`, `plans`,
     /// `schema_migrations`): reads go to one region, writes to all.
     pub global_tables: Vec<String>,
+    /// Also treat every table that has the tenant column as tenant-scoped,
+    /// as the regional catalogs say; tables not seen yet count as
+    /// tenant-scoped until the catalogs show otherwise.
+    pub discover: bool,
+    /// How often the catalogs are read again in discovery mode.
+    pub discover_refresh_secs: u64,
 }
 
 impl Default for Tenancy {
@@ -350,6 +423,8 @@ impl Default for Tenancy {
             tables: Vec::new(),
             columns: BTreeMap::new(),
             global_tables: Vec::new(),
+            discover: false,
+            discover_refresh_secs: 10,
         }
     }
 }

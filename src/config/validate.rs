@@ -32,11 +32,28 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }
+    if c.metrics.health_interval_secs == 0 {
+        return Err(ConfigError::invalid(
+            "metrics.health_interval_secs",
+            "must be at least 1",
+        ));
+    }
     validate_tls(c)?;
     validate_auth(c)?;
     validate_regions(c)?;
     validate_tenancy(c)?;
     validate_classification(c)?;
+    let id = &c.two_phase.proxy_id;
+    if id.len() > 64
+        || !id
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+    {
+        return Err(ConfigError::invalid(
+            "two_phase.proxy_id",
+            "use at most 64 letters, digits, `_`, `-` and `.`",
+        ));
+    }
     if tracing_subscriber::EnvFilter::try_new(&c.logging.level).is_err() {
         return Err(ConfigError::invalid(
             "logging.level",

@@ -1,5 +1,8 @@
-//! The COPY FROM STDIN row pipeline: CopyData payloads in, checked (and
-//! possibly rewritten) rows out.
+//! The COPY row pipeline: CopyData payloads in, checked (and possibly
+//! rewritten) rows out. Built for COPY FROM STDIN (the client's data); the
+//! same filter runs over a COPY TO STDOUT's data from the server, whose
+//! rows are decrypted on their way to the client (text/CSV output never
+//! holds an end marker; the binary trailer ends it as in COPY FROM).
 //!
 //! The filter splits the client's payloads into rows, decodes each row for
 //! the caller, and re-encodes the rows the caller hands back. The server

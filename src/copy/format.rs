@@ -103,6 +103,8 @@ pub struct CopyStatement {
     pub columns: Vec<String>,
     /// `COPY … FROM STDIN`.
     pub from_stdin: bool,
+    /// `COPY … TO STDOUT`.
+    pub to_stdout: bool,
     pub format: CopyFormat,
 }
 
@@ -522,6 +524,7 @@ pub fn parse_copy(sql: &str) -> Result<CopyStatement, CopyError> {
         table,
         columns,
         from_stdin: !*to && matches!(target, CopyTarget::Stdin),
+        to_stdout: *to && matches!(target, CopyTarget::Stdout),
         format,
     })
 }

@@ -2,7 +2,7 @@
 //! row filter. Pure code, no I/O.
 //!
 //! The proxy must look inside `COPY … FROM STDIN` data to keep rows in
-//! their tenant's region (and, later, to encrypt classified columns), and
+//! their tenant's region and to encrypt classified columns, and
 //! inside `COPY … TO STDOUT` data to decrypt them. This module reads and
 //! writes that data in the three formats exactly as Postgres does:
 //!
@@ -12,7 +12,8 @@
 //!   message boundaries, with bounded memory;
 //! - [`CopyFormat::decode_row`] / [`CopyFormat::encode_row`]: a row to
 //!   fields (`None` = NULL) and back, round trips exact;
-//! - [`CopyInFilter`]: the per-row pipeline the frontend drives.
+//! - [`CopyInFilter`]: the per-row pipeline the frontend drives (COPY FROM
+//!   data from the client, COPY TO data from the server).
 //!
 //! Malformed data is an error with SQLSTATE 22P04 whose message names the
 //! row number and the problem, never the data; nothing here panics on

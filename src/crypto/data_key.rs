@@ -85,8 +85,25 @@ impl DataKey {
         self.version
     }
 
-    /// Encrypts `plaintext` for `aad` into a binary envelope.
+    /// Encrypts `plaintext` for `aad` into a new binary envelope.
     pub fn seal(&self, mode: Mode, aad: &Aad, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut out = Vec::new();
+        self.seal_into(mode, aad, plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the envelope of `plaintext` to `out` (say, straight into an
+    /// outgoing message), allocating nothing when `out` has room. Room is
+    /// reserved before the plaintext is copied in, so no reallocation can
+    /// leave a copy of it behind; on error the appended bytes are wiped and
+    /// `out` is as it was.
+    pub fn seal_into(
+        &self,
+        mode: Mode,
+        aad: &Aad,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let header = Header {
             mode,
             key_version: self.version,
@@ -96,38 +113,71 @@ impl DataKey {
             Mode::Randomized => random_nonce()?,
             Mode::Deterministic => self.deterministic_nonce(&header, aad, plaintext),
         };
-        let mut out = Vec::with_capacity(PREFIX_LEN + plaintext.len() + TAG_LEN);
+        let start = out.len();
+        out.reserve(PREFIX_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&header);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         let sealed = aad.with_header(&header, |ad| {
             self.cipher
-                .seal_in_place(&nonce, ad, &mut out[PREFIX_LEN..])
+                .seal_in_place(&nonce, ad, &mut out[start + PREFIX_LEN..])
         });
         match sealed {
             Ok(tag) => {
                 out.extend_from_slice(&tag);
-                Ok(out)
+                Ok(())
             }
             Err(e) => {
-                // The buffer may still hold plaintext.
-                out.zeroize();
+                // The appended bytes may still hold plaintext.
+                out[start..].zeroize();
+                out.truncate(start);
                 Err(e)
             }
         }
     }
 
-    /// Decrypts an envelope sealed under this version. `Err(())` for any
-    /// authentication failure; the caller names the place.
+    /// Decrypts an envelope sealed under this version into a new buffer,
+    /// zeroized on drop. `Err(())` for any authentication failure; the
+    /// caller names the place.
     #[allow(clippy::result_unit_err)]
     pub fn open(&self, aad: &Aad, envelope: &Envelope<'_>) -> Result<Zeroizing<Vec<u8>>, ()> {
-        let mut buf = Zeroizing::new(envelope.sealed.to_vec());
-        let header = envelope.header.to_bytes();
-        let len = aad.with_header(&header, |ad| {
-            self.cipher.open_in_place(&envelope.nonce, ad, &mut buf)
-        })?;
-        buf.truncate(len);
+        let mut buf = Zeroizing::new(Vec::new());
+        self.open_into(aad, envelope, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Decrypts into `out`, replacing its contents and reusing its capacity:
+    /// the hot path keeps one scratch buffer per session instead of
+    /// allocating (and wiping) a buffer per value. When `out` is too small
+    /// it is replaced, the old buffer being zeroized as it drops. On failure
+    /// `out` is left empty.
+    #[allow(clippy::result_unit_err)]
+    pub fn open_into(
+        &self,
+        aad: &Aad,
+        envelope: &Envelope<'_>,
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<(), ()> {
+        let need = envelope.sealed.len();
+        if out.capacity() < need {
+            *out = Zeroizing::new(Vec::with_capacity(need));
+        }
+        out.clear();
+        out.extend_from_slice(envelope.sealed);
+        let header = envelope.header.to_bytes();
+        let opened = aad.with_header(&header, |ad| {
+            self.cipher.open_in_place(&envelope.nonce, ad, out)
+        });
+        match opened {
+            Ok(len) => {
+                out.truncate(len);
+                Ok(())
+            }
+            Err(()) => {
+                out.zeroize();
+                Err(())
+            }
+        }
     }
 
     fn deterministic_nonce(

@@ -36,7 +36,11 @@ pub struct Keyring {
 
 struct RegionKeys {
     name: Arc<str>,
-    kek: KekRing,
+    /// Swapped whole by a root key rotation (`keys rotate-root`, or another
+    /// proxy's announcement of one).
+    kek: arc_swap::ArcSwap<KekRing>,
+    /// Where the root keys come from, to read them again.
+    source: crate::config::KeySource,
     connector: ControlConnector,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
     tenants: DashMap<String, Arc<TenantKeys>>,
@@ -61,7 +65,8 @@ impl Keyring {
                 name.clone(),
                 RegionKeys {
                     name: Arc::from(name.as_str()),
-                    kek,
+                    kek: arc_swap::ArcSwap::from_pointee(kek),
+                    source: source.clone(),
                     connector,
                     client: tokio::sync::Mutex::new(None),
                     tenants: DashMap::new(),
@@ -91,9 +96,51 @@ impl Keyring {
         v
     }
 
-    /// The root keys of `region`.
-    pub fn kek(&self, region: &str) -> Option<&KekRing> {
-        self.regions.get(region).map(|r| &r.kek)
+    /// The root keys of `region` (the current set: a root key rotation
+    /// replaces it).
+    pub fn kek(&self, region: &str) -> Option<Arc<KekRing>> {
+        self.regions.get(region).map(|r| r.kek.load_full())
+    }
+
+    /// Reads the region's key source again (blocking work on a blocking
+    /// thread) and returns the new root key set without installing it.
+    pub async fn read_key_source(&self, region: &str) -> Result<KekRing, CryptoError> {
+        let r = self.region(region)?;
+        let source = r.source.clone();
+        let name = r.name.to_string();
+        tokio::task::spawn_blocking(move || KekRing::load(&name, &source))
+            .await
+            .map_err(|_| CryptoError::Internal("key source task"))?
+    }
+
+    /// Installs a root key set for `region` (after [`Keyring::read_key_source`]).
+    pub fn install_kek(&self, region: &str, ring: KekRing) -> Result<(), CryptoError> {
+        self.region(region)?.kek.store(Arc::new(ring));
+        Ok(())
+    }
+
+    /// Reads the key source again and installs it: another proxy rotated
+    /// the root key, or a key row names a version this proxy lacks.
+    pub async fn reload_kek(&self, region: &str) -> Result<(), CryptoError> {
+        let ring = self.read_key_source(region).await?;
+        self.install_kek(region, ring)
+    }
+
+    /// Tenants whose keys are cached in `region`, with the versions and
+    /// states cached: what the periodic re-check compares with the table.
+    pub fn cached_tenants(&self, region: &str) -> Vec<(String, Vec<(u32, KeyState)>)> {
+        let Some(r) = self.regions.get(region) else {
+            return Vec::new();
+        };
+        r.tenants
+            .iter()
+            .map(|e| (e.key().clone(), e.value().versions()))
+            .collect()
+    }
+
+    /// The region's control connector (for a dedicated LISTEN connection).
+    pub fn connector(&self, region: &str) -> Option<&ControlConnector> {
+        self.regions.get(region).map(|r| &r.connector)
     }
 
     /// The region's control-plane client (connected and with the key table
@@ -241,7 +288,21 @@ impl RegionKeys {
             Err(e) if e.is_unavailable() => self.fetch_timed(tenant, create).await?,
             other => other?,
         };
-        let keys = Arc::new(TenantKeys::from_rows(&self.kek, &self.name, tenant, &rows)?);
+        let keys = match TenantKeys::from_rows(&self.kek.load(), &self.name, tenant, &rows) {
+            // A root key version this proxy lacks: another proxy rotated the
+            // root key since we read the source; read it again once.
+            Err(CryptoError::MissingKek { .. }) => {
+                let source = self.source.clone();
+                let name = self.name.to_string();
+                let ring = tokio::task::spawn_blocking(move || KekRing::load(&name, &source))
+                    .await
+                    .map_err(|_| CryptoError::Internal("key source task"))??;
+                self.kek.store(Arc::new(ring));
+                TenantKeys::from_rows(&self.kek.load(), &self.name, tenant, &rows)?
+            }
+            other => other?,
+        };
+        let keys = Arc::new(keys);
         if keys.has_keys() {
             self.tenants.insert(tenant.to_string(), Arc::clone(&keys));
         }
@@ -281,7 +342,8 @@ impl RegionKeys {
             return Ok(rows);
         }
         let raw = data_key::generate()?;
-        let kek = self.kek.active();
+        let ring = self.kek.load();
+        let kek = ring.active();
         let wrapped = data_key::wrap(kek, &self.name, tenant, 1, &raw)?;
         let created =
             store::insert_first_key(client, &self.name, tenant, &wrapped, kek.version()).await?;
@@ -426,6 +488,19 @@ impl TenantKeys {
             .seal(Mode::from(protection), aad, canonical_plaintext)
     }
 
+    /// [`TenantKeys::seal`], appending the envelope to `out` (for example
+    /// an outgoing message buffer) without allocating when it has room.
+    pub fn seal_into(
+        &self,
+        protection: Protection,
+        aad: &Aad,
+        canonical_plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        self.active_key()?
+            .seal_into(Mode::from(protection), aad, canonical_plaintext, out)
+    }
+
     /// Deterministic envelopes of one value under every live version,
     /// active first: what an equality lookup must match while rows under
     /// older versions remain (`col IN (enc_v2(x), enc_v1(x))`).
@@ -449,6 +524,21 @@ impl TenantKeys {
     /// Opens a binary envelope with the version its header names. Every
     /// failure is an error naming the region and column, never the value.
     pub fn open(&self, aad: &Aad, stored: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let mut out = Zeroizing::new(Vec::new());
+        self.open_into(aad, stored, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TenantKeys::open`] into a reused buffer (its previous contents are
+    /// replaced): no allocation and no per-value wipe on the hot path; the
+    /// buffer is zeroized when it drops.
+    pub fn open_into(
+        &self,
+        aad: &Aad,
+        stored: &[u8],
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<(), CryptoError> {
+        out.clear();
         let env = envelope::decode(stored).map_err(|e| CryptoError::Malformed {
             place: aad.place().clone(),
             reason: e.to_string(),
@@ -456,9 +546,10 @@ impl TenantKeys {
         let version = env.header.key_version;
         match self.slot(version) {
             Some(Slot::Live { key, .. }) => {
-                key.open(aad, &env).map_err(|()| CryptoError::Integrity {
-                    place: aad.place().clone(),
-                })
+                key.open_into(aad, &env, out)
+                    .map_err(|()| CryptoError::Integrity {
+                        place: aad.place().clone(),
+                    })
             }
             Some(Slot::Destroyed) => Err(CryptoError::Destroyed {
                 place: aad.place().clone(),

@@ -20,6 +20,7 @@ pub mod envelope;
 mod error;
 pub mod kek;
 pub mod keyring;
+pub mod rotation;
 pub mod store;
 
 #[cfg(test)]

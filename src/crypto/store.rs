@@ -175,7 +175,7 @@ pub async fn tenant_keys(
 /// racing both call this; the primary key (and the one-active index) lets
 /// exactly one win, and both then read the winner's row.
 pub async fn insert_first_key(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     region: &str,
     tenant: &str,
     wrapped_key: &[u8],

@@ -325,3 +325,34 @@ fn key_rows_that_do_not_unwrap_are_refused() {
     assert!(err.to_string().contains("does not unwrap"), "{err}");
     assert_eq!(r.wrapped_key.as_ref().map(Vec::len), Some(WRAPPED_LEN));
 }
+
+#[test]
+fn seal_into_appends_and_open_into_reuses_its_buffer() {
+    let k = keys("eu", "acme");
+    let aad = Aad::column("eu", "acme", "customers", "email");
+    let mut msg = b"message prefix".to_vec();
+    k.seal_into(DET, &aad, b"first value", &mut msg).unwrap();
+    assert!(msg.starts_with(b"message prefix"));
+    let env = &msg[b"message prefix".len()..];
+    assert_eq!(env, &k.seal(DET, &aad, b"first value").unwrap()[..]);
+
+    let mut scratch = zeroize::Zeroizing::new(Vec::new());
+    k.open_into(&aad, env, &mut scratch).unwrap();
+    assert_eq!(&scratch[..], b"first value");
+    // A longer value grows the buffer, a shorter one reuses it.
+    let long = vec![7u8; 5000];
+    k.open_into(&aad, &k.seal(RND, &aad, &long).unwrap(), &mut scratch)
+        .unwrap();
+    assert_eq!(&scratch[..], &long[..]);
+    let cap = scratch.capacity();
+    k.open_into(&aad, &k.seal(RND, &aad, b"x").unwrap(), &mut scratch)
+        .unwrap();
+    assert_eq!((&scratch[..], scratch.capacity()), (&b"x"[..], cap));
+    // A failure leaves it empty, never stale plaintext.
+    let mut bad = k.seal(RND, &aad, b"y").unwrap();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(k.open_into(&aad, &bad, &mut scratch).is_err());
+    assert!(scratch.is_empty());
+    k.open_into(&aad, b"short", &mut scratch).unwrap_err();
+    assert!(scratch.is_empty());
+}

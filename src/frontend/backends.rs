@@ -57,7 +57,10 @@ impl Backend {
     }
 
     /// Queues a simple Query the proxy injects (its answer is discarded).
+    /// A simple Query destroys the unnamed prepared statement, so it is no
+    /// longer counted as prepared here.
     pub fn push_query(&mut self, sql: &str) {
+        self.prepared.remove("");
         let mut b = BytesMut::new();
         if frontend::query(sql, &mut b).is_ok() {
             self.push_batch_end(&b);
@@ -69,6 +72,7 @@ impl Backend {
             return Ok(());
         }
         let r = self.writer.write_all(&self.out).await;
+        self.shared.stats.sent(self.out.len());
         self.out.clear();
         r
     }
@@ -160,8 +164,11 @@ impl Backends {
         let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &self.params)
             .await
             .map_err(|e| match e {
-                ConnectError::Unavailable { .. } => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
-                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working"),
+                ConnectError::Unavailable { .. } => {
+                    shared.metrics.connect_failed(region, &e);
+                    PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
+                    .with_hint("the region's Postgres servers are down or unreachable; other regions keep working")
+                }
                 ConnectError::Refused { region, .. } => PgError::error(
                     sqlstate::CONNECTION_FAILURE,
                     format!("region {region} refused a session with this session's parameters"),
@@ -172,8 +179,14 @@ impl Backends {
         if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
             entry.targets.push(conn.cancel.clone());
         }
+        let stats = shared.metrics.backend_connected(
+            region,
+            conn.host_index,
+            &conn.failed_hosts,
+            conn.failed_over,
+        );
         let (reader, writer) = conn.stream.split();
-        let bshared = Arc::new(BackendShared::default());
+        let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {
             region: region.clone(),
             addr: conn.addr.clone(),
@@ -200,6 +213,19 @@ impl Backends {
             }
         }
         Ok(())
+    }
+
+    /// Writes every backend's queued bytes, going on past failures (a
+    /// statement sent to several regions must reach all that can take it);
+    /// returns the regions whose write failed.
+    pub async fn flush_all(&mut self) -> Vec<Arc<str>> {
+        let mut failed = Vec::new();
+        for (region, b) in self.map.iter_mut() {
+            if b.flush().await.is_err() {
+                failed.push(region.clone());
+            }
+        }
+        failed
     }
 
     /// Sends Terminate to every backend, for a clean goodbye.

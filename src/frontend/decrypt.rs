@@ -132,8 +132,9 @@ pub fn row_description(
 }
 
 impl RowPlan {
-    /// Decrypts the classified fields of one DataRow body into a new message.
-    pub fn data_row(&self, body: &[u8], format: &SessionFormat) -> Result<Vec<u8>, PgError> {
+    /// Decrypts the classified fields of one DataRow body into a new
+    /// message; also returns how many values were decrypted.
+    pub fn data_row(&self, body: &[u8], format: &SessionFormat) -> Result<(Vec<u8>, u64), PgError> {
         let malformed = || PgError::error(DATA_CORRUPTED, "malformed DataRow from the database");
         let mut pos = 0;
         let n = usize::try_from(read_i16(body, &mut pos).ok_or_else(malformed)?)
@@ -153,11 +154,13 @@ impl RowPlan {
         out.push(b'D');
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&(n as i16).to_be_bytes());
+        let mut decrypted = 0;
         for (i, value) in values.iter().enumerate() {
             let plan = self.fields.get(i).and_then(Option::as_ref);
             match (plan, value) {
                 (Some(plan), Some(stored)) => {
                     let plain = self.decrypt(plan, stored, &values, format)?;
+                    decrypted += 1;
                     out.extend_from_slice(&(plain.len() as i32).to_be_bytes());
                     out.extend_from_slice(&plain);
                 }
@@ -170,7 +173,7 @@ impl RowPlan {
         }
         let len = (out.len() - 1) as i32;
         out[1..5].copy_from_slice(&len.to_be_bytes());
-        Ok(out)
+        Ok((out, decrypted))
     }
 
     fn decrypt(
@@ -275,7 +278,11 @@ fn tenant_text(value: &[u8], column: Option<(u32, bool)>) -> Option<String> {
 }
 
 /// The binary envelope from a stored value as the database sent it.
-fn stored_envelope(stored: &[u8], storage: Storage, binary: bool) -> Result<Vec<u8>, String> {
+pub(crate) fn stored_envelope(
+    stored: &[u8],
+    storage: Storage,
+    binary: bool,
+) -> Result<Vec<u8>, String> {
     match (storage, binary) {
         (Storage::Bytea, true) => Ok(stored.to_vec()),
         (Storage::Bytea, false) => bytea_text(stored),

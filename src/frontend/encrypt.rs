@@ -11,6 +11,7 @@
 use super::route::{self, Params};
 use crate::catalog::{RegionCatalog, Storage};
 use crate::crypto::{Aad, CryptoError, TenantKeys};
+use crate::metrics::crypto::{CryptoMetrics, Op};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use crate::sql::{ColumnClass, CryptoPlan, CryptoTarget, StatementPlan, TenantSource, ValueSource};
@@ -189,15 +190,45 @@ fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
     ))
 }
 
+/// What sealing a statement's values needs besides the keys.
+pub struct Sealer<'a> {
+    /// Where the statement runs: how each classified column stores ciphertext.
+    pub catalog: &'a RegionCatalog,
+    /// The session's text I/O settings, for parsing text values.
+    pub format: &'a SessionFormat,
+    pub metrics: &'a CryptoMetrics,
+}
+
+/// Encrypted Bind parameters by index: the value (None for NULL) and its format.
+type Replaced = HashMap<usize, (Option<Vec<u8>>, i16)>;
+
 /// The statement text with every literal target replaced by its ciphertext
 /// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage).
 pub fn rewrite_text(
     sql: &str,
     plans: &[&CryptoPlan],
     keys: &[Option<Arc<StatementKeys>>],
+    sealer: &Sealer<'_>,
+) -> Result<String, PgError> {
+    let (catalog, format, metrics) = (sealer.catalog, sealer.format, sealer.metrics);
+    let region = keys.iter().flatten().next().map(|k| k.region.clone());
+    let result = literal_edits(plans, keys, catalog, format);
+    if let Some(region) = region {
+        match &result {
+            Ok(edits) => metrics.record_n(&region, Op::Encrypt, true, edits.len() as u64),
+            Err(_) => metrics.record_encrypt(&region, false),
+        }
+    }
+    apply_edits(sql, result?)
+}
+
+/// The ciphertext literals replacing the text's literal targets.
+fn literal_edits(
+    plans: &[&CryptoPlan],
+    keys: &[Option<Arc<StatementKeys>>],
     catalog: &RegionCatalog,
     format: &SessionFormat,
-) -> Result<String, PgError> {
+) -> Result<Vec<(usize, usize, String)>, PgError> {
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     for (plan, keys) in plans.iter().zip(keys) {
         for target in &plan.targets {
@@ -220,6 +251,11 @@ pub fn rewrite_text(
             edits.push((*start, *end, literal(&sealed, catalog.storage(class))));
         }
     }
+    Ok(edits)
+}
+
+/// `sql` with the edits (byte ranges → replacements) applied.
+fn apply_edits(sql: &str, mut edits: Vec<(usize, usize, String)>) -> Result<String, PgError> {
     if edits.is_empty() {
         return Ok(sql.to_string());
     }
@@ -277,13 +313,25 @@ pub fn parse_types(declared: &[u32], plan: &CryptoPlan) -> Option<Vec<u32>> {
     changed.then_some(types)
 }
 
-/// Logical type OIDs of a statement's classified parameters, by 1-based
-/// number: what ParameterDescription shows the client.
-pub fn param_overrides(plan: &CryptoPlan) -> Vec<(usize, u32)> {
+/// The types ParameterDescription shows for a statement's classified
+/// parameters (by 1-based number): the type the client declared, as
+/// Postgres would show it, else the column's logical type — never the
+/// storage type the server inferred.
+pub fn param_overrides(plan: &CryptoPlan, declared: &[u32]) -> Vec<(usize, u32)> {
     plan.targets
         .iter()
         .filter_map(|t| match t.value {
-            ValueSource::Param(n) => Some((n, t.column.logical.oid())),
+            ValueSource::Param(n) => {
+                let declared = declared.get(n - 1).copied().unwrap_or(0);
+                Some((
+                    n,
+                    if declared != 0 {
+                        declared
+                    } else {
+                        t.column.logical.oid()
+                    },
+                ))
+            }
             ValueSource::Literal { .. } => None,
         })
         .collect()
@@ -311,9 +359,31 @@ pub fn rewrite_bind(
     keys: &StatementKeys,
     params: &Params<'_>,
     declared: &[u32],
+    sealer: &Sealer<'_>,
+) -> Result<Vec<u8>, PgError> {
+    let metrics = sealer.metrics;
+    match encrypt_params(plan, keys, params, declared, sealer.catalog, sealer.format) {
+        Ok(replaced) => {
+            let sealed = replaced.values().filter(|(v, _)| v.is_some()).count();
+            metrics.record_n(&keys.region, Op::Encrypt, true, sealed as u64);
+            encode_bind(body, params.bind, &replaced)
+        }
+        Err(e) => {
+            metrics.record_encrypt(&keys.region, false);
+            Err(e)
+        }
+    }
+}
+
+/// The encrypted values of a Bind's classified parameters, with their formats.
+fn encrypt_params(
+    plan: &CryptoPlan,
+    keys: &StatementKeys,
+    params: &Params<'_>,
+    declared: &[u32],
     catalog: &RegionCatalog,
     format: &SessionFormat,
-) -> Result<Vec<u8>, PgError> {
+) -> Result<Replaced, PgError> {
     let bind = params.bind;
     let mut replaced: HashMap<usize, (Option<Vec<u8>>, i16)> = HashMap::new();
     for target in &plan.targets {
@@ -358,11 +428,12 @@ pub fn rewrite_bind(
                     class.logical.name()
                 )));
             }
+            // One canonical form per value (bool, numeric, jsonb and arrays
+            // have several binary spellings), so deterministic mode holds.
             class
                 .logical
-                .check_binary(value)
-                .map_err(|e| type_error(class, e))?;
-            value.to_vec()
+                .canonical_binary(value)
+                .map_err(|e| type_error(class, e))?
         } else {
             class
                 .logical
@@ -377,7 +448,7 @@ pub fn rewrite_bind(
         };
         replaced.insert(idx, (Some(stored), format_code));
     }
-    encode_bind(body, bind, &replaced)
+    Ok(replaced)
 }
 
 /// Re-encodes a Bind with some parameters replaced; the result-format
@@ -385,7 +456,7 @@ pub fn rewrite_bind(
 fn encode_bind(
     body: &[u8],
     bind: &crate::protocol::frontend_msg::Bind<'_>,
-    replaced: &HashMap<usize, (Option<Vec<u8>>, i16)>,
+    replaced: &Replaced,
 ) -> Result<Vec<u8>, PgError> {
     let malformed = || PgError::error(sqlstate::PROTOCOL_VIOLATION, "malformed Bind message");
     // The result formats are the last 2 + 2n bytes: find them by walking

@@ -6,6 +6,7 @@
 //! backend→client pump works through the queue, so the client sees answers
 //! in the order it asked, whichever region produced them.
 
+use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
 use super::fast_hash::FxBuildHasher;
 use crate::net::ReadHalf;
@@ -40,6 +41,14 @@ pub enum Expect {
     /// Read `region`'s responses up to its next ReadyForQuery and drop them:
     /// statements the proxy injected (a held BEGIN, session-state replay).
     Discard { region: Arc<str> },
+    /// Read the answers of a statement the proxy applies in several regions
+    /// (ADR 8): for each region, that many batches up to their
+    /// ReadyForQuery, handed back through `reply` instead of relayed. A
+    /// region whose connection breaks is reported, not fatal.
+    Collect {
+        regions: Vec<(Arc<str>, usize)>,
+        reply: tokio::sync::oneshot::Sender<Vec<Collected>>,
+    },
     /// Messages the proxy answers itself.
     Local(BytesMut),
     /// Write the error (if any) and end the session.
@@ -55,10 +64,22 @@ impl Expect {
             Expect::RelayUntilCopyIn { .. } => "relay-until-copy-in",
             Expect::CopySync { .. } => "copy-sync",
             Expect::Discard { .. } => "discard",
+            Expect::Collect { .. } => "collect",
             Expect::Local(_) => "local",
             Expect::End(_) => "end",
         }
     }
+}
+
+/// One region's answers to an [`Expect::Collect`].
+#[derive(Debug)]
+pub struct Collected {
+    pub region: Arc<str>,
+    /// Each batch's messages, as the client would have seen them.
+    pub batches: Vec<BytesMut>,
+    /// The connection broke before every batch was answered (the region's
+    /// backend session is dropped; the next statement there reopens it).
+    pub lost: Option<String>,
 }
 
 /// Completion messages of injected Parse/Close requests to swallow, and
@@ -76,6 +97,8 @@ pub struct BackendShared {
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
+    /// Metrics and slow-statement log of this backend session.
+    pub stats: crate::metrics::BackendStats,
 }
 
 #[derive(Default)]
@@ -95,6 +118,9 @@ struct Queues {
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
     param_types: HashMap<String, Vec<u32>, FxBuildHasher>,
+    /// `COPY … TO STDOUT` executions of classified tables, by batch: the
+    /// response side decrypts the CopyData after their CopyOutResponse.
+    copy_outs: VecDeque<(u64, Arc<CopyOutRun>)>,
 }
 
 /// Logical type OIDs of a statement's classified parameters, by 1-based number.
@@ -108,6 +134,13 @@ pub struct RowUse {
 }
 
 impl BackendShared {
+    pub fn new(stats: crate::metrics::BackendStats) -> Self {
+        BackendShared {
+            stats,
+            ..Default::default()
+        }
+    }
+
     fn queues(&self) -> Option<MutexGuard<'_, Queues>> {
         self.queues.lock().ok()
     }
@@ -132,6 +165,27 @@ impl BackendShared {
         }
         if q.front().is_some_and(|(b, _)| *b == batch) {
             return q.pop_front().map(|(_, u)| u);
+        }
+        None
+    }
+
+    /// A COPY TO STDOUT whose rows need decrypting runs in `batch`.
+    pub fn expect_copy_out(&self, batch: u64, run: Arc<CopyOutRun>) {
+        if let Some(mut q) = self.queues() {
+            q.copy_outs.push_back((batch, run));
+        }
+    }
+
+    /// The decryption of the COPY whose CopyOutResponse just arrived in
+    /// `batch`, if it needs one.
+    pub fn take_copy_out(&self, batch: u64) -> Option<Arc<CopyOutRun>> {
+        let mut guard = self.queues()?;
+        let q = &mut guard.copy_outs;
+        while q.front().is_some_and(|(b, _)| *b < batch) {
+            q.pop_front();
+        }
+        if q.front().is_some_and(|(b, _)| *b == batch) {
+            return q.pop_front().map(|(_, r)| r);
         }
         None
     }
@@ -255,6 +309,9 @@ impl BackendShared {
         }
         while q.rows.front().is_some_and(|(b, _)| *b <= batch) {
             q.rows.pop_front();
+        }
+        while q.copy_outs.front().is_some_and(|(b, _)| *b <= batch) {
+            q.copy_outs.pop_front();
         }
     }
 }

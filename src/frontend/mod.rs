@@ -4,9 +4,11 @@
 mod backends;
 mod cancel;
 mod copy_in;
+mod copy_out;
 mod decrypt;
 pub mod encrypt;
 mod expect;
+mod fanout;
 mod fast_hash;
 mod handshake;
 mod region_map;
@@ -17,6 +19,7 @@ mod setup;
 mod tenant_value;
 
 use crate::backend::{self, ConnectError};
+use crate::metrics::ClientRefusal;
 use crate::net::Stream;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::messages;
@@ -55,6 +58,7 @@ async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     let auth = match tokio::time::timeout(timeout, handshake::handshake(tcp, &shared)).await {
         Err(_) => {
             tracing::info!("client did not finish startup in time");
+            shared.metrics.client_refused(ClientRefusal::StartupTimeout);
             return;
         }
         Ok(Err(HandshakeEnd::Cancelled)) => return,
@@ -64,6 +68,9 @@ async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         }
         Ok(Err(HandshakeEnd::Refused(stream, err))) => {
             tracing::info!(code = err.code, message = %err.message, "connection refused");
+            shared
+                .metrics
+                .client_refused(ClientRefusal::from_sqlstate(err.code));
             refuse(stream, &err.to_bytes()).await;
             return;
         }
@@ -86,6 +93,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         Ok(s) => s,
         Err(err) => {
             tracing::info!(code = err.code, message = %err.message, "session refused");
+            shared
+                .metrics
+                .client_refused(ClientRefusal::from_sqlstate(err.code));
             return refuse(stream, &err.to_bytes()).await;
         }
     };
@@ -104,10 +114,15 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     {
         Ok(conn) => conn,
         Err(ConnectError::Refused { error_response, .. }) => {
+            shared.metrics.client_refused(ClientRefusal::Other);
             return refuse(stream, &error_response).await;
         }
         Err(e @ ConnectError::Unavailable { .. }) => {
             tracing::warn!(error = %e, "backend connection failed");
+            shared.metrics.connect_failed(&setup.region, &e);
+            shared
+                .metrics
+                .client_refused(ClientRefusal::RegionUnavailable);
             let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string())
                 .with_hint("the region's Postgres servers are down or unreachable; retry later");
             return refuse(stream, &err.to_bytes()).await;
@@ -123,7 +138,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     messages::ready_for_query(&mut out, conn.status);
 
     let mut format = SessionFormat::default();
-    for (name, value) in &conn.params {
+    // extra_float_digits and bytea_output are never reported back in
+    // ParameterStatus: take them from what the client asked for.
+    for (name, value) in setup.backend_params.iter().chain(&conn.params) {
         let _ = format.set(name, value);
     }
     let format = Arc::new(std::sync::Mutex::new(format));
@@ -139,8 +156,14 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     };
     let (expect_tx, expect_rx) = tokio::sync::mpsc::unbounded_channel();
     let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
+    let stats = shared.metrics.backend_connected(
+        &region,
+        conn.host_index,
+        &conn.failed_hosts,
+        conn.failed_over,
+    );
     let (backend_rd, backend_wr) = conn.stream.split();
-    let bshared = Arc::new(expect::BackendShared::default());
+    let bshared = Arc::new(expect::BackendShared::new(stats));
     let _ = expect_tx.send(expect::Expect::Attach {
         region: region.clone(),
         addr: conn.addr.clone(),
@@ -172,7 +195,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         shared.phase.clone(),
         gone_rx,
         crypto,
-    );
+    )
+    .counting_sent(shared.metrics.client_sent_counter());
     let req = requests.run(client_rd);
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);

@@ -6,10 +6,12 @@
 //! Flushing before every wait matters for COPY FROM STDIN, where the client
 //! sends data only after it has seen CopyInResponse.
 
+use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
-use super::expect::{BackendShared, Expect, RowUse};
+use super::expect::{BackendShared, Collected, Expect, RowUse};
 use super::region_map::RegionMap;
+use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
@@ -66,7 +68,11 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < need.max(READ_CHUNK / 4) {
             self.buf.reserve(need.max(READ_CHUNK));
         }
-        self.rd.read_buf(&mut self.buf).await
+        let read = self.rd.read_buf(&mut self.buf).await;
+        if let Ok(n) = read {
+            self.shared.stats.received(n);
+        }
+        read
     }
 }
 
@@ -93,8 +99,13 @@ pub struct Responses {
     /// False once the request side ended without the client leaving (its
     /// sender dropped): queued answers still go out.
     gone_open: bool,
+    sent: crate::metrics::ByteCounter,
     /// Set when columns are classified: decryption of answers.
     crypto: Option<AnswerCrypto>,
+    /// Answers go to a [`Expect::Collect`] buffer, not to the client: no
+    /// flushing, and neither the client leaving nor shutdown interrupts
+    /// the two-phase commit in progress.
+    collecting: bool,
 }
 
 /// What the answer path needs to decrypt.
@@ -107,6 +118,8 @@ pub struct AnswerCrypto {
     /// A value failed to decrypt: the rest of the batch is dropped until
     /// its ReadyForQuery, after the error went to the client.
     failed: bool,
+    /// A COPY TO STDOUT whose CopyData is being decrypted.
+    copy_out: Option<CopyOut>,
 }
 
 impl AnswerCrypto {
@@ -116,6 +129,71 @@ impl AnswerCrypto {
             format,
             rows: None,
             failed: false,
+            copy_out: None,
+        }
+    }
+
+    /// Whether `tag` belongs to a COPY TO STDOUT being decrypted (handle
+    /// it with [`Self::copy_out_message`]).
+    fn copying(&self, tag: u8) -> bool {
+        self.copy_out.is_some() && matches!(tag, b'd' | b'c')
+    }
+
+    /// CopyData or CopyDone of a COPY TO STDOUT being decrypted: the rows
+    /// decrypted go to `out`; a failure sends the error instead and drops
+    /// the rest of the batch.
+    async fn copy_out_message(&mut self, tag: u8, body: &[u8], region: &str, out: &mut BytesMut) {
+        let Some(copy) = self.copy_out.as_mut() else {
+            return;
+        };
+        let result = if tag == b'd' {
+            copy.data(body, out).await
+        } else {
+            copy.done(out).await
+        };
+        match result {
+            Ok(()) if tag == b'c' => {
+                out.extend_from_slice(&tag_frame(tag, body));
+                self.copy_out = None;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(region, code = e.code, "a COPY value could not be decrypted");
+                e.encode(out);
+                self.copy_out = None;
+                self.failed = true;
+            }
+        }
+    }
+
+    /// CopyOutResponse: starts decrypting the COPY if the request side
+    /// registered it. `false` when the message is forwarded as usual.
+    fn copy_out_response(&mut self, body: &[u8], reader: &Reader, out: &mut BytesMut) -> bool {
+        self.copy_out = None;
+        let Some(run) = reader.shared.take_copy_out(reader.done) else {
+            return false;
+        };
+        let checked = match self.shared.keyring.clone() {
+            Some(keyring) => {
+                let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                let copy = CopyOut::new(run, keyring, format, self.shared.metrics.crypto());
+                copy.check_response(body).map(|()| copy)
+            }
+            None => Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "classified columns are configured but no region key is loaded",
+            )),
+        };
+        match checked {
+            Ok(copy) => {
+                self.copy_out = Some(copy);
+                false
+            }
+            Err(e) => {
+                e.encode(out);
+                self.failed = true;
+                true
+            }
         }
     }
 
@@ -184,9 +262,14 @@ impl AnswerCrypto {
                     return false;
                 };
                 let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+                let metrics = self.shared.metrics.crypto();
                 match plan.data_row(body, &format) {
-                    Ok(row) => out.extend_from_slice(&row),
+                    Ok((row, n)) => {
+                        metrics.record_n(region, Op::Decrypt, true, n);
+                        out.extend_from_slice(&row);
+                    }
                     Err(e) => {
+                        metrics.record_decrypt(region, false);
                         tracing::warn!(region, code = e.code, "a value could not be decrypted");
                         e.encode(out);
                         self.rows = None;
@@ -195,8 +278,10 @@ impl AnswerCrypto {
                 }
                 true
             }
+            b'H' => self.copy_out_response(body, reader, out),
             b'C' | b's' | b'I' | b'E' => {
                 self.rows = None;
+                self.copy_out = None;
                 false
             }
             b'S' => {
@@ -250,8 +335,15 @@ impl Responses {
             phase_open: true,
             client_gone,
             gone_open: true,
+            sent: Default::default(),
             crypto,
+            collecting: false,
         }
+    }
+
+    /// Counts the bytes written to the client.
+    pub fn counting_sent(self, sent: crate::metrics::ByteCounter) -> Self {
+        Responses { sent, ..self }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Expect>) -> SessionEnd {
@@ -316,6 +408,13 @@ impl Responses {
                     let _ = self.client.shutdown().await;
                     return end;
                 }
+                Expect::Collect { regions, reply } => match self.collect(regions).await {
+                    Ok(collected) => {
+                        let _ = reply.send(collected);
+                        Ok(())
+                    }
+                    Err(end) => Err(end),
+                },
                 Expect::Relay { region, query } => self.relay(&region, Mode::Relay, query).await,
                 Expect::Discard { region } => self.relay(&region, Mode::Discard, None).await,
                 Expect::RelayUntilCopyIn { region } => {
@@ -342,10 +441,11 @@ impl Responses {
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {
-        if self.out.is_empty() {
+        if self.out.is_empty() || self.collecting {
             return Ok(());
         }
         let r = self.client.write_all(&self.out).await;
+        self.sent.add(self.out.len());
         self.out.clear();
         r.map_err(|_| SessionEnd::ClientWriteFailed)
     }
@@ -437,6 +537,49 @@ impl Responses {
         self.flush().await
     }
 
+    /// Reads each region's answers to a statement applied in several
+    /// regions into buffers of their own (see [`Expect::Collect`]).
+    async fn collect(
+        &mut self,
+        regions: Vec<(Arc<str>, usize)>,
+    ) -> Result<Vec<Collected>, SessionEnd> {
+        // Earlier answers reach the client first.
+        self.flush().await?;
+        let mut all = Vec::with_capacity(regions.len());
+        for (region, count) in regions {
+            let mut batches = Vec::with_capacity(count);
+            let mut lost = None;
+            for _ in 0..count {
+                self.collecting = true;
+                let saved = std::mem::take(&mut self.out);
+                let step = self.relay(&region, Mode::Relay, None).await;
+                let got = std::mem::replace(&mut self.out, saved);
+                self.collecting = false;
+                match step {
+                    Ok(()) => batches.push(got),
+                    Err(SessionEnd::BackendLost { reason, .. }) => {
+                        tracing::warn!(region = %region, %reason, "backend connection lost during a multi-region statement");
+                        if let Some(r) = self.readers.remove(&region) {
+                            r.shared
+                                .dead
+                                .store(true, std::sync::atomic::Ordering::Release);
+                        }
+                        batches.push(got);
+                        lost = Some(reason);
+                        break;
+                    }
+                    Err(end) => return Err(end),
+                }
+            }
+            all.push(Collected {
+                region,
+                batches,
+                lost,
+            });
+        }
+        Ok(all)
+    }
+
     /// Moves one batch's responses from `region` to the client (or drops
     /// them), up to and including ReadyForQuery (or the start of a COPY).
     async fn relay(
@@ -449,6 +592,10 @@ impl Responses {
         if let Some(r) = self.readers.get_mut(region) {
             r.parked = false;
         }
+        let mut timer = match (mode, self.readers.get(region)) {
+            (Mode::Relay, Some(r)) => r.shared.stats.start_batch(),
+            _ => crate::metrics::BatchTimer::default(),
+        };
         loop {
             let Some(reader) = self.readers.get_mut(region) else {
                 // Dropped while idle, before the request side noticed.
@@ -464,7 +611,20 @@ impl Responses {
                 tracing::trace!(tag = %(f.tag as char), region = %region, "backend message");
                 consumed = f.end;
                 let bytes = f.bytes(&reader.buf);
+                if f.tag == b'C' && !discard {
+                    let copy_in = reader.copy_active;
+                    reader
+                        .shared
+                        .stats
+                        .command_complete(f.body(&reader.buf), copy_in);
+                }
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
+                    if crypto.copying(f.tag) {
+                        crypto
+                            .copy_out_message(f.tag, f.body(&reader.buf), region, &mut self.out)
+                            .await;
+                        continue;
+                    }
                     if crypto.message(
                         f.tag,
                         f.body(&reader.buf),
@@ -501,6 +661,7 @@ impl Responses {
                                 "a statement the proxy replayed on this region failed"
                             );
                         } else {
+                            reader.shared.stats.backend_error(f.body(&reader.buf));
                             self.out.extend_from_slice(bytes);
                         }
                         if mode == Mode::UntilCopyIn {
@@ -525,10 +686,13 @@ impl Responses {
                         if let Some(crypto) = self.crypto.as_mut() {
                             crypto.failed = false;
                             crypto.rows = None;
+                            crypto.copy_out = None;
                         }
                         reader.copy_active = false;
                         reader.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
                         reader.shared.batch_done(reader.done);
+                        let done = std::mem::take(&mut timer);
+                        reader.shared.stats.finish_batch(done, reader.done);
                         reader.done += 1;
                         if !discard {
                             self.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
@@ -555,14 +719,14 @@ impl Responses {
             let read = tokio::select! {
                 biased;
                 read = reader.read_more() => read,
-                (gone, open) = gone_signal(&mut self.client_gone), if self.gone_open => {
+                (gone, open) = gone_signal(&mut self.client_gone), if self.gone_open && !self.collecting => {
                     if gone {
                         return Err(SessionEnd::ClientGone);
                     }
                     self.gone_open = open;
                     continue;
                 }
-                changed = self.phase_signal.changed(), if self.phase_open => {
+                changed = self.phase_signal.changed(), if self.phase_open && !self.collecting => {
                     if !changed {
                         self.phase_open = false;
                     } else if *self.phase.borrow() == Phase::Closing {
@@ -598,7 +762,7 @@ impl Responses {
             .get(region)
             .map(|r| (r.addr.clone(), r.fatal_seen))
             .unwrap_or_default();
-        if !already_told {
+        if !already_told && !self.collecting {
             PgError::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 format!("connection to region {region} ({addr}) was lost: {reason}"),

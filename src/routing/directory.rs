@@ -37,6 +37,7 @@ pub struct Directory {
     fixed: HashMap<String, Arc<str>>,
     cache: DashMap<String, Cached>,
     control: Option<Control>,
+    metrics: crate::metrics::DirectoryMetrics,
 }
 
 struct Control {
@@ -59,25 +60,40 @@ impl Directory {
                 config,
                 client: Mutex::new(None),
             }),
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts lookups by where the answer came from.
+    pub fn with_metrics(self, metrics: crate::metrics::DirectoryMetrics) -> Self {
+        Directory { metrics, ..self }
     }
 
     /// The region of `tenant`, `None` when no source knows it.
     pub async fn region_of(&self, tenant: &str) -> Result<Option<Arc<str>>, DirectoryError> {
         let key = normalized(tenant);
         if let Some(r) = self.fixed.get(&*key) {
+            self.metrics.static_hit();
             return Ok(Some(r.clone()));
         }
         let Some(control) = &self.control else {
+            self.metrics.static_hit();
             return Ok(None);
         };
         if let Some(hit) = self.cache.get(&*key) {
             match &*hit {
-                Cached::Region(r) => return Ok(Some(r.clone())),
-                Cached::Unknown(at) if at.elapsed() < NEGATIVE_TTL => return Ok(None),
+                Cached::Region(r) => {
+                    self.metrics.cache_hit();
+                    return Ok(Some(r.clone()));
+                }
+                Cached::Unknown(at) if at.elapsed() < NEGATIVE_TTL => {
+                    self.metrics.cache_hit();
+                    return Ok(None);
+                }
                 Cached::Unknown(_) => {}
             }
         }
+        self.metrics.control_lookup();
         let found = control.lookup(&key).await?;
         let entry = match &found {
             Some(r) => Cached::Region(r.clone()),

@@ -97,6 +97,11 @@ pub struct Proxy {
     phase: watch::Sender<Phase>,
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    metrics: Option<crate::metrics::Endpoint>,
+    /// The admin socket (when `admin.socket` is set) and the key change
+    /// followers (when columns are classified).
+    admin: Option<crate::admin::AdminServer>,
+    followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Why the proxy could not start.
@@ -114,16 +119,21 @@ pub enum StartError {
     BackendTls(String),
     #[error("auth.users: {0}")]
     Users(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("keys: {0}")]
     Keys(String),
     #[error("classified columns: {0}")]
     Catalog(String),
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl Proxy {
     /// Binds `config.listen.address` (port 0 picks a free port) and starts
     /// accepting clients in the background.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let started = std::time::Instant::now();
         let tls = tls::acceptor(&config.client_tls).map_err(StartError::Tls)?;
         let mut regions = std::collections::BTreeMap::new();
         for (name, region) in &config.regions {
@@ -156,7 +166,14 @@ impl Proxy {
         let keyring = load_keys(&config).await?;
         let catalogs = crate::catalog::Catalogs::new(regions.keys().cloned());
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-        let directory = Arc::new(crate::routing::directory::Directory::new(&config));
+        let metrics = crate::metrics::Metrics::new(&config)
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
+        let twophase = Arc::new(
+            crate::routing::twophase::TwoPhase::new(&config).map_err(StartError::BackendTls)?,
+        );
+        let directory = Arc::new(
+            crate::routing::directory::Directory::new(&config).with_metrics(metrics.directory()),
+        );
         directory.spawn_refresher();
         let shared = Arc::new(Shared {
             clients: Arc::new(Semaphore::new(config.listen.max_clients)),
@@ -169,13 +186,48 @@ impl Proxy {
             tls,
             cancel: dashmap::DashMap::new(),
             phase: phase_rx,
+            metrics,
             keyring,
             catalogs,
+            twophase,
         });
         check_catalogs(&shared).await?;
+        if shared.tenancy.discovers() {
+            crate::routing::discovery::discover(&shared).await;
+            tokio::spawn(crate::routing::discovery::refresh(
+                Arc::downgrade(&shared),
+                Duration::from_secs(shared.config.tenancy.discover_refresh_secs.max(1)),
+            ));
+        }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
         }
+        let metrics = match &shared.config.metrics.address {
+            Some(address) => Some(
+                crate::metrics::Endpoint::start(address, &shared)
+                    .await
+                    .map_err(|e| StartError::Metrics(format!("cannot listen on {address}: {e}")))?,
+            ),
+            None => None,
+        };
+        // Prepared transactions left by a crash are resolved now, not left
+        // holding their locks (ADR 10).
+        shared.twophase.spawn_recovery(shared.phase.clone());
+        let followers = match &shared.keyring {
+            Some(keyring) => crate::crypto::rotation::spawn_followers(
+                keyring,
+                Duration::from_secs(shared.config.admin.key_recheck_secs.max(1)),
+            ),
+            None => Vec::new(),
+        };
+        let admin = match &shared.config.admin.socket {
+            Some(path) => Some(
+                crate::admin::start(path, shared.clone(), started)
+                    .await
+                    .map_err(StartError::Admin)?,
+            ),
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         tracing::info!(address = %local_addr, "RegionGuard listening");
         Ok(Proxy {
@@ -183,7 +235,15 @@ impl Proxy {
             phase: phase_tx,
             shared,
             accept,
+            metrics,
+            admin,
+            followers,
         })
+    }
+
+    /// The admin socket's path, when it is serving.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin.as_ref().map(|a| a.path())
     }
 
     /// The address clients connect to.
@@ -191,11 +251,27 @@ impl Proxy {
         self.local_addr
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, when on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The proxy's metrics (for in-process tools and tests).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
     /// Stops accepting, lets open transactions finish up to
     /// `listen.shutdown_timeout_secs`, then closes every session.
     pub async fn shutdown(self) {
         let _ = self.phase.send(Phase::Draining);
         self.accept.abort();
+        if let Some(admin) = self.admin {
+            admin.shutdown();
+        }
+        for f in &self.followers {
+            f.abort();
+        }
         let max = self.shared.config.listen.max_clients as u32;
         let timeout = Duration::from_secs(self.shared.config.listen.shutdown_timeout_secs);
         let all_done = || self.shared.clients.acquire_many(max);
@@ -203,6 +279,9 @@ impl Proxy {
             tracing::warn!("shutdown timeout reached: closing remaining sessions");
             let _ = self.phase.send(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(5), all_done()).await;
+        }
+        if let Some(m) = &self.metrics {
+            m.stop();
         }
         tracing::info!("RegionGuard stopped");
     }
@@ -220,6 +299,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = shared.clients.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .client_refused(crate::metrics::ClientRefusal::MaxClients);
             let err = PgError::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
@@ -232,8 +314,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let open = shared.metrics.client_connected();
             crate::frontend::serve(tcp, peer, shared).await;
-            drop(permit);
+            drop((open, permit));
         });
     }
 }

@@ -55,10 +55,14 @@ pub struct Shared {
     /// One permit per client connection (`listen.max_clients`).
     pub clients: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
+    /// Series and the slow-statement threshold (no-ops when metrics are off).
+    pub metrics: crate::metrics::Metrics,
     /// Region root keys and cached tenant data keys (when columns are classified).
     pub keyring: Option<Arc<Keyring>>,
     /// Where each region's classified columns are.
     pub catalogs: Catalogs,
+    /// Two-phase commit of statements that reach every region.
+    pub twophase: Arc<crate::routing::twophase::TwoPhase>,
 }
 
 impl Shared {
@@ -66,6 +70,9 @@ impl Shared {
     pub fn tenancy_of(config: &Config) -> Tenancy {
         let t = &config.tenancy;
         let mut tenancy = Tenancy::new(&t.column);
+        if t.discover {
+            tenancy.enable_discovery();
+        }
         for table in &t.tables {
             tenancy.add_scoped(table, t.columns.get(table).map(String::as_str));
         }

@@ -26,10 +26,11 @@ use super::classification::{Classification, ColumnClass};
 use super::predicates::{ident, tenant_value};
 use super::{Tenancy, TenantSource};
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Insert, JoinConstraint, JoinOperator, ObjectName,
-    OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem, SetExpr, SetQuantifier,
-    Statement, TableFactor, TableObject, UnaryOperator, Value, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopySource, CopyTarget, DuplicateTreatment, Expr,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Insert, JoinConstraint,
+    JoinOperator, ObjectName, OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem,
+    SetExpr, SetQuantifier, Statement, TableFactor, TableObject, UnaryOperator, Value, Visit,
+    Visitor,
 };
 use sqlparser::tokenizer::Location;
 use std::collections::{HashMap, HashSet};
@@ -240,8 +241,12 @@ impl<'c, 't> Planner<'c, 't> {
                 self.add_relation("excluded".into(), Relation::Classified(columns));
             }
         }
-        if let Statement::Copy { .. } = stmt {
-            let mut named = false;
+        if let Statement::Copy { source, .. } = stmt {
+            // The visitor does not see COPY's table name as a relation.
+            let mut named = matches!(
+                source,
+                CopySource::Table { table_name, .. } if self.table_classes(table_name).is_some()
+            );
             let _ = sqlparser::ast::visit_relations(stmt, |rel| {
                 named |= self.table_classes(rel).is_some();
                 ControlFlow::<()>::Continue(())
@@ -386,11 +391,9 @@ impl<'c, 't> Planner<'c, 't> {
                     self.assignments(columns, assignments, None, false);
                 }
             }
-            Statement::Copy { .. } => self.refuse(
-                "",
-                "COPY of a table with classified columns is not supported",
-                "use INSERT … VALUES and SELECT, which RegionGuard encrypts and decrypts",
-            ),
+            Statement::Copy {
+                source, to, target, ..
+            } => self.copy(source, *to, target),
             Statement::Query(_) | Statement::Delete(_) => {}
             Statement::CreateTable(_) | Statement::CreateView { .. } => {
                 // Creating a table or view from a query over classified
@@ -413,6 +416,95 @@ impl<'c, 't> Planner<'c, 't> {
         let _ = stmt.visit(&mut projections);
         if let Some(returning) = returning_of(stmt) {
             self.projection_items(returning, false);
+        }
+    }
+
+    /// COPY: a classified table's rows are encrypted (FROM STDIN) and
+    /// decrypted (TO STDOUT) by the proxy, row by row; a server file or
+    /// program cannot be. `COPY (query) TO` sends no RowDescription, so the
+    /// proxy cannot tell which output columns to decrypt: a query that
+    /// outputs a classified column (or `*` over a classified table) is
+    /// refused.
+    fn copy(&mut self, source: &CopySource, to: bool, target: &CopyTarget) {
+        match source {
+            CopySource::Table { table_name, .. } => {
+                let Some(columns) = self.table_classes(table_name) else {
+                    return;
+                };
+                let stdio = if to {
+                    matches!(target, CopyTarget::Stdout)
+                } else {
+                    matches!(target, CopyTarget::Stdin)
+                };
+                if !stdio {
+                    let first = columns
+                        .values()
+                        .next()
+                        .map(|c| c.qualified())
+                        .unwrap_or_default();
+                    let table = last_part(table_name).unwrap_or_default();
+                    self.refuse(
+                        &first,
+                        format!(
+                            "COPY of table {table}, which has encrypted columns, {} a server file or program is not supported",
+                            if to { "to" } else { "from" }
+                        ),
+                        "use COPY … FROM STDIN / TO STDOUT (psql's \\copy), which RegionGuard encrypts and decrypts row by row",
+                    );
+                }
+            }
+            CopySource::Query(query) => {
+                let mut hit: Option<String> = None;
+                let mut wildcard = false;
+                struct Outputs<'a, 'c, 't> {
+                    planner: &'a Planner<'c, 't>,
+                    hit: &'a mut Option<String>,
+                    wildcard: &'a mut bool,
+                }
+                impl Visitor for Outputs<'_, '_, '_> {
+                    type Break = ();
+                    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+                        for_each_select(&q.body, &mut |s: &Select| {
+                            for item in &s.projection {
+                                match item {
+                                    SelectItem::UnnamedExpr(e)
+                                    | SelectItem::ExprWithAlias { expr: e, .. } => {
+                                        if self.hit.is_none() {
+                                            *self.hit = self
+                                                .planner
+                                                .resolve(e)
+                                                .into_iter()
+                                                .next()
+                                                .map(|c| c.qualified());
+                                        }
+                                    }
+                                    SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                                        *self.wildcard = true
+                                    }
+                                }
+                            }
+                        });
+                        ControlFlow::Continue(())
+                    }
+                }
+                let _ = query.visit(&mut Outputs {
+                    planner: self,
+                    hit: &mut hit,
+                    wildcard: &mut wildcard,
+                });
+                let column = match (hit, wildcard) {
+                    (Some(c), _) => c,
+                    (None, true) => "*".to_string(),
+                    (None, false) => return,
+                };
+                self.refuse(
+                    &column,
+                    format!(
+                        "COPY (query) TO of encrypted column {column} is not supported: RegionGuard cannot tell which output columns to decrypt"
+                    ),
+                    "copy the table with a column list instead (COPY table (columns) TO STDOUT, or psql's \\copy table (columns) to …), or SELECT the rows",
+                );
+            }
         }
     }
 

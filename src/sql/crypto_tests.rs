@@ -255,3 +255,38 @@ fn unqualified_names_of_other_tables_stay_unclassified_when_qualified() {
     // orders has no classified columns: `o.email` is plain.
     accepted("SELECT o.email FROM orders o JOIN customers c ON c.tenant_id = o.tenant_id WHERE o.tenant_id = 'a' AND o.email LIKE 'x%'");
 }
+
+#[test]
+fn copy_of_classified_tables() {
+    // Rows are encrypted and decrypted by the COPY filters, row by row.
+    for sql in [
+        "COPY customers FROM STDIN",
+        "COPY customers (tenant_id, email) FROM STDIN WITH (FORMAT csv)",
+        "COPY customers TO STDOUT",
+        "COPY customers (tenant_id, email, full_name) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT tenant_id, id FROM customers) TO STDOUT",
+    ] {
+        let p = accepted(sql);
+        assert!(p.touches_classified, "{sql}");
+        assert!(p.targets.is_empty(), "{sql}");
+    }
+    // Server files and programs never see plaintext, and COPY (query) TO
+    // has no row description to find the columns to decrypt.
+    refused("COPY customers TO '/tmp/x'", "server file");
+    refused("COPY customers FROM PROGRAM 'cat x'", "server file");
+    refused(
+        "COPY (SELECT email FROM customers) TO STDOUT",
+        "customers.email",
+    );
+    refused(
+        "COPY (SELECT c.full_name AS n FROM customers c) TO STDOUT",
+        "customers.full_name",
+    );
+    refused("COPY (SELECT * FROM customers) TO STDOUT", "COPY (query)");
+    refused(
+        "COPY (SELECT x FROM (SELECT email AS x FROM customers) s) TO STDOUT",
+        "customers.email",
+    );
+    // Tables without classified columns are untouched.
+    assert!(plan("COPY orders TO '/tmp/x'").refusal.is_none());
+}

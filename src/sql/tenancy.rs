@@ -6,6 +6,7 @@
 //! references as tenant-scoped only makes RegionGuard stricter, never looser.
 
 use super::Classification;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 
 /// A configured table name, optionally schema-qualified, lowercased.
@@ -32,6 +33,41 @@ pub struct Tenancy {
     global: HashMap<String, Vec<Option<String>>>,
     /// Classified columns (all in tenant-scoped tables).
     classification: Classification,
+    /// `tenancy.discover`: tables found in the regional catalogs.
+    discovery: Option<std::sync::Arc<ArcSwap<Discovered>>>,
+}
+
+/// What the regional catalogs say about tables, in discovery mode: every
+/// table that has the tenant column is tenant-scoped; a table known to lack
+/// it is not; a table not known yet (created since the last look) counts as
+/// tenant-scoped, so discovery fails closed.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// Bare name → schemas of tables with the tenant column.
+    scoped: HashMap<String, Vec<String>>,
+    /// Bare name → schemas of tables without it.
+    unscoped: HashMap<String, Vec<String>>,
+}
+
+impl Discovered {
+    /// Records a table (`schema`, `name`, lowercased) and whether it has
+    /// the tenant column.
+    pub fn add(&mut self, schema: &str, name: &str, has_tenant_column: bool) {
+        let map = if has_tenant_column {
+            &mut self.scoped
+        } else {
+            &mut self.unscoped
+        };
+        let schemas = map.entry(name.to_string()).or_default();
+        if !schemas.iter().any(|s| s == schema) {
+            schemas.push(schema.to_string());
+        }
+    }
+
+    fn knows(map: &HashMap<String, Vec<String>>, schema: Option<&str>, name: &str) -> bool {
+        map.get(name)
+            .is_some_and(|schemas| schema.is_none_or(|s| schemas.iter().any(|x| x == s)))
+    }
 }
 
 /// Splits `schema.table` (or `table`) into lowercased parts, ignoring quotes.
@@ -63,7 +99,46 @@ impl Tenancy {
             scoped: HashMap::new(),
             global: HashMap::new(),
             classification: Classification::default(),
+            discovery: None,
         }
+    }
+
+    /// Turns on discovery: tables are tenant-scoped when the regional
+    /// catalogs say they have the tenant column (see [`Discovered`]).
+    pub fn enable_discovery(&mut self) {
+        self.discovery = Some(std::sync::Arc::new(ArcSwap::from_pointee(
+            Discovered::default(),
+        )));
+    }
+
+    /// Whether tables are discovered from the catalogs.
+    pub fn discovers(&self) -> bool {
+        self.discovery.is_some()
+    }
+
+    /// Installs what the catalogs say now.
+    pub fn set_discovered(&self, discovered: Discovered) {
+        if let Some(d) = &self.discovery {
+            d.store(std::sync::Arc::new(discovered));
+        }
+    }
+
+    /// In discovery mode: whether a table not configured either way is
+    /// tenant-scoped. Catalog tables never are.
+    fn discovered_scoped(&self, schema: Option<&str>, name: &str) -> bool {
+        let Some(d) = &self.discovery else {
+            return false;
+        };
+        if name.starts_with("pg_")
+            || matches!(
+                schema,
+                Some("pg_catalog" | "information_schema" | "regionguard")
+            )
+        {
+            return false;
+        }
+        let d = d.load();
+        Discovered::knows(&d.scoped, schema, name) || !Discovered::knows(&d.unscoped, schema, name)
     }
 
     /// The classified columns.
@@ -110,7 +185,12 @@ impl Tenancy {
     /// Like [`Tenancy::column_of`] with the name already split and lowercased.
     pub fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<&str> {
         let reference = schema.map(str::to_string);
-        let entries = self.scoped.get(name)?;
+        let Some(entries) = self.scoped.get(name) else {
+            if self.discovered_scoped(schema, name) && !self.is_configured_global(schema, name) {
+                return Some(&self.default_column);
+            }
+            return None;
+        };
         // An exact schema match wins over a bare entry (its column may differ).
         entries
             .iter()
@@ -138,6 +218,10 @@ impl Tenancy {
         if self.column_of_parts(schema, name).is_some() {
             return false;
         }
+        self.is_configured_global(schema, name)
+    }
+
+    fn is_configured_global(&self, schema: Option<&str>, name: &str) -> bool {
         let reference = schema.map(str::to_string);
         self.global
             .get(name)
@@ -151,7 +235,7 @@ impl Tenancy {
 
     /// Whether the bare word (lowercased) names any scoped table.
     pub(crate) fn mentions_scoped_word(&self, word: &str) -> bool {
-        self.scoped.contains_key(word)
+        self.scoped.contains_key(word) || self.discovered_scoped(None, word)
     }
 
     /// Whether the bare word (lowercased) names any global table.

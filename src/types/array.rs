@@ -286,8 +286,11 @@ impl Cursor<'_> {
     }
 }
 
+/// Dimensions (length, lower bound) and element texts of an array literal.
+type ParsedText = (Vec<(i32, i32)>, Vec<Option<Vec<u8>>>);
+
 /// Parses `{…}` text into dimensions and element texts.
-fn parse_text(text: &[u8]) -> Result<(Vec<(i32, i32)>, Vec<Option<Vec<u8>>>), TypeError> {
+fn parse_text(text: &[u8]) -> Result<ParsedText, TypeError> {
     let mut c = Cursor { s: text, i: 0 };
     c.skip_space();
     let explicit = c.dimensions()?;
@@ -428,14 +431,10 @@ pub(crate) fn array_out(
         };
         if n > 0 {
             // Close the braces that rolled over, then separate.
-            for _ in 0..opening {
-                out.push(b'}');
-            }
+            out.extend(std::iter::repeat_n(b'}', opening));
             out.push(b',');
         }
-        for _ in 0..opening {
-            out.push(b'{');
-        }
+        out.extend(std::iter::repeat_n(b'{', opening));
         match item {
             None => out.extend_from_slice(b"NULL"),
             Some(bytes) => push_quoted(&mut out, &element.binary_to_text(bytes, fmt)?),
@@ -449,9 +448,7 @@ pub(crate) fn array_out(
             index[d] = 0;
         }
     }
-    for _ in 0..lens.len() {
-        out.push(b'}');
-    }
+    out.extend(std::iter::repeat_n(b'}', lens.len()));
     Ok(out)
 }
 

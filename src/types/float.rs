@@ -1,9 +1,16 @@
 //! `float4` and `float8`: Postgres's text input (`strtod` semantics with its
 //! own checks for NaN/Infinity and range) and output (shortest round-trip
 //! digits with Postgres's layout when `extra_float_digits > 0`, `%.*g`
-//! otherwise). The shortest digits come from Rust's float formatting, which
-//! produces the same shortest-closest digits as the Ryu code Postgres uses;
-//! only the layout is Postgres's.
+//! otherwise).
+//!
+//! Postgres's shortest digits come from its copy of Ryu (`d2s.c`/`f2s.c`)
+//! built without `STRICTLY_SHORTEST`: a decimal lying exactly on the
+//! boundary of a value's rounding interval is never chosen, even though it
+//! would read back correctly. The `ryu` crate (like Rust's own formatting)
+//! accepts those boundaries for even mantissas. So the `ryu` crate's digits
+//! are used unless they sit exactly on a boundary, in which case the next
+//! longer correctly rounded candidate strictly inside the interval is
+//! taken, which is what Postgres's variant computes.
 
 use super::error::TypeError;
 use super::text::is_pg_space;
@@ -139,13 +146,13 @@ pub(crate) fn float_out(
     let (value, shortest) = match width {
         FloatWidth::Float4 => {
             let v = f32::from_be_bytes([bin[0], bin[1], bin[2], bin[3]]);
-            (f64::from(v), format!("{v:e}"))
+            (f64::from(v), shortest_f32(v))
         }
         FloatWidth::Float8 => {
             let mut b = [0u8; 8];
             b.copy_from_slice(bin);
             let v = f64::from_be_bytes(b);
-            (v, format!("{v:e}"))
+            (v, shortest_f64(v))
         }
     };
     if value.is_nan() {
@@ -162,15 +169,146 @@ pub(crate) fn float_out(
     }
 }
 
-/// Splits Rust's `{:e}` output (`-1.25e-7`) into sign, digits and exponent.
+/// A finite float's binary parts: `value = m × 2^e2`, and whether the
+/// interval below it is half as wide (the mantissa is a power of two).
+struct Binary {
+    m: u64,
+    e2: i32,
+    narrow_below: bool,
+}
+
+impl Binary {
+    fn of_f64(v: f64) -> Binary {
+        let bits = v.abs().to_bits();
+        let (exp, mant) = ((bits >> 52) as i32, bits & ((1 << 52) - 1));
+        Binary {
+            m: if exp == 0 { mant } else { mant | 1 << 52 },
+            e2: exp.max(1) - 1075,
+            narrow_below: mant == 0 && exp > 1,
+        }
+    }
+
+    fn of_f32(v: f32) -> Binary {
+        let bits = v.abs().to_bits();
+        let (exp, mant) = ((bits >> 23) as i32, u64::from(bits & ((1 << 23) - 1)));
+        Binary {
+            m: if exp == 0 { mant } else { mant | 1 << 23 },
+            e2: exp.max(1) - 150,
+            narrow_below: mant == 0 && exp > 1,
+        }
+    }
+
+    /// Whether `digits × 10^k` is exactly the upper or lower boundary of
+    /// this value's rounding interval.
+    fn on_boundary(&self, digits: u64, k: i32) -> bool {
+        let m = u128::from(self.m);
+        let upper = (2 * m + 1, self.e2 - 1);
+        let lower = if self.narrow_below {
+            (4 * m - 1, self.e2 - 2)
+        } else {
+            (2 * m - 1, self.e2 - 1)
+        };
+        [upper, lower]
+            .into_iter()
+            .any(|(odd, p)| decimal_equals(digits, k, odd, p))
+    }
+}
+
+/// Whether `digits × 10^k == odd × 2^p` (`odd` odd), exactly.
+fn decimal_equals(digits: u64, k: i32, odd: u128, p: i32) -> bool {
+    if digits == 0 {
+        return false;
+    }
+    let twos = digits.trailing_zeros() as i32;
+    let d = u128::from(digits >> twos);
+    // digits × 10^k = d × 5^k × 2^(twos + k)
+    if twos + k != p {
+        return false;
+    }
+    let Ok(n) = u32::try_from(k.abs()) else {
+        return false;
+    };
+    match 5u128.checked_pow(n) {
+        Some(pow) if k >= 0 => d.checked_mul(pow) == Some(odd),
+        Some(pow) => odd.checked_mul(pow) == Some(d),
+        None => false,
+    }
+}
+
+/// Digits as a number and the exponent of their last digit.
+fn digits_and_k(formatted: &str) -> Option<(u64, i32)> {
+    let (_, digits, first_exp) = split_exp(formatted);
+    let n: u64 = digits.parse().ok()?;
+    Some((n, first_exp - (digits.len() as i32 - 1)))
+}
+
+/// Postgres's shortest digits (see the module comment), as `{:e}`-style text.
+fn postgres_shortest(
+    ryu_text: &str,
+    binary: &Binary,
+    max_digits: usize,
+    rounded: impl Fn(usize) -> (String, bool),
+) -> String {
+    let Some((digits, k)) = digits_and_k(ryu_text) else {
+        return ryu_text.to_string();
+    };
+    if !binary.on_boundary(digits, k) {
+        return ryu_text.to_string();
+    }
+    let start = digits.to_string().trim_end_matches('0').len().max(1);
+    for n in start..=max_digits {
+        let (candidate, reads_back) = rounded(n);
+        let inside = digits_and_k(&candidate).is_some_and(|(d, k)| !binary.on_boundary(d, k));
+        if reads_back && inside {
+            return candidate;
+        }
+    }
+    rounded(max_digits).0
+}
+
+fn shortest_f64(v: f64) -> String {
+    let ryu_text = ryu::Buffer::new().format(v).to_string();
+    if v == 0.0 {
+        return ryu_text;
+    }
+    postgres_shortest(&ryu_text, &Binary::of_f64(v), 17, |n| {
+        let text = format!("{:.*e}", n - 1, v);
+        let reads_back = text.parse::<f64>().is_ok_and(|r| r == v);
+        (text, reads_back)
+    })
+}
+
+fn shortest_f32(v: f32) -> String {
+    let ryu_text = ryu::Buffer::new().format(v).to_string();
+    if v == 0.0 {
+        return ryu_text;
+    }
+    postgres_shortest(&ryu_text, &Binary::of_f32(v), 9, |n| {
+        let text = format!("{:.*e}", n - 1, v);
+        let reads_back = text.parse::<f32>().is_ok_and(|r| r == v);
+        (text, reads_back)
+    })
+}
+
+/// Splits a decimal rendering (`-1.25e-7`, `4153705.2`, `0.00012`, `1e20`)
+/// into sign, significant digits (no leading or trailing zeros) and the
+/// decimal exponent of the first digit.
 fn split_exp(s: &str) -> (bool, String, i32) {
     let (negative, s) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s),
     };
-    let (mantissa, exp) = s.split_once('e').unwrap_or((s, "0"));
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    (negative, digits, exp.parse().unwrap_or(0))
+    let (mantissa, exp) = s.split_once(['e', 'E']).unwrap_or((s, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all: String = format!("{int}{frac}");
+    let leading = all.bytes().take_while(|b| *b == b'0').count();
+    let digits = all[leading..].trim_end_matches('0');
+    if digits.is_empty() {
+        return (negative, "0".into(), 0);
+    }
+    let first_exp = int.len() as i32 - 1 - leading as i32 + exp;
+    (negative, digits.to_string(), first_exp)
 }
 
 /// Postgres's Ryu layout: fixed point when `-4 <= exp < dig`, else
@@ -269,6 +407,13 @@ mod tests {
         assert_eq!(out4(100000.0, 1), "100000");
         assert_eq!(out4(1e6, 1), "1e+06");
         assert_eq!(out4(1.1, 1), "1.1");
+        // Exactly on a rounding boundary: Postgres's Ryu takes a longer
+        // candidate than the strictly shortest one.
+        assert_eq!(out8(85130208776033800.0, 1), "8.513020877603379e+16");
+        assert_eq!(out8(38022753014754740.0, 3), "3.8022753014754736e+16");
+        assert_eq!(out4(515953216.0, 1), "5.1595322e+08");
+        assert_eq!(out4(264.839e6, 1), "2.6483901e+08");
+        assert_eq!(out4(4153705.3, 1), "4.1537052e+06");
     }
 
     #[test]

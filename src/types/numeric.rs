@@ -40,7 +40,9 @@ impl Numeric {
         Numeric {
             sign,
             weight: 0,
-            dscale: 0,
+            // numeric_send reads the scale of a special value through the
+            // short-header mask, which yields 32 for the infinities.
+            dscale: if sign == SIGN_NAN { 0 } else { 32 },
             digits: Vec::new(),
         }
     }

@@ -47,7 +47,10 @@ impl Requests {
             StatementKind::SetTenant { .. } | StatementKind::ShowTenant => true,
             StatementKind::Begin => self.txn == Txn::Idle,
             StatementKind::Commit | StatementKind::Rollback => {
-                matches!(self.txn, Txn::Held { .. } | Txn::FailedHeld)
+                matches!(
+                    self.txn,
+                    Txn::Held { .. } | Txn::FailedHeld | Txn::Fanned { .. }
+                )
             }
             _ => false,
         }
@@ -89,6 +92,15 @@ impl Requests {
             if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
                 match route::place(&self.shared, plan, None, self.tenant.effective()).await {
                     Ok((Placement::Region(r), tenants)) => {
+                        if self.batch.fan.is_some() {
+                            // Its text would reach every region of the batch.
+                            return self
+                                .fail_batch(route::refusal(
+                                    "a pipeline batch that changes the schema or a global table in every region may not also touch tenant data",
+                                    "send statements on tenant data in a pipeline batch of their own",
+                                ))
+                                .await;
+                        }
                         if let Some(err) = self.conflict(&r) {
                             return self.fail_batch(err).await;
                         }
@@ -109,8 +121,8 @@ impl Requests {
             },
             None => (msg.clone(), None),
         };
-        // A COPY into a tenant-scoped table: where its rows' tenants are
-        // (a COPY with classified columns was refused just above).
+        // A COPY whose rows the proxy sees: where its rows' tenants and
+        // classified columns are.
         let (parse, copy) = if local {
             (parse, None)
         } else {
@@ -173,8 +185,11 @@ impl Requests {
                 p.query,
                 &[&plan.crypto],
                 &[keys],
-                &catalog,
-                &format,
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?);
             sealed_for = Some(tenants);
         }
@@ -199,6 +214,15 @@ impl Requests {
         parse: Option<String>,
         describe: Option<super::Described>,
     ) -> Result<(), Quit> {
+        if let Some(regions) = self.batch.fan.as_ref().map(|f| f.regions.clone()) {
+            for region in &regions {
+                if let Some(b) = self.backends.existing(region) {
+                    note_sent(b, &msg, parse.as_deref(), describe.as_ref());
+                    b.push(&msg);
+                }
+            }
+            return Ok(());
+        }
         match self.batch.region.clone() {
             Some(region) => {
                 let b = self.backend(&region).await?;
@@ -258,7 +282,11 @@ impl Requests {
 
     /// Makes sure `name` is prepared in `region`, preparing it there now
     /// (answer swallowed) if it was prepared elsewhere.
-    async fn ensure_prepared(&mut self, region: &Arc<str>, name: &str) -> Result<(), Quit> {
+    pub(super) async fn ensure_prepared(
+        &mut self,
+        region: &Arc<str>,
+        name: &str,
+    ) -> Result<(), Quit> {
         let Some(parse) = self.statements.get(name).map(|s| s.parse.clone()) else {
             return Ok(());
         };
@@ -274,8 +302,9 @@ impl Requests {
     /// Refuses the statement being bound: the rest of the batch is dropped
     /// until Sync and the client sees `err`, the transaction (implicit or
     /// explicit) failing as Postgres would fail it.
-    async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
+    pub(super) async fn fail_batch(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         self.batch.skipping = true;
         self.batch.executes = true;
         if self.batch_is_local() && !matches!(self.txn, Txn::Pinned(_)) {
@@ -285,10 +314,29 @@ impl Requests {
             self.local(err.to_bytes());
             return Ok(());
         }
+        if let Some(regions) = self.batch.fan.as_ref().map(|f| f.regions.clone()) {
+            // The batch fails in every region; each shows the proxy's error.
+            let mut exec = BytesMut::new();
+            let _ = frontend::execute(FAIL_PORTAL, 0, &mut exec);
+            for region in &regions {
+                if let Some(b) = self.backends.existing(region) {
+                    b.shared.override_error(b.batches, err.clone());
+                    b.push(&exec);
+                }
+            }
+            if let Some(fan) = self.batch.fan.as_mut() {
+                fan.refused = true;
+            }
+            return Ok(());
+        }
         let region = match (&self.batch.region, &self.txn) {
             (Some(r), _) | (None, Txn::Pinned(r)) => r.clone(),
             _ => self.batch_home(),
         };
+        if let Txn::Fanned { .. } = self.txn {
+            // The transaction runs in every region: it fails in all of them.
+            self.fail_others(&region);
+        }
         self.set_batch_region(&region).await?;
         let b = self.backend(&region).await?;
         b.shared.override_error(b.batches, err);
@@ -345,7 +393,7 @@ impl Requests {
                 .await;
         };
         if copy_plan.is_none()
-            && single(&analysis).is_some_and(crate::frontend::copy_in::is_per_row)
+            && single(&analysis).is_some_and(crate::frontend::copy_in::needs_plan)
         {
             return self
                 .fail_batch(route::refusal(
@@ -390,6 +438,57 @@ impl Requests {
             return Ok(());
         }
         let plan = single(&analysis);
+        if let Some(plan) = plan {
+            let ends = matches!(plan.kind, StatementKind::Commit | StatementKind::Rollback);
+            if ends && matches!(self.txn, Txn::Fanned { .. }) {
+                return self
+                    .fail_batch(route::refusal(
+                        "a transaction that runs in every region must end with COMMIT or ROLLBACK in a pipeline batch of its own",
+                        "send COMMIT (or ROLLBACK) on its own, followed by Sync",
+                    ))
+                    .await;
+            }
+            // The text's leading keywords tell DDL forms apart; other
+            // statements need no copy of it (this runs for every Bind).
+            let text = if matches!(
+                plan.kind,
+                StatementKind::Ddl | StatementKind::Unparsed { .. }
+            ) {
+                self.statements
+                    .get(name)
+                    .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok())
+                    .map(|p| p.query.to_string())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            match self.fan_mode(&text, std::slice::from_ref(plan), self.batch.fan.is_some()) {
+                Err(e) => return self.fail_batch(e).await,
+                Ok(Some(mode)) if super::refuse_kind(&plan.kind).is_none() => {
+                    if let Err(e) =
+                        route::place(&self.shared, plan, Some(&params), self.tenant.effective())
+                            .await
+                    {
+                        return self.fail_batch(e).await;
+                    }
+                    if self
+                        .batch
+                        .fan
+                        .as_ref()
+                        .is_some_and(|f| matches!(f.mode, super::fanout::FanMode::Unwrapped(_)))
+                    {
+                        return self
+                            .fail_batch(route::refusal(
+                                "a statement that cannot run in a transaction block must be alone in its pipeline batch",
+                                "send Sync after it",
+                            ))
+                            .await;
+                    }
+                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                }
+                _ => {}
+            }
+        }
         let placement = match plan {
             Some(plan) => {
                 if let Some(e) = super::refuse_kind(&plan.kind) {
@@ -403,6 +502,7 @@ impl Requests {
             Ok((p, t)) => (Ok(p), t),
             Err(e) => (Err(e), Vec::new()),
         };
+        let in_region = matches!(placement, Ok(Placement::Region(_)));
         let region = match placement {
             Ok(Placement::Region(r)) => r,
             Ok(Placement::Neutral) => match &self.batch.region {
@@ -411,6 +511,11 @@ impl Requests {
             },
             Err(e) => return self.fail_batch(e).await,
         };
+        if self.batch.fan.is_some() {
+            return self
+                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .await;
+        }
         if let Some(err) = self.conflict(&region) {
             return self.fail_batch(err).await;
         }
@@ -422,7 +527,8 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
-        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty()) {
+        // A planned COPY's classified fields are handled row by row.
+        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
             Some(plan) => {
                 let sealed = (&region, &tenants[..], sealed_for.as_deref());
                 match self
@@ -435,9 +541,30 @@ impl Requests {
             }
             None => (msg.clone(), None),
         };
+        let copy_plan = match copy_plan {
+            Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
+                Ok(p) => Some(p),
+                Err(e) => return self.fail_batch(e).await,
+            },
+            None => None,
+        };
+        let copy = match copy_plan {
+            Some(p) if p.format.direction == crate::copy::Direction::To => {
+                match super::copy::copy_out_run(&self.shared, p, &region, &tenants).await {
+                    Ok(run) => Some(super::copy::PortalCopy::Out(run)),
+                    Err(e) => return self.fail_batch(e).await,
+                }
+            }
+            Some(p) => Some(super::copy::PortalCopy::In(p)),
+            None => None,
+        };
         self.set_batch_region(&region).await?;
         self.ensure_prepared(&region, name).await?;
+        let text = self.statements.get(name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
+        if let Some(text) = &text {
+            b.shared.stats.note_statement(b.batches, text);
+        }
         b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),
@@ -452,7 +579,7 @@ impl Requests {
                 region,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             },
         );
         Ok(())
@@ -503,8 +630,11 @@ impl Requests {
             &keys,
             params,
             declared,
-            &catalog,
-            &format,
+            &encrypt::Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &self.shared.metrics.crypto(),
+            },
         )?;
         Ok((Bytes::from(rewritten), keys))
     }
@@ -555,6 +685,9 @@ impl Requests {
             }
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
+            }
+            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
             }
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
@@ -666,13 +799,23 @@ impl Requests {
                 return Ok(());
             }
         }
-        if let Some(region) = self.batch.region.clone() {
-            self.ensure_prepared(&region, &name).await?;
+        let regions = match (&self.batch.fan, &self.batch.region) {
+            (Some(fan), _) => fan.regions.clone(),
+            (None, Some(region)) => vec![region.clone()],
+            (None, None) => Vec::new(),
+        };
+        for region in &regions {
+            self.ensure_prepared(region, &name).await?;
         }
+        let declared = self
+            .statements
+            .get(&name)
+            .map(|s| s.types.clone())
+            .unwrap_or_default();
         let overrides = stmt_local
             .as_ref()
             .and_then(|(_, a)| single(a))
-            .map(|p| encrypt::param_overrides(&p.crypto))
+            .map(|p| encrypt::param_overrides(&p.crypto, &declared))
             .unwrap_or_default();
         self.send_or_hold(msg.clone(), None, Some((name, overrides)))
             .await
@@ -687,6 +830,14 @@ impl Requests {
             .to_string();
         self.batch.executes = true;
         match self.portals.get(&portal).cloned() {
+            Some(PortalTarget::Local(LocalAction::End { commit }))
+                if matches!(self.txn, Txn::Fanned { .. }) =>
+            {
+                let (out, failed) = self.end_fanned(commit).await?;
+                self.batch.skipping |= failed;
+                self.local(out);
+                Ok(())
+            }
             Some(PortalTarget::Local(action)) => {
                 let mut out = BytesMut::new();
                 self.run_local(action, &mut out);
@@ -697,7 +848,7 @@ impl Requests {
                 region: r,
                 copy_in,
                 keys,
-                copy_plan,
+                copy,
             }) => {
                 if let Some(err) = self.conflict(&r) {
                     return self.fail_batch(err).await;
@@ -719,10 +870,19 @@ impl Requests {
                         b.push(&describe);
                     }
                 }
+                if let Some(super::copy::PortalCopy::Out(run)) = &copy {
+                    // The response side decrypts the CopyData that follows
+                    // this Execute's CopyOutResponse.
+                    let b = self.backend(&r).await?;
+                    if !run.plan.classified.is_empty() {
+                        b.shared.expect_copy_out(b.batches, Arc::clone(run));
+                    }
+                }
                 self.send_or_hold(msg.clone(), None, None).await?;
-                if let Some(plan) = copy_plan {
+                if let Some(super::copy::PortalCopy::In(plan)) = copy {
+                    let session = self.format.lock().map(|f| f.clone()).unwrap_or_default();
                     self.copy_in = Some(super::copy::ActiveCopy::new(
-                        crate::frontend::copy_in::CopyIn::new(plan, r.clone()),
+                        crate::frontend::copy_in::CopyIn::new(plan, r.clone(), session),
                         false,
                     ));
                 }
@@ -802,6 +962,14 @@ impl Requests {
             };
         }
         self.statements.remove(&name);
+        if self.batch.fan.is_some() {
+            // It goes to every region with the batch.
+            for (_, b) in self.backends.iter_mut() {
+                b.shared.forget_statement(&name);
+                b.prepared.remove(&name);
+            }
+            return self.send_or_hold(msg.clone(), None, None).await;
+        }
         let target = self.batch.region.clone();
         // Close it everywhere it is prepared; only the batch's own Close is answered.
         for (region, b) in self.backends.iter_mut() {
@@ -821,7 +989,9 @@ impl Requests {
     }
 
     pub(super) async fn flush_request(&mut self, msg: &Bytes) -> Result<(), Quit> {
-        if self.batch.skipping {
+        if self.batch.skipping || self.batch.fan.is_some() {
+            // A batch that goes to every region is answered at its Sync,
+            // once every region's outcome is known.
             return Ok(());
         }
         if self.batch.region.is_none() && !self.batch.held.is_empty() {
@@ -840,6 +1010,14 @@ impl Requests {
     }
 
     pub(super) async fn sync(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        if let Some(fan) = self.batch.fan.take() {
+            self.batch = Batch::default();
+            self.sync_fanned(msg, fan).await?;
+            if self.txn == Txn::Idle {
+                self.tenant.local = None;
+            }
+            return Ok(());
+        }
         if self.batch.region.is_none() && !self.batch.held.is_empty() && !self.batch.skipping {
             let region = self.batch_home();
             self.set_batch_region(&region).await?;
@@ -903,7 +1081,7 @@ fn reads_params(plan: &StatementPlan) -> bool {
 }
 
 /// Bookkeeping for a message as it is written to a backend.
-fn note_sent(
+pub(super) fn note_sent(
     b: &mut crate::frontend::backends::Backend,
     msg: &[u8],
     parse: Option<&str>,

@@ -28,6 +28,7 @@ use crate::types::SessionFormat;
 
 mod copy;
 mod extended;
+mod fanout;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
@@ -74,6 +75,12 @@ enum Txn {
     FailedHeld,
     /// The transaction runs in this region.
     Pinned(Arc<str>),
+    /// The transaction changed the schema or a global table, so it runs
+    /// in every region and commits with two-phase commit (ADR 10);
+    /// `primary` runs its statements without tenant data.
+    Fanned {
+        primary: Arc<str>,
+    },
 }
 
 /// A statement prepared by the client (extended protocol).
@@ -89,7 +96,9 @@ struct Stmt {
     /// The tenants whose keys encrypted the text's classified literals:
     /// the statement may only run for them.
     sealed_for: Option<Vec<String>>,
-    /// A COPY FROM STDIN into a tenant-scoped table: where its tenants are.
+    /// A COPY whose rows the proxy sees (FROM STDIN into a tenant-scoped
+    /// table, TO STDOUT of a classified table): where its tenants and
+    /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
 }
 
@@ -103,8 +112,8 @@ enum PortalTarget {
         /// The statement touches classified columns: its rows are
         /// decrypted with these keys.
         keys: Option<Arc<StatementKeys>>,
-        /// Its rows' tenants are checked (tenant-scoped table).
-        copy_plan: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+        /// A COPY whose rows the proxy checks, encrypts or decrypts.
+        copy: Option<copy::PortalCopy>,
     },
     Local(extended::LocalAction),
 }
@@ -121,6 +130,9 @@ struct Batch {
     relay_pushed: bool,
     /// A COPY FROM STDIN was executed and its CopyDone/CopyFail not seen.
     copy_pending: bool,
+    /// The batch goes to every region (a statement in it changes the
+    /// schema or a global table).
+    fan: Option<fanout::FanBatch>,
     /// The batch executes something (Bind, Execute): a held BEGIN must go
     /// ahead of it. A batch that only prepares or describes does not pin
     /// the transaction.
@@ -154,6 +166,9 @@ pub struct Requests {
     max_message: usize,
     /// The session's text I/O settings (for parsing literals to encrypt).
     format: Arc<std::sync::Mutex<SessionFormat>>,
+    /// The BEGIN that opened the current transaction, to open it in more
+    /// regions when it starts changing every region.
+    begin_sql: String,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -185,6 +200,7 @@ impl Requests {
             copy_in: None,
             max_message,
             format,
+            begin_sql: "BEGIN".into(),
         }
     }
 
@@ -204,7 +220,7 @@ impl Requests {
             }
             match client.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return self.gone().await,
-                Ok(_) => {}
+                Ok(n) => self.shared.metrics.client_received(n),
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
@@ -247,7 +263,7 @@ impl Requests {
     fn status(&self) -> u8 {
         match self.txn {
             Txn::Idle => b'I',
-            Txn::Held { .. } | Txn::Pinned(_) => b'T',
+            Txn::Held { .. } | Txn::Pinned(_) | Txn::Fanned { .. } => b'T',
             Txn::FailedHeld => b'E',
         }
     }
@@ -363,6 +379,9 @@ impl Requests {
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
         }
+        if self.fan_query(msg, sql, &analysis.statements).await? {
+            return Ok(());
+        }
         let placed = match self.place_query(&analysis.statements).await {
             Ok((region, after, tenants)) => match self.open(&region).await {
                 Ok(()) => Ok((region, after, tenants)),
@@ -375,22 +394,19 @@ impl Requests {
             Err(err) => return self.refuse_query(err).await,
         };
         match self
+            .plan_copy_query(&analysis, sql, &region, &tenants)
+            .await
+        {
+            Ok(Some(planned)) => return self.send_copy_query(region, msg, after, planned).await,
+            Ok(None) => {}
+            Err(err) => return self.refuse_query(err).await,
+        }
+        match self
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
             .await
         {
-            Ok(None) => match self.plan_copy_query(&analysis, sql, &region).await {
-                Ok(None) => self.send_query(region, msg, after, None).await,
-                Ok(Some((copy, rewritten))) => {
-                    self.send_copy_query(region, msg, after, copy, rewritten)
-                        .await
-                }
-                Err(err) => self.refuse_query(err).await,
-            },
+            Ok(None) => self.send_query(region, msg, after, None).await,
             Ok(Some((rewritten, keys))) => {
-                if copy::has_per_row_copy(&analysis) {
-                    // Rows of COPY data are not encrypted yet: never store them.
-                    return self.refuse_query(copy::classified_copy_refusal()).await;
-                }
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
@@ -440,7 +456,14 @@ impl Requests {
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         let rewritten = if plans.iter().any(|p| !p.crypto.targets.is_empty()) {
             Some(encrypt::rewrite_text(
-                sql, &cryptos, &keys, &catalog, &format,
+                sql,
+                &cryptos,
+                &keys,
+                &encrypt::Sealer {
+                    catalog: &catalog,
+                    format: &format,
+                    metrics: &self.shared.metrics.crypto(),
+                },
             )?)
         } else {
             None
@@ -471,6 +494,7 @@ impl Requests {
             txn: self.txn.clone(),
             session_state: false,
             resets: false,
+            ddl: false,
         };
         let mut region: Option<Arc<str>> = match &self.txn {
             Txn::Pinned(r) => Some(r.clone()),
@@ -480,6 +504,7 @@ impl Requests {
             if let Some(e) = refuse_kind(&plan.kind) {
                 return Err(e);
             }
+            after.ddl |= plan.kind == StatementKind::Ddl;
             match &plan.kind {
                 StatementKind::SetTenant { local, value } => {
                     let v =
@@ -536,7 +561,7 @@ impl Requests {
 
     /// Where statements without tenant data go.
     fn neutral_region(&self, tenant: &TenantSetting) -> Arc<str> {
-        if let Txn::Pinned(r) = &self.txn {
+        if let Txn::Pinned(r) | Txn::Fanned { primary: r } = &self.txn {
             return r.clone();
         }
         if let Some(t) = tenant.effective() {
@@ -558,11 +583,15 @@ impl Requests {
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
         let b = self.backend(&region).await?;
+        b.shared.stats.note_statement(b.batches, msg);
         b.push_batch_end(msg);
         let _ = self.expect.send(Expect::Relay {
             region: region.clone(),
             query: keys,
         });
+        if after.ddl && self.shared.tenancy.discovers() {
+            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
                 .unwrap_or("")
@@ -608,13 +637,33 @@ impl Requests {
         Ok(())
     }
 
+    /// Makes the transaction fail in every region but `except` (a
+    /// transaction that runs in every region failed in `except`).
+    fn fail_others(&mut self, except: &Arc<str>) {
+        let mut failed = Vec::new();
+        for (region, b) in self.backends.iter_mut() {
+            if region != except {
+                b.push_query(FAIL_QUERY);
+                failed.push(region.clone());
+            }
+        }
+        for region in failed {
+            let _ = self.expect.send(Expect::Discard { region });
+        }
+    }
+
     /// A held BEGIN goes to the region of the first statement that needs
     /// one, ahead of it; its answer was already given.
     async fn pin_held(&mut self, region: &Arc<str>) -> Result<(), Quit> {
         if let Txn::Held { begin } = &self.txn {
-            let begin = begin.clone();
+            let begin = if begin.is_empty() {
+                "BEGIN".to_string()
+            } else {
+                begin.clone()
+            };
             let b = self.backend(region).await?;
-            b.push_query(if begin.is_empty() { "BEGIN" } else { &begin });
+            b.push_query(&begin);
+            self.begin_sql = begin;
             let _ = self.expect.send(Expect::Discard {
                 region: region.clone(),
             });
@@ -625,6 +674,7 @@ impl Requests {
 
     async fn refuse_query(&mut self, err: PgError) -> Result<(), Quit> {
         tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        self.shared.metrics.statement_refused(&err);
         match self.txn.clone() {
             Txn::Pinned(region) => {
                 let b = self.backend(&region).await?;
@@ -632,6 +682,17 @@ impl Requests {
                 b.push_query(FAIL_QUERY);
                 let _ = self.expect.send(Expect::Relay {
                     region,
+                    query: None,
+                });
+            }
+            Txn::Fanned { primary } => {
+                // The transaction fails in every region, as on one server.
+                self.fail_others(&primary);
+                let b = self.backend(&primary).await?;
+                b.shared.override_error(b.batches, err);
+                b.push_query(FAIL_QUERY);
+                let _ = self.expect.send(Expect::Relay {
+                    region: primary,
                     query: None,
                 });
             }
@@ -779,6 +840,8 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
+    /// The query holds DDL (discovery reads the catalogs again after it).
+    ddl: bool,
 }
 
 fn apply_set(t: &mut TenantSetting, local: bool, value: Option<String>, in_txn: bool) {

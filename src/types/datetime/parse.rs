@@ -378,7 +378,7 @@ impl Decoder<'_> {
         };
         if let Some(frac) = frac {
             if digits.len() > 2 {
-                return self.number_field(s);
+                return self.number_field(s, false);
             }
             self.tm.fsec = fraction(frac, self.type_name)?;
         }
@@ -434,7 +434,7 @@ impl Decoder<'_> {
                 tmask = YEAR;
                 self.tm.year = val;
             }
-            DATE_M => return self.number_field(s),
+            DATE_M => return self.number_field(s, false),
             _ => return Err(self.bad()),
         }
         if tmask == YEAR {
@@ -443,8 +443,9 @@ impl Decoder<'_> {
         self.claim(tmask)
     }
 
-    /// `DecodeNumberField`: run-together `yyyymmdd`, `hhmmss` or `hhmm`.
-    fn number_field(&mut self, s: &str) -> Result<(), TypeError> {
+    /// `DecodeNumberField`: run-together `yyyymmdd`, `hhmmss` or `hhmm`
+    /// (only a time when `time_only`).
+    fn number_field(&mut self, s: &str, time_only: bool) -> Result<(), TypeError> {
         if s.contains('.') {
             return Err(unsupported(
                 self.type_name,
@@ -452,7 +453,7 @@ impl Decoder<'_> {
             ));
         }
         let len = s.len();
-        if self.fmask & DATE_M != DATE_M && len >= 6 {
+        if !time_only && self.fmask & DATE_M != DATE_M && len >= 6 {
             self.claim(DATE_M)?;
             self.tm.day = parse_int(&s[len - 2..], self.type_name)?;
             self.tm.month = parse_int(&s[len - 4..len - 2], self.type_name)?;
@@ -526,7 +527,9 @@ impl Decoder<'_> {
         for n in numbers {
             self.number(n)?;
         }
-        if self.fmask & DATE_M != DATE_M {
+        // DecodeDate checks the caller's mask too: a date field after a
+        // time, weekday, AM/PM or era word is refused.
+        if self.fmask & !TZ != DATE_M {
             return Err(self.bad());
         }
         Ok(())
@@ -570,7 +573,9 @@ impl Decoder<'_> {
         Ok(())
     }
 
-    fn zone_name(&mut self, name: &str) -> Result<(), TypeError> {
+    /// A zone name: from a word (unknown: bad format) or from a field with
+    /// punctuation like `america/new_york` (unknown: 22023, as Postgres).
+    fn zone_name(&mut self, name: &str, punctuated: bool) -> Result<(), TypeError> {
         if zone::is_dynamic_abbreviation(name) {
             return Err(unsupported(
                 self.type_name,
@@ -578,16 +583,34 @@ impl Decoder<'_> {
             ));
         }
         let zone = zone::named_zone(name).ok_or_else(|| {
-            TypeError::new(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "time zone not recognized in a value of type {}",
-                    self.type_name
-                ),
-            )
+            if punctuated {
+                TypeError::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!(
+                        "time zone not recognized in a value of type {}",
+                        self.type_name
+                    ),
+                )
+            } else {
+                self.bad()
+            }
         })?;
         self.claim(TZ)?;
         self.tm.zone = Some(ZoneGiven::Named(zone));
+        Ok(())
+    }
+
+    /// `time_overflows`: each field in range and at most 24:00:00.
+    fn check_time(&self) -> Result<(), TypeError> {
+        let t = &self.tm;
+        let total = ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.fsec;
+        if !(0..=24).contains(&t.hour)
+            || !(0..60).contains(&t.minute)
+            || !(0..=60).contains(&t.second)
+            || total > 86_400_000_000
+        {
+            return Err(field_overflow(self.type_name));
+        }
         Ok(())
     }
 
@@ -634,6 +657,7 @@ impl Decoder<'_> {
 /// Decodes date/time text for `type_name` (`date`, `time`, `timestamp`,
 /// `timestamptz`); `order` is the session's `DateStyle` field order.
 pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<Decoded, TypeError> {
+    let time_only = type_name == "time without time zone";
     let fields = tokenize(text, type_name)?;
     let mut d = Decoder {
         type_name,
@@ -653,6 +677,25 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
         }
         iso_time_next = false;
         match ftype {
+            FieldType::Date if time_only => {
+                // DecodeTimeOnly takes a date only as the first field, before
+                // a time or with a zone name last; otherwise a zone name.
+                let last_is_date = fields.last().is_some_and(|f| f.0 == FieldType::Date);
+                let second_is_time = fields.get(1).is_some_and(|f| f.0 == FieldType::Time);
+                if index == 0 && fields.len() >= 2 && (last_is_date || second_is_time) {
+                    d.date(field)?;
+                } else if field.as_bytes()[0].is_ascii_digit() {
+                    if d.fmask & TIME_M == TIME_M {
+                        return Err(d.bad());
+                    }
+                    return Err(unsupported(
+                        type_name,
+                        "a run-together time with a time zone",
+                    ));
+                } else {
+                    d.zone_name(field, true)?;
+                }
+            }
             FieldType::Date => {
                 if d.fmask & (MONTH | DAY) == (MONTH | DAY) {
                     if field.as_bytes()[0].is_ascii_digit() {
@@ -661,33 +704,45 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                             "a run-together time with a time zone",
                         ));
                     }
-                    d.zone_name(field)?;
+                    d.zone_name(field, true)?;
                 } else {
                     d.date(field)?;
                 }
             }
             FieldType::Time => {
                 d.time(field)?;
-                let t = &d.tm;
-                let total = ((t.hour * 60 + t.minute) * 60 + t.second) * 1_000_000 + t.fsec;
-                if !(0..=24).contains(&t.hour) || total > 86_400_000_000 {
-                    return Err(field_overflow(type_name));
-                }
+                d.check_time()?;
             }
             FieldType::Tz => {
                 let east = decode_timezone(field, type_name)?;
                 d.claim(TZ)?;
                 d.tm.zone = Some(ZoneGiven::Fixed(east));
             }
+            FieldType::Number if time_only => {
+                // DecodeTimeOnly: numbers are run-together times.
+                match field.find('.') {
+                    Some(p) if p > 2 => {
+                        return Err(unsupported(
+                            type_name,
+                            "a run-together time with a fraction",
+                        ))
+                    }
+                    Some(_) => return Err(d.bad()),
+                    None => d.number_field(field, true)?,
+                }
+                d.check_time()?;
+            }
             FieldType::Number => {
                 let flen = field.len();
                 let dot = field.find('.');
                 if dot.is_some() && d.fmask & DATE_M == 0 {
                     d.date(field)?;
-                } else if dot.is_some_and(|p| p > 2) {
-                    d.number_field(field)?;
-                } else if flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0) {
-                    d.number_field(field)?;
+                } else if dot.is_some_and(|p| p > 2)
+                    || (flen >= 6 && (d.fmask & DATE_M == 0 || d.fmask & TIME_M == 0))
+                {
+                    // A run-together date (yyyymmdd) or time (hhmmss); as in
+                    // Postgres, such a time is not range-checked here.
+                    d.number_field(field, false)?;
                 } else {
                     d.number(field)?;
                 }
@@ -699,8 +754,20 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                     continue;
                 }
                 match keyword(field) {
+                    Some(Keyword::Month(_) | Keyword::Dow) if time_only => return Err(d.bad()),
                     Some(Keyword::Month(m)) => {
-                        d.claim(MONTH)?;
+                        // A numeric "month" read before the month name was
+                        // the day: "8 Jan 1999".
+                        if d.fmask & MONTH != 0
+                            && !d.have_text_month
+                            && d.fmask & DAY == 0
+                            && (1..=31).contains(&d.tm.month)
+                        {
+                            d.tm.day = d.tm.month;
+                            d.fmask |= DAY;
+                        } else {
+                            d.claim(MONTH)?;
+                        }
                         d.tm.month = m;
                         d.have_text_month = true;
                     }
@@ -720,14 +787,26 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                     }
                     Some(Keyword::Ignore) => {}
                     Some(Keyword::IsoTime) => {
-                        if d.fmask & DATE_M != DATE_M || index + 1 >= fields.len() {
+                        let needs_date = !time_only && d.fmask & DATE_M != DATE_M;
+                        if needs_date || index + 1 >= fields.len() {
                             return Err(d.bad());
                         }
                         iso_time_next = true;
                     }
+                    Some(Keyword::Infinity | Keyword::NegInfinity | Keyword::Epoch)
+                        if time_only =>
+                    {
+                        return Err(d.bad())
+                    }
                     Some(k @ (Keyword::Infinity | Keyword::NegInfinity | Keyword::Epoch)) => {
+                        // Postgres 15 lets other fields surround these with
+                        // rules of its own (`allballs` turns the result back
+                        // into a date); only the plain word is taken.
                         if fields.len() != 1 {
-                            return Err(d.bad());
+                            return Err(unsupported(
+                                type_name,
+                                "infinity or epoch combined with other fields",
+                            ));
                         }
                         special = Some(k);
                     }
@@ -742,7 +821,7 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
                             "a relative or labelled date/time word",
                         ))
                     }
-                    None => d.zone_name(field)?,
+                    None => d.zone_name(field, false)?,
                 }
             }
         }
@@ -750,14 +829,21 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
     if iso_time_next {
         return Err(d.bad());
     }
-    match special {
-        Some(Keyword::Infinity) => return Ok(Decoded::Late),
-        Some(Keyword::NegInfinity) => return Ok(Decoded::Early),
-        Some(Keyword::Epoch) => return Ok(Decoded::Epoch),
-        _ => {}
-    }
     d.finish()?;
-    Ok(Decoded::Fields(d.tm))
+    if time_only && d.fmask & DATE_M != DATE_M {
+        // A zone with daylight saving time needs a date to mean anything.
+        if let Some(ZoneGiven::Named(tz)) = &d.tm.zone {
+            if tz.to_fixed_offset().is_err() {
+                return Err(d.bad());
+            }
+        }
+    }
+    Ok(match special {
+        Some(Keyword::Infinity) => Decoded::Late,
+        Some(Keyword::NegInfinity) => Decoded::Early,
+        Some(Keyword::Epoch) => Decoded::Epoch,
+        _ => Decoded::Fields(d.tm),
+    })
 }
 
 #[cfg(test)]

@@ -234,9 +234,12 @@ pub(crate) fn is_dynamic_abbreviation(word: &str) -> bool {
     DYNAMIC_ABBREVIATIONS.contains(&word)
 }
 
-/// An IANA zone name (case-insensitive), as `pg_tzset` would find it.
+/// A zone name as `pg_tzset` resolves it: an IANA name (case-insensitive),
+/// else a POSIX TZ string such as `UTC+3` (3 hours west of UTC).
 pub(crate) fn named_zone(name: &str) -> Option<TimeZone> {
-    TimeZone::get(name).ok()
+    TimeZone::get(name)
+        .ok()
+        .or_else(|| TimeZone::posix(&name.to_ascii_uppercase()).ok())
 }
 
 #[cfg(test)]

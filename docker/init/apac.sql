@@ -1,0 +1,24 @@
+-- The demo's schema and tenant data for region apac; generated from
+-- src/demo/schema.rs (REGEN_DOCKER_INIT=1 cargo nextest run --test docker_files).
+
+CREATE TABLE IF NOT EXISTS customers (
+    tenant_id text NOT NULL,
+    id bigint,
+    email bytea,
+    full_name bytea,
+    created_at timestamptz DEFAULT now(),
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE IF NOT EXISTS orders (
+    tenant_id text NOT NULL,
+    id bigint,
+    customer_id bigint,
+    amount numeric(12,2),
+    status text,
+    created_at timestamptz,
+    PRIMARY KEY (tenant_id, id)
+);
+INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 1, 2, 7.49, 'paid', now() - interval '20 days') ON CONFLICT DO NOTHING;
+INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 2, 1, 1200.00, 'shipped', now() - interval '9 days') ON CONFLICT DO NOTHING;
+INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 3, 3, 88.10, 'paid', now() - interval '4 days') ON CONFLICT DO NOTHING;
+INSERT INTO orders (tenant_id, id, customer_id, amount, status, created_at) VALUES ('initech', 4, 2, 15.99, 'pending', now() - interval '0 days') ON CONFLICT DO NOTHING;
