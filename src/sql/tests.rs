@@ -1194,4 +1194,8 @@ fn plain_statements_without_tenancy_still_see_regionguard_names() {
         plain("SELECT xregionguard FROM t"),
         Some(StatementKind::Read)
     );
+    // Discovering tables, any unknown table may be tenant-scoped.
+    let mut d = Tenancy::new("tenant_id");
+    d.enable_discovery();
+    assert_eq!(analyze_plain("SELECT * FROM customers", &d), None);
 }

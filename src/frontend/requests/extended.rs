@@ -61,13 +61,15 @@ impl Requests {
             return Ok(());
         }
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
+        let generation = self.shared.analysis.generation();
         let analysis = match self.statements.get(p.name) {
             // The Parse the statement it replaces was prepared with, sent
             // unchanged (drivers send the unnamed statement's Parse again
-            // for each execution): same text, same analysis, as the
-            // session's tenancy never changes.
+            // for each execution): same text, same analysis, unless the
+            // tenancy changed since (discovery invalidates the cache).
             Some(s)
                 if s.parse == *msg
+                    && s.generation == generation
                     && s.copy.is_none()
                     && s.analysis.statements.iter().all(|p| p.crypto.is_empty()) =>
             {
@@ -136,6 +138,7 @@ impl Requests {
             Stmt {
                 parse: parse.clone(),
                 analysis,
+                generation,
                 types: p.param_types.clone(),
                 local,
                 sealed_for,

@@ -89,6 +89,9 @@ struct Stmt {
     /// classified parameter types left to the server).
     parse: Bytes,
     analysis: Arc<Analysis>,
+    /// The analysis cache's generation when `analysis` was looked up: a
+    /// Parse sent again unchanged reuses `analysis` while it is current.
+    generation: u64,
     /// Parameter types as the client declared them.
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
