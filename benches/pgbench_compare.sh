@@ -14,11 +14,15 @@
 #   WARMUP     seconds of warm-up per target before measuring (default 3)
 #   RG_BIN     RegionGuard binary (default: target/release/regionguard,
 #              built with `cargo build --release` when needed)
+#   RG_THREADS RegionGuard's listen.threads (default 1, as PgBouncer runs
+#              one thread; 0 = RegionGuard's own default, one per CPU)
 #   KEEP=1     keep the temp directory (logs, configs) for inspection
 #
 # Everything (Postgres cluster, PgBouncer, RegionGuard) lives in a temp dir
 # and is stopped and removed on exit. Compare the ratios of one run; the
-# absolute numbers depend on the machine and its neighbours.
+# absolute numbers depend on the machine and its neighbours. Also printed:
+# each proxy's CPU time (user + system, from /proc) per transaction, the
+# figure least disturbed by neighbours.
 set -euo pipefail
 
 DURATION=${DURATION:-15}
@@ -26,11 +30,12 @@ ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-"8 64"}
 MODES=${MODES:-"simple extended"}
 WARMUP=${WARMUP:-3}
+RG_THREADS=${RG_THREADS:-1}
 THREADS=2
 SCALE=10
 OUT=""
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT=${2:?--out needs a file}; shift 2 ;;
@@ -73,8 +78,9 @@ bench_start_regionguard regionguard "$RG_PORT"
 TARGETS=(direct pgbouncer regionguard)
 declare -A PORT_OF=([direct]=$PG_PORT [pgbouncer]=$BOUNCER_PORT [regionguard]=$RG_PORT)
 declare -A LABEL=([direct]="direct" [pgbouncer]="PgBouncer" [regionguard]="RegionGuard")
-declare -A TPS_SUM LAT_SUM RUNS
+declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM
 FAILED=0
+declare -A PID_OF=([regionguard]=${RG_PID_OF[regionguard]} [pgbouncer]=$(cat "$WORK/pgbouncer.pid"))
 
 # Runs pgbench -S; prints "tps latency_ms" or returns non-zero.
 run_pgbench() { # target mode clients seconds
@@ -101,8 +107,14 @@ for mode in $MODES; do
             for (( i = 0; i < ${#TARGETS[@]}; i++ )); do
                 t=${TARGETS[$(( (i + cell + r) % ${#TARGETS[@]} ))]}
                 key="$mode/$clients/$t"
+                pid=${PID_OF[$t]:-}
+                cpu0=0; [[ -n "$pid" ]] && cpu0=$(proc_cpu_ticks "$pid")
                 if res=$(run_pgbench "$t" "$mode" "$clients" "$DURATION"); then
-                    read -r tps lat _ <<<"$res"
+                    read -r tps lat tx <<<"$res"
+                    if [[ -n "$pid" ]]; then
+                        CPU_TICKS[$key]=$(( ${CPU_TICKS[$key]:-0} + $(proc_cpu_ticks "$pid") - cpu0 ))
+                        TX_SUM[$key]=$(( ${TX_SUM[$key]:-0} + tx ))
+                    fi
                     log "$(printf '%-8s %3s clients  %-11s tps %10.1f  lat %7.3f ms' "$mode" "$clients" "$t" "$tps" "$lat")"
                     TPS_SUM[$key]=$(add "${TPS_SUM[$key]:-}" "$tps")
                     LAT_SUM[$key]=$(add "${LAT_SUM[$key]:-}" "$lat")
@@ -120,9 +132,17 @@ bench_regionguards_alive || { log "RegionGuard exited during the run"; FAILED=1;
 
 # --- report --------------------------------------------------------------------------
 
-MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | ÷ direct |
-|---|---:|---|---:|---:|---:|---:|"
-printf '\n%-9s %7s  %-12s %11s %12s %12s %9s\n' mode clients target TPS "latency ms" "÷PgBouncer" "÷direct"
+# Proxy CPU (user + system) per transaction, in microseconds.
+cpu_per_tx() { # key
+    if [[ -n "${TX_SUM[$1]:-}" && "${TX_SUM[$1]}" -gt 0 ]]; then
+        awk -v t="${CPU_TICKS[$1]}" -v n="${TX_SUM[$1]}" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz / n * 1e6}'
+    else
+        echo "–"
+    fi
+}
+MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | ÷ direct | proxy CPU µs/tx |
+|---|---:|---|---:|---:|---:|---:|---:|"
+printf '\n%-9s %7s  %-12s %11s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "÷direct" "CPU µs/tx"
 for mode in $MODES; do
     for clients in $CLIENTS; do
         declare -A TPS=()
@@ -144,11 +164,12 @@ for mode in $MODES; do
             fi
             vb=$(ratio "${TPS[$t]}" "${TPS[pgbouncer]}")
             vd=$(ratio "${TPS[$t]}" "${TPS[direct]}")
-            printf '%-9s %7s  %-12s %11s %12s %12s %9s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$vd"
+            cpu=$(cpu_per_tx "$key")
+            printf '%-9s %7s  %-12s %11s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$vd" "$cpu"
             if [[ $t == regionguard ]]; then
-                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | **$vd** |"
+                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | **$vd** | $cpu |"
             else
-                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $vd |"
+                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $vd | $cpu |"
             fi
         done
         unset TPS
@@ -160,7 +181,7 @@ if [[ -n "$OUT" ]]; then
         echo "<!-- generated by benches/pgbench_compare.sh on $(date -u '+%Y-%m-%d %H:%M UTC') -->"
         echo "pgbench -n -S -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS round(s) per cell;" \
              "$(nproc) CPUs; $("$PG_BIN/postgres" --version); $("$PGBOUNCER" --version | head -n1) (transaction pooling, pool 20);" \
-             "RegionGuard $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)."
+             "RegionGuard $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown), listen.threads = $RG_THREADS."
         echo
         echo "$MD"
     } > "$OUT"

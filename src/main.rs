@@ -82,7 +82,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.logging.level, config.logging.format);
-            run_async(serve(config))
+            let threads = config.listen.threads;
+            run_async_with(threads, serve(config))
         }
     }
 }
@@ -107,10 +108,17 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn run_async<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_async_with(0, f)
+}
+
+/// Runs `f` on a multi-threaded runtime with `threads` workers (0: tokio's
+/// default, one per CPU or `TOKIO_WORKER_THREADS`).
+fn run_async_with<F: std::future::Future<Output = ExitCode>>(threads: usize, f: F) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    match builder.enable_all().build() {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

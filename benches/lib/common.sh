@@ -246,8 +246,8 @@ EOF
 # --- RegionGuard -----------------------------------------------------------------
 
 # Prints the start of a RegionGuard config listening on the given port, with
-# PGUSER_NAME/PASSWORD as its only (SCRAM) user; the caller appends regions,
-# tenancy and so on.
+# PGUSER_NAME/PASSWORD as its only (SCRAM) user and, when RG_THREADS is set,
+# that many relaying threads; the caller appends regions, tenancy and so on.
 bench_rg_config_head() { # port default_region
     local verifier
     verifier=$(printf '%s\n' "$PASSWORD" | "$RG_BIN" hash-password)
@@ -258,6 +258,7 @@ default_region = "$2"
 address = "127.0.0.1:$1"
 max_clients = 1000
 shutdown_timeout_secs = 2
+${RG_THREADS:+threads = $RG_THREADS}
 
 [logging]
 level = "warn"

@@ -63,6 +63,8 @@ pub struct Listen {
     pub shutdown_timeout_secs: u64,
     /// How long a client may take from connecting to finishing authentication.
     pub startup_timeout_secs: u64,
+    /// Threads relaying sessions; 0: one per CPU.
+    pub threads: usize,
 }
 
 impl Default for Listen {
@@ -73,6 +75,7 @@ impl Default for Listen {
             max_message_bytes: 1 << 30,
             shutdown_timeout_secs: 30,
             startup_timeout_secs: 30,
+            threads: 0,
         }
     }
 }

@@ -23,6 +23,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("must be at most {} bytes (the protocol's limit)", i32::MAX),
         ));
     }
+    if c.listen.threads > 1024 {
+        return Err(ConfigError::invalid(
+            "listen.threads",
+            "must be at most 1024 (0: one per CPU)",
+        ));
+    }
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }

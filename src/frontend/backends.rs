@@ -3,13 +3,15 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
+use super::fast_hash::FxBuildHasher;
+use super::region_map::RegionMap;
 use crate::backend::{self, ConnectError};
 use crate::net::WriteHalf;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -26,7 +28,7 @@ pub struct Backend {
     /// this backend's next batch, so an idle backend stays silent.
     deferred: BytesMut,
     /// Statements prepared here (`""` is the unnamed one).
-    pub prepared: HashSet<String>,
+    pub prepared: HashSet<String, FxBuildHasher>,
 }
 
 impl Backend {
@@ -78,7 +80,7 @@ impl Backend {
 
 /// All backend sessions of one client session.
 pub struct Backends {
-    map: HashMap<Arc<str>, Backend>,
+    map: RegionMap<Backend>,
     /// Startup parameters every backend session is opened with.
     params: Vec<(String, String)>,
     /// Session-state statements (SET, PREPARE, LISTEN…) to replay on a
@@ -91,7 +93,7 @@ pub struct Backends {
 impl Backends {
     pub fn new(params: Vec<(String, String)>, cancel_pid: i32) -> Self {
         Backends {
-            map: HashMap::new(),
+            map: RegionMap::default(),
             params,
             replay: Vec::new(),
             cancel_pid,
@@ -110,6 +112,12 @@ impl Backends {
     /// The backend of `region` if the session already has one.
     pub fn existing(&mut self, region: &str) -> Option<&mut Backend> {
         self.map.get_mut(region)
+    }
+
+    /// The backend of `region` if the session has one that is not known to
+    /// be dead: what [`Backends::get`] returns without opening one.
+    pub fn live(&mut self, region: &str) -> Option<&mut Backend> {
+        self.map.get_mut(region).filter(|b| !b.is_dead())
     }
 
     /// Records a session-state statement for regions opened later.
@@ -238,6 +246,6 @@ fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
         batches: 0,
         out: BytesMut::with_capacity(16 * 1024),
         deferred: BytesMut::new(),
-        prepared: HashSet::new(),
+        prepared: HashSet::default(),
     }
 }

@@ -8,11 +8,12 @@
 
 use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
+use super::fast_hash::FxBuildHasher;
 use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
 use bytes::BytesMut;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One entry of the response plan.
 pub enum Expect {
@@ -87,31 +88,39 @@ pub struct Collected {
 /// Entries are tagged with the backend batch they belong to: after an error
 /// Postgres skips the rest of the batch, so entries of a finished batch that
 /// never got their completion are dropped when its ReadyForQuery arrives.
+///
+/// One lock for all of it: both pumps run on the session's task, so it is
+/// never contended, and a batch's ReadyForQuery cleans up with one lock.
 #[derive(Default)]
 pub struct BackendShared {
-    completions: Mutex<VecDeque<(u64, bool)>>,
-    overrides: Mutex<VecDeque<(u64, PgError)>>,
-    /// Statement names whose Describe is in flight, so the response side
-    /// can file the ParameterDescription under the right statement, with
-    /// the logical types of its classified parameters.
-    describes: Mutex<VecDeque<(u64, String, ParamTypes)>>,
-    /// One entry per Describe sent in an extended batch, answered by
-    /// RowDescription or NoData: whether the answer goes to the client,
-    /// and the keys when it describes a portal about to be executed (the
-    /// proxy injects such Describes so it knows the shape of the rows).
-    rows: Mutex<VecDeque<(u64, RowUse)>>,
-    /// Parameter types the server inferred, by statement name: needed to
-    /// read a tenant id sent in binary format by drivers that let the
-    /// server infer types (tokio-postgres, JDBC).
-    param_types: Mutex<std::collections::HashMap<String, Vec<u32>>>,
-    /// `COPY … TO STDOUT` executions of classified tables, by batch: the
-    /// response side decrypts the CopyData after their CopyOutResponse.
-    copy_outs: Mutex<VecDeque<(u64, Arc<CopyOutRun>)>>,
+    queues: Mutex<Queues>,
     /// The response side saw this idle backend die and dropped it; the
     /// request side opens a new one when the region is next needed.
     pub dead: std::sync::atomic::AtomicBool,
     /// Metrics and slow-statement log of this backend session.
     pub stats: crate::metrics::BackendStats,
+}
+
+#[derive(Default)]
+struct Queues {
+    completions: VecDeque<(u64, bool)>,
+    overrides: VecDeque<(u64, PgError)>,
+    /// Statement names whose Describe is in flight, so the response side
+    /// can file the ParameterDescription under the right statement, with
+    /// the logical types of its classified parameters.
+    describes: VecDeque<(u64, String, ParamTypes)>,
+    /// One entry per Describe sent in an extended batch, answered by
+    /// RowDescription or NoData: whether the answer goes to the client,
+    /// and the keys when it describes a portal about to be executed (the
+    /// proxy injects such Describes so it knows the shape of the rows).
+    rows: VecDeque<(u64, RowUse)>,
+    /// Parameter types the server inferred, by statement name: needed to
+    /// read a tenant id sent in binary format by drivers that let the
+    /// server infer types (tokio-postgres, JDBC).
+    param_types: HashMap<String, Vec<u32>, FxBuildHasher>,
+    /// `COPY … TO STDOUT` executions of classified tables, by batch: the
+    /// response side decrypts the CopyData after their CopyOutResponse.
+    copy_outs: VecDeque<(u64, Arc<CopyOutRun>)>,
 }
 
 /// Logical type OIDs of a statement's classified parameters, by 1-based number.
@@ -132,16 +141,21 @@ impl BackendShared {
         }
     }
 
+    fn queues(&self) -> Option<MutexGuard<'_, Queues>> {
+        self.queues.lock().ok()
+    }
+
     /// A Describe was sent in `batch` (see [`RowUse`]).
     pub fn expect_rows(&self, batch: u64, usage: RowUse) {
-        if let Ok(mut q) = self.rows.lock() {
-            q.push_back((batch, usage));
+        if let Some(mut q) = self.queues() {
+            q.rows.push_back((batch, usage));
         }
     }
 
     /// The use of the RowDescription or NoData just received in `batch`.
     pub fn take_rows(&self, batch: u64) -> Option<RowUse> {
-        let mut q = self.rows.lock().ok()?;
+        let mut guard = self.queues()?;
+        let q = &mut guard.rows;
         while let Some((b, _)) = q.front() {
             if *b < batch {
                 q.pop_front();
@@ -157,15 +171,16 @@ impl BackendShared {
 
     /// A COPY TO STDOUT whose rows need decrypting runs in `batch`.
     pub fn expect_copy_out(&self, batch: u64, run: Arc<CopyOutRun>) {
-        if let Ok(mut q) = self.copy_outs.lock() {
-            q.push_back((batch, run));
+        if let Some(mut q) = self.queues() {
+            q.copy_outs.push_back((batch, run));
         }
     }
 
     /// The decryption of the COPY whose CopyOutResponse just arrived in
     /// `batch`, if it needs one.
     pub fn take_copy_out(&self, batch: u64) -> Option<Arc<CopyOutRun>> {
-        let mut q = self.copy_outs.lock().ok()?;
+        let mut guard = self.queues()?;
+        let q = &mut guard.copy_outs;
         while q.front().is_some_and(|(b, _)| *b < batch) {
             q.pop_front();
         }
@@ -178,17 +193,18 @@ impl BackendShared {
     /// Records a Parse or Close sent in `batch`; `forward` is false for the
     /// ones the proxy injected.
     pub fn expect_completion(&self, batch: u64, forward: bool) {
-        if let Ok(mut q) = self.completions.lock() {
-            q.push_back((batch, forward));
+        if let Some(mut q) = self.queues() {
+            q.completions.push_back((batch, forward));
         }
     }
 
     /// Whether the next ParseComplete/CloseComplete of `batch` goes to the
     /// client.
     pub fn take_completion(&self, batch: u64) -> bool {
-        let Ok(mut q) = self.completions.lock() else {
+        let Some(mut guard) = self.queues() else {
             return true;
         };
+        let q = &mut guard.completions;
         while let Some(&(b, forward)) = q.front() {
             q.pop_front();
             if b == batch {
@@ -201,14 +217,15 @@ impl BackendShared {
     /// The backend will fail `batch` on purpose (the proxy refused a
     /// statement inside it); its first ErrorResponse is replaced by `error`.
     pub fn override_error(&self, batch: u64, error: PgError) {
-        if let Ok(mut q) = self.overrides.lock() {
-            q.push_back((batch, error));
+        if let Some(mut q) = self.queues() {
+            q.overrides.push_back((batch, error));
         }
     }
 
     /// The replacement for the first ErrorResponse of `batch`, if any.
     pub fn take_override(&self, batch: u64) -> Option<PgError> {
-        let mut q = self.overrides.lock().ok()?;
+        let mut guard = self.queues()?;
+        let q = &mut guard.overrides;
         while let Some((b, _)) = q.front() {
             if *b < batch {
                 q.pop_front();
@@ -225,8 +242,8 @@ impl BackendShared {
     /// A Describe of statement `name` was sent in `batch`; `overrides` are
     /// the logical type OIDs of its classified parameters.
     pub fn expect_describe(&self, batch: u64, name: &str, overrides: Vec<(usize, u32)>) {
-        if let Ok(mut q) = self.describes.lock() {
-            q.push_back((batch, name.to_string(), overrides));
+        if let Some(mut q) = self.queues() {
+            q.describes.push_back((batch, name.to_string(), overrides));
         }
     }
 
@@ -234,16 +251,14 @@ impl BackendShared {
     /// it answers; returns the parameter types to show the client instead
     /// of the storage types, when any parameter is classified.
     pub fn parameter_description(&self, batch: u64, body: &[u8]) -> Vec<(usize, u32)> {
-        let (name, overrides) = {
-            let Ok(mut q) = self.describes.lock() else {
-                return Vec::new();
-            };
-            loop {
-                match q.pop_front() {
-                    Some((b, name, overrides)) if b == batch => break (name, overrides),
-                    Some(_) => continue,
-                    None => return Vec::new(),
-                }
+        let Some(mut q) = self.queues() else {
+            return Vec::new();
+        };
+        let (name, overrides) = loop {
+            match q.describes.pop_front() {
+                Some((b, name, overrides)) if b == batch => break (name, overrides),
+                Some(_) => continue,
+                None => return Vec::new(),
             }
         };
         let mut pos = 0;
@@ -258,51 +273,45 @@ impl BackendShared {
                 None => return overrides,
             }
         }
-        if let Ok(mut m) = self.param_types.lock() {
-            m.insert(name, types);
-        }
+        q.param_types.insert(name, types);
         overrides
     }
 
     /// The server-inferred type of parameter `n` (1-based) of `statement`.
     pub fn param_type(&self, statement: &str, n: usize) -> Option<u32> {
-        let m = self.param_types.lock().ok()?;
-        m.get(statement)?.get(n.checked_sub(1)?).copied()
+        let q = self.queues()?;
+        q.param_types
+            .get(statement)?
+            .get(n.checked_sub(1)?)
+            .copied()
     }
 
     /// Forgets inferred types when a statement name is re-prepared or closed.
     pub fn forget_statement(&self, statement: &str) {
-        if let Ok(mut m) = self.param_types.lock() {
-            m.remove(statement);
+        if let Some(mut q) = self.queues() {
+            q.param_types.remove(statement);
         }
     }
 
     /// Drops what belonged to `batch` once its ReadyForQuery arrived.
     pub fn batch_done(&self, batch: u64) {
-        if let Ok(mut q) = self.completions.lock() {
-            while q.front().is_some_and(|(b, _)| *b <= batch) {
-                q.pop_front();
-            }
+        let Some(mut q) = self.queues() else {
+            return;
+        };
+        while q.completions.front().is_some_and(|(b, _)| *b <= batch) {
+            q.completions.pop_front();
         }
-        if let Ok(mut q) = self.overrides.lock() {
-            while q.front().is_some_and(|(b, _)| *b <= batch) {
-                q.pop_front();
-            }
+        while q.overrides.front().is_some_and(|(b, _)| *b <= batch) {
+            q.overrides.pop_front();
         }
-        if let Ok(mut q) = self.describes.lock() {
-            while q.front().is_some_and(|(b, _, _)| *b <= batch) {
-                q.pop_front();
-            }
+        while q.describes.front().is_some_and(|(b, _, _)| *b <= batch) {
+            q.describes.pop_front();
         }
-        if let Ok(mut q) = self.rows.lock() {
-            while q.front().is_some_and(|(b, _)| *b <= batch) {
-                q.pop_front();
-            }
+        while q.rows.front().is_some_and(|(b, _)| *b <= batch) {
+            q.rows.pop_front();
         }
-        if let Ok(mut q) = self.copy_outs.lock() {
-            while q.front().is_some_and(|(b, _)| *b <= batch) {
-                q.pop_front();
-            }
+        while q.copy_outs.front().is_some_and(|(b, _)| *b <= batch) {
+            q.copy_outs.pop_front();
         }
     }
 }

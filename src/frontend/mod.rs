@@ -9,7 +9,9 @@ mod decrypt;
 pub mod encrypt;
 mod expect;
 mod fanout;
+mod fast_hash;
 mod handshake;
+mod region_map;
 mod requests;
 mod responses;
 mod route;
@@ -25,6 +27,7 @@ use crate::server::state::{CancelEntry, Shared};
 use crate::types::SessionFormat;
 use bytes::BytesMut;
 use handshake::{Authenticated, HandshakeEnd};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,12 +201,18 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);
     let mut req_done = false;
-    let end = loop {
-        tokio::select! {
-            _ = &mut req, if !req_done => req_done = true,
-            end = &mut resp => break end,
+    // The request side is polled first, every time: what it queues for the
+    // response side is seen by it in the same poll, so the queue needs no
+    // wake-up (which would cost the task a second poll and, on the
+    // multi-threaded runtime, an unpark of another worker) — see
+    // `Responses::idle`.
+    let end = std::future::poll_fn(|cx| {
+        if !req_done && Future::poll(req.as_mut(), cx).is_ready() {
+            req_done = true;
         }
-    };
+        Future::poll(resp.as_mut(), cx)
+    })
+    .await;
     if matches!(end, responses::SessionEnd::ClientError(_)) && !req_done {
         // Let the request side drain the client briefly (it stops by itself).
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), &mut req).await;

@@ -10,6 +10,7 @@ use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Collected, Expect, RowUse};
+use super::region_map::RegionMap;
 use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
@@ -17,8 +18,12 @@ use crate::protocol::framing::{self, read_cstr, Frame};
 use crate::server::state::{Phase, Shared};
 use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
-use std::collections::HashMap;
+use futures_util::task::AtomicWaker;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -83,10 +88,12 @@ enum Mode {
 pub struct Responses {
     client: WriteHalf,
     out: BytesMut,
-    readers: HashMap<Arc<str>, Reader>,
+    readers: RegionMap<Reader>,
     /// Transaction status of the last ReadyForQuery the client got.
     status: u8,
     phase: watch::Receiver<Phase>,
+    /// Wakes the session when `phase` changes.
+    phase_signal: PhaseSignal,
     phase_open: bool,
     client_gone: watch::Receiver<bool>,
     /// False once the request side ended without the client leaving (its
@@ -321,8 +328,9 @@ impl Responses {
         Responses {
             client,
             out: BytesMut::with_capacity(READ_CHUNK),
-            readers: HashMap::new(),
+            readers: RegionMap::default(),
             status,
+            phase_signal: PhaseSignal::new(phase.clone()),
             phase,
             phase_open: true,
             client_gone,
@@ -455,12 +463,12 @@ impl Responses {
         }
         tokio::select! {
             biased;
-            item = rx.recv() => match item {
+            item = queued(rx) => match item {
                 Some(item) => Ok(Some(item)),
                 None => Err(SessionEnd::ClientGone),
             },
-            changed = self.phase.changed(), if self.phase_open => {
-                if changed.is_err() {
+            changed = self.phase_signal.changed(), if self.phase_open => {
+                if !changed {
                     self.phase_open = false;
                 }
                 Ok(None)
@@ -709,17 +717,17 @@ impl Responses {
                 continue;
             };
             let read = tokio::select! {
+                biased;
                 read = reader.read_more() => read,
-                changed = self.client_gone.changed(), if self.gone_open && !self.collecting => {
-                    if changed.is_err() {
-                        self.gone_open = false;
-                    } else if *self.client_gone.borrow() {
+                (gone, open) = gone_signal(&mut self.client_gone), if self.gone_open && !self.collecting => {
+                    if gone {
                         return Err(SessionEnd::ClientGone);
                     }
+                    self.gone_open = open;
                     continue;
                 }
-                changed = self.phase.changed(), if self.phase_open && !self.collecting => {
-                    if changed.is_err() {
+                changed = self.phase_signal.changed(), if self.phase_open && !self.collecting => {
+                    if !changed {
                         self.phase_open = false;
                     } else if *self.phase.borrow() == Phase::Closing {
                         return Err(self.shutting_down().await);
@@ -770,31 +778,119 @@ impl Responses {
     }
 }
 
-/// Waits until any backend that is not parked has bytes (or broke). With
-/// none it never completes, which leaves the other `select!` arms to decide.
-async fn read_any(readers: &mut HashMap<Arc<str>, Reader>) -> (Arc<str>, std::io::Result<usize>) {
-    let live = readers.values().filter(|r| !r.parked).count();
-    if live == 0 {
-        return std::future::pending().await;
+/// The next item of the response plan, `None` once the request side is
+/// gone. Registers no waker: only the request side queues items, and the
+/// session polls it right before this side (`frontend::start_session`), so
+/// an item queued while this waits is seen in the same poll of the task.
+fn queued(rx: &mut mpsc::UnboundedReceiver<Expect>) -> impl Future<Output = Option<Expect>> + '_ {
+    std::future::poll_fn(move |_| match rx.try_recv() {
+        Ok(item) => Poll::Ready(Some(item)),
+        Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
+        Err(mpsc::error::TryRecvError::Empty) => Poll::Pending,
+    })
+}
+
+/// Completes when the request side reported the client gone (`(true, _)`)
+/// or ended without that (`(false, false)`). Like [`queued`], registers no
+/// waker (the sender is the request side) and reads only an atomic while
+/// nothing happened.
+fn gone_signal(rx: &mut watch::Receiver<bool>) -> impl Future<Output = (bool, bool)> + '_ {
+    std::future::poll_fn(move |_| match rx.has_changed() {
+        Ok(false) => Poll::Pending,
+        Ok(true) => Poll::Ready((*rx.borrow_and_update(), true)),
+        Err(_) => Poll::Ready((*rx.borrow_and_update(), false)),
+    })
+}
+
+/// Wakes the session when the proxy's phase changes (shutdown). The
+/// watch's own `changed()` future takes a lock shared by every session
+/// each time it is polled, and a session is polled several times per
+/// transaction; this one polls it only after its waker fired.
+struct PhaseSignal {
+    wait: Pin<Box<dyn Future<Output = (watch::Receiver<Phase>, bool)> + Send>>,
+    woken: Arc<Woken>,
+    waker: Waker,
+}
+
+/// The waker [`PhaseSignal`] polls its watch with: notes the wake-up and
+/// wakes the session.
+struct Woken {
+    flag: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
     }
-    if live == 1 {
-        for (region, reader) in readers.iter_mut() {
-            if !reader.parked {
-                let r = reader.read_more().await;
-                return (region.clone(), r);
-            }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl PhaseSignal {
+    fn new(rx: watch::Receiver<Phase>) -> Self {
+        let woken = Arc::new(Woken {
+            flag: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        PhaseSignal {
+            wait: Box::pin(phase_changed(rx)),
+            waker: Waker::from(woken.clone()),
+            woken,
         }
     }
-    let futures = readers
-        .iter_mut()
-        .filter(|(_, r)| !r.parked)
-        .map(|(region, reader)| {
-            Box::pin(async move {
-                let r = reader.read_more().await;
-                (region.clone(), r)
-            })
-        });
-    futures_util::future::select_all(futures).await.0
+
+    /// `true` when the phase changed, `false` when it never will (the
+    /// proxy is gone): what `watch::Receiver::changed` tells, as `is_ok()`.
+    fn changed(&mut self) -> impl Future<Output = bool> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.woken.task.register(cx.waker());
+            if !self.woken.flag.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            match self
+                .wait
+                .as_mut()
+                .poll(&mut Context::from_waker(&self.waker))
+            {
+                Poll::Ready((rx, changed)) => {
+                    self.wait = Box::pin(phase_changed(rx));
+                    self.woken.flag.store(true, Ordering::Release);
+                    Poll::Ready(changed)
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+}
+
+async fn phase_changed(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, bool) {
+    let changed = rx.changed().await.is_ok();
+    (rx, changed)
+}
+
+/// Waits until any backend that is not parked has bytes (or broke). With
+/// none it never completes, which leaves the other `select!` arms to decide.
+///
+/// Each poll tries each reader with a fresh read: a read that is not ready
+/// leaves nothing behind but the socket's waker registration, so nothing
+/// is allocated per wait.
+async fn read_any(readers: &mut RegionMap<Reader>) -> (Arc<str>, std::io::Result<usize>) {
+    std::future::poll_fn(|cx| {
+        for (region, reader) in readers.iter_mut() {
+            if reader.parked {
+                continue;
+            }
+            if let Poll::Ready(r) = std::pin::pin!(reader.read_more()).poll(cx) {
+                return Poll::Ready((region.clone(), r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The status byte of the last ReadyForQuery in a buffer of messages.

@@ -71,8 +71,8 @@ impl Directory {
 
     /// The region of `tenant`, `None` when no source knows it.
     pub async fn region_of(&self, tenant: &str) -> Result<Option<Arc<str>>, DirectoryError> {
-        let key = normalize(tenant);
-        if let Some(r) = self.fixed.get(&key) {
+        let key = normalized(tenant);
+        if let Some(r) = self.fixed.get(&*key) {
             self.metrics.static_hit();
             return Ok(Some(r.clone()));
         }
@@ -80,7 +80,7 @@ impl Directory {
             self.metrics.static_hit();
             return Ok(None);
         };
-        if let Some(hit) = self.cache.get(&key) {
+        if let Some(hit) = self.cache.get(&*key) {
             match &*hit {
                 Cached::Region(r) => {
                     self.metrics.cache_hit();
@@ -99,17 +99,17 @@ impl Directory {
             Some(r) => Cached::Region(r.clone()),
             None => Cached::Unknown(Instant::now()),
         };
-        self.cache.insert(key, entry);
+        self.cache.insert(key.into_owned(), entry);
         Ok(found)
     }
 
     /// The region of `tenant` if known without asking the control database.
     pub fn cached_region(&self, tenant: &str) -> Option<Arc<str>> {
-        let key = normalize(tenant);
-        if let Some(r) = self.fixed.get(&key) {
+        let key = normalized(tenant);
+        if let Some(r) = self.fixed.get(&*key) {
             return Some(r.clone());
         }
-        match self.cache.get(&key).as_deref() {
+        match self.cache.get(&*key).as_deref() {
             Some(Cached::Region(r)) => Some(r.clone()),
             _ => None,
         }
@@ -259,10 +259,15 @@ fn unavailable(e: tokio_postgres::Error) -> DirectoryError {
 
 /// Tenant ids compare as text; UUIDs in any case are the same tenant.
 pub fn normalize(tenant: &str) -> String {
+    normalized(tenant).into_owned()
+}
+
+/// [`normalize`], borrowing when nothing changes (lookups on the hot path).
+fn normalized(tenant: &str) -> std::borrow::Cow<'_, str> {
     let t = tenant.trim();
     if t.len() == 36 && t.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        t.to_ascii_lowercase()
+        std::borrow::Cow::Owned(t.to_ascii_lowercase())
     } else {
-        t.to_string()
+        std::borrow::Cow::Borrowed(t)
     }
 }

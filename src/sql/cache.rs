@@ -1,10 +1,27 @@
 //! Analysis cache keyed by statement text, so a prepared statement (and a
 //! repeated simple query) is parsed once, not per execution.
 
-use super::{analyze, Analysis, Tenancy};
+use super::{analyze, Analysis, StatementKind, StatementPlan, Tenancy};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+/// The analysis of any plain statement of a kind, shared.
+fn plain(kind: StatementKind) -> Arc<Analysis> {
+    fn of(kind: StatementKind) -> Arc<Analysis> {
+        Arc::new(Analysis {
+            statements: vec![StatementPlan::new(kind)],
+            param_count: 0,
+        })
+    }
+    static READ: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Read));
+    static WRITE: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Write));
+    match kind {
+        StatementKind::Read => Arc::clone(&READ),
+        StatementKind::Write => Arc::clone(&WRITE),
+        other => of(other),
+    }
+}
 
 /// Default bound on cached statement texts.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -42,14 +59,16 @@ impl AnalysisCache {
 
     /// The cached analysis of `sql`, analysing it on a miss.
     pub fn get_or_analyze(&self, sql: &str, tenancy: &Tenancy) -> Arc<Analysis> {
+        // Plain statements are never cached (their texts carry literals and
+        // rarely repeat); telling one costs less than hashing the text.
+        if let Some(kind) = super::plain_kind(sql, tenancy) {
+            return plain(kind);
+        }
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(entry) = self.map.get(sql) {
             if entry.0 == generation {
                 return Arc::clone(&entry.1);
             }
-        }
-        if let Some(plain) = super::analyze_plain(sql, tenancy) {
-            return Arc::new(plain);
         }
         let analysis = Arc::new(analyze(sql, tenancy));
         if self.map.len() >= self.capacity {
@@ -60,7 +79,8 @@ impl AnalysisCache {
         analysis
     }
 
-    /// Drops every entry: the tenancy changed.
+    /// Drops every entry: the tenancy changed. (Plain statements are told
+    /// from the tenancy passed in, never from the cache.)
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.map.clear();

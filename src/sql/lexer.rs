@@ -167,6 +167,9 @@ pub(crate) fn sanitize_message(message: &str) -> String {
 /// the statement cannot be parsed, so over-matching (a word inside a string
 /// literal) errs on the side of refusing.
 pub(crate) fn mentions_word(sql: &str, is_table: impl Fn(&str) -> bool) -> bool {
+    if sql.is_ascii() {
+        return mentions_ascii_word(sql, is_table);
+    }
     sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .filter(|w| !w.is_empty())
         .any(|w| {
@@ -176,6 +179,39 @@ pub(crate) fn mentions_word(sql: &str, is_table: impl Fn(&str) -> bool) -> bool 
                 is_table(w)
             }
         })
+}
+
+/// [`mentions_word`] for ASCII text, which needs no Unicode tables and
+/// lowercases short words on the stack: same words, same answers.
+fn mentions_ascii_word(sql: &str, is_table: impl Fn(&str) -> bool) -> bool {
+    let bytes = sql.as_bytes();
+    let mut lower = [0u8; 64];
+    let mut start = 0;
+    while start < bytes.len() {
+        let len = bytes[start..]
+            .iter()
+            .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
+            .unwrap_or(bytes.len() - start);
+        let word = &sql[start..start + len];
+        start += len + 1;
+        if word.is_empty() {
+            continue;
+        }
+        let found = if !word.bytes().any(|c| c.is_ascii_uppercase()) {
+            is_table(word)
+        } else if len <= lower.len() {
+            let l = &mut lower[..len];
+            l.copy_from_slice(word.as_bytes());
+            l.make_ascii_lowercase();
+            std::str::from_utf8(l).is_ok_and(&is_table)
+        } else {
+            is_table(&word.to_ascii_lowercase())
+        };
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -231,5 +267,25 @@ mod tests {
     fn word_mentions_are_case_insensitive_and_whole_word() {
         assert!(mentions_word("FROB \"Customers\" x", |w| w == "customers"));
         assert!(!mentions_word("FROB customers_archive", |w| w == "customers"));
+        // The ASCII path and the general one see the same words.
+        for text in [
+            "SELECT * FROM Public.CUSTOMERS WHERE x = $1",
+            "select a_b, $x$ FROM t;t2--c",
+            "",
+            ";;",
+            "UPPER_CASE_WORD_LONGER_THAN_SIXTY_FOUR_BYTES_IS_STILL_LOWERCASED_AS_A_WHOLE x",
+        ] {
+            let ascii = std::cell::RefCell::new(Vec::new());
+            let mut general = Vec::new();
+            mentions_ascii_word(text, |w| {
+                ascii.borrow_mut().push(w.to_string());
+                false
+            });
+            let ascii = ascii.into_inner();
+            text.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .filter(|w| !w.is_empty())
+                .for_each(|w| general.push(w.to_lowercase()));
+            assert_eq!(ascii, general, "{text}");
+        }
     }
 }

@@ -284,9 +284,18 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
 /// the text without tokenizing it. Simple-protocol clients send literals, so
 /// such texts rarely repeat: this keeps them out of the parser and the cache.
 pub fn analyze_plain(sql: &str, tenancy: &Tenancy) -> Option<Analysis> {
+    plain_kind(sql, tenancy).map(|kind| Analysis {
+        statements: vec![StatementPlan::new(kind)],
+        param_count: 0,
+    })
+}
+
+/// The kind ([`StatementKind::Read`] or [`StatementKind::Write`]) of a
+/// plain statement, as [`analyze_plain`] tells it.
+pub(crate) fn plain_kind(sql: &str, tenancy: &Tenancy) -> Option<StatementKind> {
     let text = sql.trim_start();
     let body = text.trim_end().trim_end_matches(';');
-    if body.contains([';', '$']) || body.contains("--") || body.contains("/*") {
+    if has_separator_parameter_or_comment(body) {
         return None;
     }
     let first = body.split(|c: char| !c.is_ascii_alphabetic()).next()?;
@@ -305,13 +314,47 @@ pub fn analyze_plain(sql: &str, tenancy: &Tenancy) -> Option<Analysis> {
             || tenancy.mentions_global_word(w)
             || w.starts_with("regionguard")
     };
+    if !tenancy.names_tables()
+        && body.is_ascii()
+        && !contains_ignore_ascii_case(body.as_bytes(), b"regionguard")
+    {
+        // Only words starting with `regionguard` could matter, and there
+        // is none: no need to split the text into words.
+        return Some(kind);
+    }
     if lexer::mentions_word(body, relevant) {
         return None;
     }
-    Some(Analysis {
-        statements: vec![StatementPlan::new(kind)],
-        param_count: 0,
+    Some(kind)
+}
+
+/// Whether `needle` (lowercase ASCII letters) occurs in `hay`, ignoring ASCII case.
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    hay.iter().enumerate().any(|(i, &c)| {
+        c | 0x20 == first
+            && hay
+                .get(i..i + needle.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(needle))
     })
+}
+
+/// Whether `body` contains `;`, `$`, `--` or `/*`, in one pass over its
+/// bytes (all four are ASCII, so no byte of a multi-byte character matches).
+fn has_separator_parameter_or_comment(body: &str) -> bool {
+    let mut prev = 0u8;
+    for &c in body.as_bytes() {
+        match c {
+            b';' | b'$' => return true,
+            b'-' if prev == b'-' => return true,
+            b'*' if prev == b'/' => return true,
+            _ => {}
+        }
+        prev = c;
+    }
+    false
 }
 
 /// A query or DML statement whose text names no tenant-scoped or global

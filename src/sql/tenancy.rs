@@ -228,6 +228,13 @@ impl Tenancy {
             .is_some_and(|schemas| schemas.iter().any(|s| schema_matches(s, &reference)))
     }
 
+    /// Whether a word of a statement can name a tenant-scoped or global
+    /// table: some are configured, or tables are discovered (then any
+    /// unknown word may be one).
+    pub(crate) fn names_tables(&self) -> bool {
+        !self.scoped.is_empty() || !self.global.is_empty() || self.discovers()
+    }
+
     /// Whether the bare word (lowercased) names any scoped table.
     pub(crate) fn mentions_scoped_word(&self, word: &str) -> bool {
         self.scoped.contains_key(word) || self.discovered_scoped(None, word)

@@ -1175,3 +1175,27 @@ fn plain_statements_skip_the_parser_only_when_nothing_matters() {
         assert_eq!(analyze_plain(sql, &t).as_ref(), Some(&full), "{sql}");
     }
 }
+
+#[test]
+fn plain_statements_without_tenancy_still_see_regionguard_names() {
+    let t = Tenancy::new("tenant_id");
+    let plain = |sql: &str| analyze_plain(sql, &t).map(|a| a.statements[0].kind.clone());
+    assert_eq!(plain("SELECT * FROM customers"), Some(StatementKind::Read));
+    assert_eq!(plain("SELECT 'Ré' FROM t"), Some(StatementKind::Read));
+    for sql in [
+        "SELECT current_setting('regionguard.tenant')",
+        "SELECT current_setting('RegionGuard.Tenant')",
+        "SELECT set_config('REGIONGUARD.tenant', 'x', false), 'é'",
+    ] {
+        assert_eq!(plain(sql), None, "{sql}");
+    }
+    // A name inside a word is not a `regionguard…` word: still plain.
+    assert_eq!(
+        plain("SELECT xregionguard FROM t"),
+        Some(StatementKind::Read)
+    );
+    // Discovering tables, any unknown table may be tenant-scoped.
+    let mut d = Tenancy::new("tenant_id");
+    d.enable_discovery();
+    assert_eq!(analyze_plain("SELECT * FROM customers", &d), None);
+}

@@ -61,10 +61,25 @@ impl Requests {
             return Ok(());
         }
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
-        let analysis = self
-            .shared
-            .analysis
-            .get_or_analyze(p.query, &self.shared.tenancy);
+        let generation = self.shared.analysis.generation();
+        let analysis = match self.statements.get(p.name) {
+            // The Parse the statement it replaces was prepared with, sent
+            // unchanged (drivers send the unnamed statement's Parse again
+            // for each execution): same text, same analysis, unless the
+            // tenancy changed since (discovery invalidates the cache).
+            Some(s)
+                if s.parse == *msg
+                    && s.generation == generation
+                    && s.copy.is_none()
+                    && s.analysis.statements.iter().all(|p| p.crypto.is_empty()) =>
+            {
+                s.analysis.clone()
+            }
+            _ => self
+                .shared
+                .analysis
+                .get_or_analyze(p.query, &self.shared.tenancy),
+        };
         let name = p.name.to_string();
         for (_, b) in self.backends.iter_mut() {
             b.prepared.remove(&name);
@@ -123,6 +138,7 @@ impl Requests {
             Stmt {
                 parse: parse.clone(),
                 analysis,
+                generation,
                 types: p.param_types.clone(),
                 local,
                 sealed_for,
@@ -358,10 +374,10 @@ impl Requests {
         }
         let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
         self.batch.executes = true;
-        let name = bind.statement.to_string();
+        let name = bind.statement;
         let portal = bind.portal.to_string();
         let Some((analysis, stmt_types, sealed_for, copy_plan)) =
-            self.statements.get(&name).map(|s| {
+            self.statements.get(name).map(|s| {
                 (
                     s.analysis.clone(),
                     s.types.clone(),
@@ -389,7 +405,14 @@ impl Requests {
                 ))
                 .await;
         }
-        let types = self.param_types(&name, &stmt_types, bind.params.len());
+        // Only statements that read a parameter (a tenant, a value to
+        // encrypt) need its type; finding inferred types costs a lookup in
+        // every backend of the session per parameter.
+        let types = if single(&analysis).is_some_and(reads_params) {
+            self.param_types(name, &stmt_types, bind.params.len())
+        } else {
+            Vec::new()
+        };
         let params = Params {
             bind: &bind,
             types: &types,
@@ -400,7 +423,7 @@ impl Requests {
         if self.batch_is_local() && self.is_local_statement(&analysis) {
             let text = self
                 .statements
-                .get(&name)
+                .get(name)
                 .and_then(|s| {
                     frontend_msg::parse(&s.parse[HEADER_LEN..])
                         .ok()
@@ -435,7 +458,7 @@ impl Requests {
                 StatementKind::Ddl | StatementKind::Unparsed { .. }
             ) {
                 self.statements
-                    .get(&name)
+                    .get(name)
                     .and_then(|s| frontend_msg::parse(&s.parse[HEADER_LEN..]).ok())
                     .map(|p| p.query.to_string())
                     .unwrap_or_default()
@@ -539,8 +562,8 @@ impl Requests {
             None => None,
         };
         self.set_batch_region(&region).await?;
-        self.ensure_prepared(&region, &name).await?;
-        let text = self.statements.get(&name).map(|s| s.parse.clone());
+        self.ensure_prepared(&region, name).await?;
+        let text = self.statements.get(name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
         if let Some(text) = &text {
             b.shared.stats.note_statement(b.batches, text);
@@ -1043,6 +1066,21 @@ impl Requests {
         self.last_region = region;
         Ok(())
     }
+}
+
+/// Whether running `plan` reads a bind parameter's value: a tenant (its
+/// requirement, an UPDATE's assignment, `SET regionguard.tenant = $n`) or a
+/// value of a classified column. Readers use [`Params::types`].
+fn reads_params(plan: &StatementPlan) -> bool {
+    route::needs_params(plan)
+        || !plan.crypto.is_empty()
+        || matches!(
+            plan.kind,
+            StatementKind::SetTenant {
+                value: Some(TenantSource::Param(_)),
+                ..
+            }
+        )
 }
 
 /// Bookkeeping for a message as it is written to a backend.

@@ -15,6 +15,7 @@
 use super::backends::Backends;
 use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
+use super::fast_hash::FxBuildHasher;
 use super::route::{self, Params, Placement};
 use crate::net::ReadHalf;
 use crate::protocol::error::{sqlstate, PgError};
@@ -88,6 +89,9 @@ struct Stmt {
     /// classified parameter types left to the server).
     parse: Bytes,
     analysis: Arc<Analysis>,
+    /// The analysis cache's generation when `analysis` was looked up: a
+    /// Parse sent again unchanged reuses `analysis` while it is current.
+    generation: u64,
     /// Parameter types as the client declared them.
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
@@ -155,8 +159,8 @@ pub struct Requests {
     /// startup option `regionguard.region`, else the default region.
     home: Arc<str>,
     txn: Txn,
-    statements: HashMap<String, Stmt>,
-    portals: HashMap<String, PortalTarget>,
+    statements: HashMap<String, Stmt, FxBuildHasher>,
+    portals: HashMap<String, PortalTarget, FxBuildHasher>,
     batch: Batch,
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
@@ -193,8 +197,8 @@ impl Requests {
             last_region: home.clone(),
             home,
             txn: Txn::Idle,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: HashMap::default(),
+            portals: HashMap::default(),
             batch: Batch::default(),
             copy_in: None,
             max_message,
@@ -314,6 +318,9 @@ impl Requests {
     /// The backend of `region`; a region that cannot be reached ends the
     /// session only if the session cannot go on without it.
     async fn backend(&mut self, region: &Arc<str>) -> Result<&mut super::backends::Backend, Quit> {
+        if self.backends.live(region).is_some() {
+            return self.backends.existing(region).ok_or(Quit);
+        }
         if let Err(e) = self.backends.get(region, &self.shared, &self.expect).await {
             self.fatal(PgError {
                 severity: crate::protocol::error::Severity::Fatal,
@@ -327,6 +334,9 @@ impl Requests {
     /// Opens the session's backend in `region` if needed; a region that is
     /// down refuses the statement (08006) and the session goes on.
     async fn open(&mut self, region: &Arc<str>) -> Result<(), PgError> {
+        if self.backends.live(region).is_some() {
+            return Ok(());
+        }
         self.backends
             .get(region, &self.shared, &self.expect)
             .await
@@ -732,9 +742,9 @@ impl Requests {
             return Ok(Some(out));
         }
         let [plan] = plans else { return Ok(None) };
-        let text = sql.trim().trim_end_matches(';').trim().to_string();
         match (&plan.kind, &self.txn) {
             (StatementKind::Begin, Txn::Idle) => {
+                let text = sql.trim().trim_end_matches(';').trim().to_string();
                 self.txn = Txn::Held { begin: text };
                 messages::command_complete(&mut out, "BEGIN");
             }
