@@ -117,6 +117,26 @@ impl Catalogs {
         client: &tokio_postgres::Client,
         tenancy: &Tenancy,
     ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
+        let catalog = Arc::new(Self::read(region, client, tenancy).await?);
+        self.install(region, Arc::clone(&catalog));
+        Ok(catalog)
+    }
+
+    /// Installs a catalog read with [`Catalogs::read`].
+    pub fn install(&self, region: &str, catalog: Arc<RegionCatalog>) {
+        if let Some(slot) = self.regions.get(region) {
+            slot.store(catalog);
+        }
+    }
+
+    /// Reads `region`'s catalog for the classified columns of `tenancy`
+    /// without installing it: a config reload checks the new columns'
+    /// storage before anything changes.
+    pub async fn read(
+        region: &str,
+        client: &tokio_postgres::Client,
+        tenancy: &Tenancy,
+    ) -> Result<RegionCatalog, tokio_postgres::Error> {
         let classification = tenancy.classification();
         let names = classification.table_names();
         let rows = client.query(COLUMNS, &[&names]).await?;
@@ -161,10 +181,6 @@ impl Catalogs {
                     storage,
                 },
             );
-        }
-        let catalog = Arc::new(catalog);
-        if let Some(slot) = self.regions.get(region) {
-            slot.store(Arc::clone(&catalog));
         }
         Ok(catalog)
     }

@@ -61,7 +61,11 @@ pub async fn place(
         format!(
             "add {}.{} = … to the statement, or SET regionguard.tenant",
             table,
-            shared.tenancy.column_of(table).unwrap_or("tenant_id")
+            shared
+                .tenancy
+                .load()
+                .column_of(table)
+                .unwrap_or("tenant_id")
         )
     };
     let tenants: Vec<String> = match &plan.tenant {

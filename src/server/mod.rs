@@ -1,13 +1,15 @@
 //! The listener: accepts clients, enforces the client limit, runs one
 //! session task per client and shuts down gracefully.
 
+mod key_policy;
+pub mod reload;
 pub mod state;
 mod tls;
 
 use crate::backend::RegionTls;
 use crate::config::Config;
 use crate::protocol::error::{sqlstate, PgError};
-use crate::protocol::scram::Verifier;
+use arc_swap::ArcSwap;
 use state::{Phase, RegionRuntime, Shared};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +50,7 @@ async fn check_catalogs(shared: &Shared) -> Result<(), StartError> {
         };
         match shared
             .catalogs
-            .refresh(&region, &client, &shared.tenancy)
+            .refresh(&region, &client, &shared.tenancy())
             .await
         {
             Ok(catalog) => {
@@ -81,7 +83,7 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
             if let Ok(client) = keyring.store_client(region).await {
                 if let Err(e) = shared
                     .catalogs
-                    .refresh(region, &client, &shared.tenancy)
+                    .refresh(region, &client, &shared.tenancy())
                     .await
                 {
                     tracing::debug!(%region, error = %e, "catalog refresh failed");
@@ -147,12 +149,13 @@ impl Proxy {
                 },
             );
         }
-        let mut users = std::collections::HashMap::new();
-        for u in &config.auth.users {
-            let v = Verifier::parse(&u.verifier)
-                .map_err(|e| StartError::Users(format!("{}: {e}", u.name)))?;
-            users.insert(u.name.clone(), v);
-        }
+        let users = Shared::users_of(&config).map_err(StartError::Users)?;
+        let audit = match &config.admin.audit_log {
+            Some(p) => Some(Arc::new(crate::admin::audit::AuditLog::open(p).map_err(
+                |e| StartError::Admin(format!("admin.audit_log: {}: {e}", p.display())),
+            )?)),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.listen.address)
             .await
             .map_err(|source| StartError::Bind {
@@ -177,12 +180,13 @@ impl Proxy {
         directory.spawn_refresher();
         let shared = Arc::new(Shared {
             clients: Arc::new(Semaphore::new(config.listen.max_clients)),
-            tenancy: Shared::tenancy_of(&config),
+            tenancy: ArcSwap::from_pointee(Shared::tenancy_of(&config)),
             analysis: crate::sql::AnalysisCache::new(10_000),
             directory,
+            current: ArcSwap::from_pointee(config.clone()),
             config,
             regions,
-            users,
+            users: ArcSwap::from_pointee(users),
             tls,
             cancel: dashmap::DashMap::new(),
             phase: phase_rx,
@@ -190,9 +194,11 @@ impl Proxy {
             keyring,
             catalogs,
             twophase,
+            audit,
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         check_catalogs(&shared).await?;
-        if shared.tenancy.discovers() {
+        if shared.tenancy.load().discovers() {
             crate::routing::discovery::discover(&shared).await;
             tokio::spawn(crate::routing::discovery::refresh(
                 Arc::downgrade(&shared),
@@ -201,6 +207,7 @@ impl Proxy {
         }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
+            tokio::spawn(key_policy::run(Arc::downgrade(&shared)));
         }
         let metrics = match &shared.config.metrics.address {
             Some(address) => Some(
@@ -244,6 +251,32 @@ impl Proxy {
     /// The admin socket's path, when it is serving.
     pub fn admin_socket(&self) -> Option<&std::path::Path> {
         self.admin.as_ref().map(|a| a.path())
+    }
+
+    /// Reads the config file again and applies what can change online;
+    /// refused as a whole (old config kept) when anything is wrong.
+    pub async fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
+        reload::reload(&self.shared).await
+    }
+
+    /// [`Proxy::reload`] for SIGHUP: the outcome goes to the log and the
+    /// audit log, since there is no one to answer.
+    pub async fn reload_on_signal(&self) {
+        match self.reload().await {
+            Ok(r) => {
+                tracing::info!(path = %r.path.display(), sha256 = %r.sha256, changed = ?r.changed, "SIGHUP: config reloaded");
+                if let Some(log) = &self.shared.audit {
+                    let summary = serde_json::json!({"sha256": r.sha256, "changed": r.changed});
+                    log.record_system("SIGHUP", "reload", Ok(summary));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: config reload refused; the running config is unchanged");
+                if let Some(log) = &self.shared.audit {
+                    log.record_system("SIGHUP", "reload", Err(e.kind()));
+                }
+            }
+        }
     }
 
     /// The address clients connect to.

@@ -111,6 +111,16 @@ impl Tenancy {
         )));
     }
 
+    /// Shares `other`'s discovered tables (both must discover): a config
+    /// reload keeps what the catalogs said instead of starting blind.
+    pub fn share_discovery(&mut self, other: &Tenancy) {
+        if self.discovery.is_some() {
+            if let Some(d) = &other.discovery {
+                self.discovery = Some(std::sync::Arc::clone(d));
+            }
+        }
+    }
+
     /// Whether tables are discovered from the catalogs.
     pub fn discovers(&self) -> bool {
         self.discovery.is_some()

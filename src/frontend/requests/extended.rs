@@ -78,7 +78,7 @@ impl Requests {
             _ => self
                 .shared
                 .analysis
-                .get_or_analyze(p.query, &self.shared.tenancy),
+                .get_or_analyze(p.query, &self.shared.tenancy()),
         };
         let name = p.name.to_string();
         for (_, b) in self.backends.iter_mut() {
@@ -487,7 +487,7 @@ impl Requests {
                             ))
                             .await;
                     }
-                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                    return self.bind_fanned(msg, name, portal, Some(mode)).await;
                 }
                 _ => {}
             }
@@ -516,7 +516,7 @@ impl Requests {
         };
         if self.batch.fan.is_some() {
             return self
-                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .bind_in_fan_batch(msg, name, portal, in_region, plan)
                 .await;
         }
         if let Some(err) = self.conflict(&region) {
@@ -689,7 +689,7 @@ impl Requests {
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
             }
-            StatementKind::Ddl if self.shared.tenancy.discovers() => {
+            StatementKind::Ddl if self.shared.tenancy.load().discovers() => {
                 crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
             }
             StatementKind::Commit | StatementKind::Rollback => {

@@ -355,7 +355,7 @@ impl Requests {
         let analysis = self
             .shared
             .analysis
-            .get_or_analyze(sql, &self.shared.tenancy);
+            .get_or_analyze(sql, &self.shared.tenancy());
         if analysis.statements.is_empty() {
             let mut out = BytesMut::new();
             messages::empty_query(&mut out);
@@ -592,7 +592,7 @@ impl Requests {
             region: region.clone(),
             query: keys,
         });
-        if after.ddl && self.shared.tenancy.discovers() {
+        if after.ddl && self.shared.tenancy.load().discovers() {
             crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
         }
         if after.session_state {
