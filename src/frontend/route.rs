@@ -61,7 +61,10 @@ pub async fn place(
         format!(
             "add {}.{} = … to the statement, or SET regionguard.tenant",
             table,
-            shared.tenancy.column_of(table).unwrap_or("tenant_id")
+            shared
+                .tenancy
+                .column_of(table)
+                .unwrap_or(std::borrow::Cow::Borrowed("tenant_id"))
         )
     };
     let tenants: Vec<String> = match &plan.tenant {

@@ -1328,7 +1328,7 @@ fn copy(mut w: Walker<'_>, source: &CopySource, to: bool, target: &CopyTarget) -
             let tenant_column = w
                 .tenancy
                 .column_of_parts(schema.as_deref(), &table)
-                .map(str::to_string);
+                .map(std::borrow::Cow::into_owned);
             let global = w.tenancy.is_global_parts(schema.as_deref(), &table);
             let from_stdin = !to && matches!(target, CopyTarget::Stdin);
             let mut plan = StatementPlan::new(StatementKind::Copy {

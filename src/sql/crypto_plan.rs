@@ -533,7 +533,8 @@ impl<'c, 't> Planner<'c, 't> {
         let (schema, table) = split(name);
         let listed: Vec<String> = insert.columns.iter().map(ident).collect();
         let tenant_column = self.tenancy.column_of_parts(schema.as_deref(), &table);
-        let tenant_index = tenant_column.and_then(|t| listed.iter().position(|c| c == t));
+        let tenant_index =
+            tenant_column.and_then(|t| listed.iter().position(|c| c.as_str() == t.as_ref()));
         if let Some(source) = &insert.source {
             if listed.is_empty() {
                 let first = columns

@@ -34,7 +34,7 @@ pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
 pub use ddl::{ddl_forms, DdlForm};
-pub use tenancy::{Discovered, Tenancy};
+pub use tenancy::{Discovered, Tenancy, ViewInfo};
 
 use comment::CommentTenant;
 use sqlparser::dialect::PostgreSqlDialect;
