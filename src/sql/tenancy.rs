@@ -180,6 +180,11 @@ impl Tenancy {
         true
     }
 
+    /// Every known view that reads tenant data, by bare name.
+    pub(crate) fn views_snapshot(&self) -> Arc<HashMap<String, Vec<Arc<ViewInfo>>>> {
+        self.views.load_full()
+    }
+
     /// The known views named `name` (in `schema`, or in any schema when
     /// the reference is not qualified: the search path could reach any).
     pub fn views_named(&self, schema: Option<&str>, name: &str) -> Vec<Arc<ViewInfo>> {

@@ -60,6 +60,7 @@ impl Requests {
         if self.batch.skipping {
             return Ok(());
         }
+        self.refresh_if_stale().await;
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let generation = self.shared.analysis.generation();
         let analysis = match self.statements.get(p.name) {
@@ -689,9 +690,7 @@ impl Requests {
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
             }
-            StatementKind::Ddl if self.shared.tenancy.discovers() => {
-                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
-            }
+            StatementKind::Ddl => self.note_ddl(),
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;

@@ -172,6 +172,10 @@ pub struct Requests {
     /// The BEGIN that opened the current transaction, to open it in more
     /// regions when it starts changing every region.
     begin_sql: String,
+    /// DDL was sent since the catalogs were last read: before the next
+    /// statement outside a transaction, they are read again, so a view
+    /// this session just created is known when it is first used.
+    catalog_stale: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -204,6 +208,33 @@ impl Requests {
             max_message,
             format,
             begin_sql: "BEGIN".into(),
+            catalog_stale: false,
+        }
+    }
+
+    /// Notes DDL just sent: the catalogs are read again before this
+    /// session's next statement outside a transaction, and, for other
+    /// sessions, shortly after (when it has likely committed).
+    fn note_ddl(&mut self) {
+        self.catalog_stale = true;
+        let shared = Arc::downgrade(&self.shared);
+        if self.shared.tenancy.discovers() {
+            crate::routing::discovery::after_ddl(shared.clone());
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.refresh_catalogs().await;
+            }
+        });
+    }
+
+    /// Reads the catalogs again if this session sent DDL since, and its
+    /// transaction (if any) has ended, so the DDL is visible.
+    async fn refresh_if_stale(&mut self) {
+        if self.catalog_stale && self.txn == Txn::Idle {
+            self.catalog_stale = false;
+            self.shared.refresh_catalogs().await;
         }
     }
 
@@ -352,6 +383,7 @@ impl Requests {
 
     async fn query(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
         let sql = frontend_msg::query(body).map_err(|e| self.malformed(e))?;
+        self.refresh_if_stale().await;
         let analysis = self
             .shared
             .analysis
@@ -592,8 +624,8 @@ impl Requests {
             region: region.clone(),
             query: keys,
         });
-        if after.ddl && self.shared.tenancy.discovers() {
-            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        if after.ddl {
+            self.note_ddl();
         }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
@@ -843,7 +875,7 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
-    /// The query holds DDL (discovery reads the catalogs again after it).
+    /// The query holds DDL (the catalogs are read again after it).
     ddl: bool,
 }
 
