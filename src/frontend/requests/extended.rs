@@ -545,6 +545,15 @@ impl Requests {
             }
             None => (msg.clone(), None),
         };
+        // A FETCH's rows decrypt with its cursor's keys, in its region.
+        let keys = match plan.and_then(|p| self.fetch_keys(p)) {
+            Some(k) if keys.is_none() && k.region == region => Some(k),
+            _ => keys,
+        };
+        if let Some(plan) = plan {
+            let in_txn = self.txn != Txn::Idle;
+            self.track_cursor(plan, keys.as_ref(), in_txn);
+        }
         let copy_plan = match copy_plan {
             Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
                 Ok(p) => Some(p),

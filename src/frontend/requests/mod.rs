@@ -27,6 +27,7 @@ use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
 use crate::types::SessionFormat;
 
 mod copy;
+mod cursors;
 mod extended;
 mod fanout;
 use bytes::{Bytes, BytesMut};
@@ -176,6 +177,8 @@ pub struct Requests {
     /// statement outside a transaction, they are read again, so a view
     /// this session just created is known when it is first used.
     catalog_stale: bool,
+    /// Cursors declared over classified columns, by name.
+    cursors: HashMap<String, cursors::Cursor>,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -209,6 +212,7 @@ impl Requests {
             format,
             begin_sql: "BEGIN".into(),
             catalog_stale: false,
+            cursors: HashMap::new(),
         }
     }
 
@@ -436,12 +440,22 @@ impl Requests {
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
         }
-        match self
+        let encrypted = self
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
-            .await
-        {
-            Ok(None) => self.send_query(region, msg, after, None).await,
-            Ok(Some((rewritten, keys))) => {
+            .await;
+        // A FETCH reads with its cursor's keys (known before this query's
+        // CLOSE forgets it); a DECLARE here is covered by the query's own.
+        let encrypted = encrypted.map(|done| {
+            let (text, own) = match done {
+                Some((text, keys)) => (text, Some(keys)),
+                None => (None, None),
+            };
+            let keys = self.with_fetch_keys(&analysis.statements, own.clone(), &region);
+            self.track_query_cursors(&analysis.statements, own.as_ref());
+            (text, keys)
+        });
+        match encrypted {
+            Ok((rewritten, keys)) => {
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
@@ -457,7 +471,7 @@ impl Requests {
                     }
                     None => msg.clone(),
                 };
-                self.send_query(region, &msg, after, Some(keys)).await
+                self.send_query(region, &msg, after, keys).await
             }
             Err(err) => self.refuse_query(err).await,
         }
@@ -590,7 +604,9 @@ impl Requests {
                 }
             }
         }
-        let region = region.unwrap_or_else(|| self.neutral_region(&after.tenant));
+        let region = region
+            .or_else(|| self.fetch_region(plans))
+            .unwrap_or_else(|| self.neutral_region(&after.tenant));
         Ok((region, after, tenants))
     }
 
