@@ -209,13 +209,16 @@ impl Catalogs {
     }
 }
 
-/// Every view in user schemas with its stored query.
+/// Every view outside the system schemas with its stored query. The
+/// `regionguard` schema is included: RegionGuard keeps no views there, but
+/// a view created through the proxy lands there when the backend role is
+/// named `regionguard` (the default search path starts with `"$user"`).
 const VIEWS: &str = "SELECT c.oid::int8, n.nspname::text, c.relname::text, r.ev_action::text \
      FROM pg_catalog.pg_rewrite r \
      JOIN pg_catalog.pg_class c ON c.oid = r.ev_class \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'v' AND r.rulename = '_RETURN' \
-       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'regionguard') \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND n.nspname NOT LIKE 'pg\\_%'";
 
 /// Names and columns of the relations views read.
