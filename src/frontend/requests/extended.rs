@@ -488,7 +488,7 @@ impl Requests {
                             ))
                             .await;
                     }
-                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                    return self.bind_fanned(msg, name, portal, Some(mode)).await;
                 }
                 _ => {}
             }
@@ -517,7 +517,7 @@ impl Requests {
         };
         if self.batch.fan.is_some() {
             return self
-                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .bind_in_fan_batch(msg, name, portal, in_region, plan)
                 .await;
         }
         if let Some(err) = self.conflict(&region) {
