@@ -48,11 +48,7 @@ async fn check_catalogs(shared: &Shared) -> Result<(), StartError> {
         let Ok(client) = keyring.store_client(&region).await else {
             continue;
         };
-        match shared
-            .catalogs
-            .refresh(&region, &client, &shared.tenancy())
-            .await
-        {
+        match shared.refresh_catalog(&region, &client).await {
             Ok(catalog) => {
                 if !catalog.problems().is_empty() {
                     return Err(StartError::Catalog(catalog.problems().join("; ")));
@@ -76,20 +72,10 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let Some(keyring) = &shared.keyring else {
+        if shared.keyring.is_none() {
             return;
-        };
-        for region in shared.regions.keys() {
-            if let Ok(client) = keyring.store_client(region).await {
-                if let Err(e) = shared
-                    .catalogs
-                    .refresh(region, &client, &shared.tenancy())
-                    .await
-                {
-                    tracing::debug!(%region, error = %e, "catalog refresh failed");
-                }
-            }
         }
+        shared.refresh_catalogs().await;
     }
 }
 

@@ -122,10 +122,13 @@ async fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     let changed = changed_settings(&current, &new);
     shared.users.store(Arc::new(users));
     shared.directory.set_fixed(&new);
-    shared.tenancy.store(Arc::new(tenancy));
     for (region, catalog) in catalogs {
         shared.catalogs.install(&region, catalog);
     }
+    // Views are read with the classification: install what the new
+    // catalogs say before the new rules serve a statement.
+    tenancy.set_views(shared.catalogs.views());
+    shared.tenancy.store(Arc::new(tenancy));
     shared.analysis.invalidate();
     shared.current.store(Arc::new(new));
     Ok(Reloaded {

@@ -160,21 +160,55 @@ impl Shared {
                 .store_client(region)
                 .await
                 .map_err(|e| crate::frontend::encrypt::crypto_error(&e))?;
-            self.catalogs
-                .refresh(region, &client, &self.tenancy())
-                .await
-                .map_err(|e| {
-                    PgError::error(
-                        sqlstate::CONNECTION_EXCEPTION,
-                        format!("cannot read the catalog of region {region}: {e}"),
-                    )
-                })?
+            self.refresh_catalog(region, &client).await.map_err(|e| {
+                PgError::error(
+                    sqlstate::CONNECTION_EXCEPTION,
+                    format!("cannot read the catalog of region {region}: {e}"),
+                )
+            })?
         };
         if let Some(problem) = catalog.problems().first() {
             return Err(PgError::error("42804", problem.clone())
                 .with_hint("store encrypted columns as bytea (or text/varchar)"));
         }
         Ok(catalog)
+    }
+
+    /// Reads `region`'s catalog again and installs it; when the views it
+    /// reports change what statements mean (a view's tenancy or its
+    /// classified columns), cached analyses are dropped.
+    pub async fn refresh_catalog(
+        &self,
+        region: &str,
+        client: &tokio_postgres::Client,
+    ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
+        let tenancy = self.tenancy();
+        let catalog = self.catalogs.refresh(region, client, &tenancy).await?;
+        if tenancy.set_views(self.catalogs.views()) {
+            self.analysis.invalidate();
+        }
+        Ok(catalog)
+    }
+
+    /// Reads every region's catalog again (after DDL: views may have been
+    /// created, replaced or dropped). A region that cannot be read keeps
+    /// its previous map.
+    pub async fn refresh_catalogs(&self) {
+        let Some(keyring) = &self.keyring else {
+            return;
+        };
+        for region in self.regions.keys() {
+            let refreshed = match keyring.store_client(region).await {
+                Ok(client) => self.refresh_catalog(region, &client).await.map(|_| ()),
+                Err(e) => {
+                    tracing::debug!(%region, error = %e, "catalog refresh: no connection");
+                    continue;
+                }
+            };
+            if let Err(e) = refreshed {
+                tracing::debug!(%region, error = %e, "catalog refresh failed");
+            }
+        }
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionRuntime> {
