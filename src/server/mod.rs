@@ -3,6 +3,7 @@
 
 mod key_policy;
 pub mod reload;
+mod search_path;
 pub mod state;
 mod tls;
 
@@ -184,6 +185,8 @@ impl Proxy {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         check_catalogs(&shared).await?;
+        // In the background: a region that is down must not delay the start.
+        tokio::spawn(search_path::check(Arc::downgrade(&shared)));
         if shared.tenancy.load().discovers() {
             crate::routing::discovery::discover(&shared).await;
             tokio::spawn(crate::routing::discovery::refresh(
