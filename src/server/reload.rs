@@ -237,6 +237,8 @@ mod tests {
 
     const BASE: &str = r#"
         default_region = "eu"
+        [auth]
+        method = "trust"
         [listen]
         address = "127.0.0.1:6432"
         [regions.eu]
