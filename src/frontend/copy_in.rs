@@ -202,10 +202,9 @@ pub async fn plan(
     }
     let table = statement.table.clone().unwrap_or_else(|| display.clone());
     let tenancy = shared.tenancy();
-    let tenant_column = tenancy.column_of(display).map_or_else(
-        || tenancy.default_column().to_string(),
-        |c| c.into_owned(),
-    );
+    let tenant_column = tenancy
+        .column_of(display)
+        .map_or_else(|| tenancy.default_column().to_string(), |c| c.into_owned());
     let needs_catalog = listed.is_empty() || statement.format.kind == FormatKind::Binary;
     let catalog = if needs_catalog {
         Some(table_columns(shared, region, &table, &what).await?)

@@ -37,7 +37,10 @@ pub async fn check(shared: Weak<Shared>) {
                 )
                 .await
                 .ok()?;
-            Some((row.try_get::<_, String>(0).ok()?, row.try_get::<_, String>(1).ok()?))
+            Some((
+                row.try_get::<_, String>(0).ok()?,
+                row.try_get::<_, String>(1).ok()?,
+            ))
         };
         let Ok(Some((user, path))) = tokio::time::timeout(Duration::from_secs(5), probe).await
         else {
