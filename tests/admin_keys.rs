@@ -332,6 +332,15 @@ async fn rotate_rotate_root_and_shred_across_two_proxies() {
     let status = ok(ctl(&socket, "status", json!({})).await);
     assert_eq!(status["regions"].as_array().unwrap().len(), 3);
     assert!(status["clients"]["connected"].as_u64().unwrap() >= 2);
+    for region in status["regions"].as_array().unwrap() {
+        assert_eq!(region["health"], json!("up"), "{region}");
+        assert_eq!(region["host_health"][0]["state"], json!("up"), "{region}");
+    }
+    let human = regionguard::admin::client::render("status", &status);
+    assert!(
+        human.contains("region eu (zone eu): up; 127.0.0.1:"),
+        "{human}"
+    );
 
     // The audit log recorded every command; its chain verifies, and an
     // edited line is detected.

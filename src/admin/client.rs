@@ -332,16 +332,20 @@ pub fn render(command: &str, r: &Value) -> String {
                 s(&r["clients"]["max"]),
             );
             for region in r["regions"].as_array().unwrap_or(&empty) {
-                let hosts: Vec<String> = region["hosts"]
+                let hosts: Vec<String> = region["host_health"]
                     .as_array()
                     .unwrap_or(&empty)
                     .iter()
-                    .map(s)
+                    .map(|h| match h["reason"].as_str() {
+                        Some(reason) => format!("{} down ({reason})", s(&h["host"])),
+                        None => format!("{} {}", s(&h["host"]), s(&h["state"])),
+                    })
                     .collect();
                 out.push_str(&format!(
-                    "region {} (zone {}): {}\n",
+                    "region {} (zone {}): {}; {}\n",
                     s(&region["name"]),
                     s(&region["zone"]),
+                    s(&region["health"]),
                     hosts.join(", ")
                 ));
                 if !region["root_key_active"].is_null() {

@@ -133,10 +133,22 @@ async fn status(ctx: &Ctx) -> Result<Value, AdminError> {
             .iter()
             .map(|h| format!("{}:{}", h.host, h.port))
             .collect();
+        let probes = crate::metrics::health::probe_region(name, rt).await;
+        let up = probes.iter().any(Result::is_ok);
+        let health: Vec<Value> = hosts
+            .iter()
+            .zip(&probes)
+            .map(|(h, p)| match p {
+                Ok(()) => json!({"host": h, "state": "up"}),
+                Err(reason) => json!({"host": h, "state": "down", "reason": reason}),
+            })
+            .collect();
         let mut region = json!({
             "name": name.to_string(),
             "zone": rt.config.zone,
             "hosts": hosts,
+            "health": if up { "up" } else { "down" },
+            "host_health": health,
         });
         if let Some(keyring) = shared.keyring.as_deref() {
             if let Some(ring) = keyring.kek(name) {

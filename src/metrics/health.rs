@@ -170,6 +170,15 @@ async fn check_all(health: &Health, shared: &Shared, series: Option<&Series>) {
     futures_util::future::join_all(checks).await;
 }
 
+/// Checks every host of `rt` now (concurrently, a login each): for
+/// `ctl status`, which must show health whether or not the metrics
+/// endpoint (and its periodic checker) is on. Per host `Ok(())` or the
+/// reason it failed.
+pub async fn probe_region(region: &str, rt: &RegionRuntime) -> Vec<Result<(), String>> {
+    futures_util::future::join_all((0..rt.config.hosts.len()).map(|i| check_host(region, rt, i)))
+        .await
+}
+
 /// One login on host `index` of the region, then Terminate.
 async fn check_host(region: &str, rt: &RegionRuntime, index: usize) -> Result<(), String> {
     let Some(host) = rt.config.hosts.get(index) else {

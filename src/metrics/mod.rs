@@ -13,7 +13,7 @@
 
 mod backend;
 pub mod crypto;
-mod health;
+pub(crate) mod health;
 mod http;
 pub mod labels;
 mod series;
