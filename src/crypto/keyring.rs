@@ -503,7 +503,9 @@ impl TenantKeys {
 
     /// Deterministic envelopes of one value under every live version,
     /// active first: what an equality lookup must match while rows under
-    /// older versions remain (`col IN (enc_v2(x), enc_v1(x))`).
+    /// older versions remain (`col IN (enc_v2(x), enc_v1(x))`). Retired
+    /// versions are left out: re-encryption retires a version only once no
+    /// row uses it, and every extra envelope costs every lookup.
     pub fn seal_for_lookup(
         &self,
         aad: &Aad,
@@ -512,8 +514,8 @@ impl TenantKeys {
         let active = self.active_key()?;
         let mut out = vec![active.seal(Mode::Deterministic, aad, canonical_plaintext)?];
         for (v, slot) in self.versions.iter().rev() {
-            if let Slot::Live { key, .. } = slot {
-                if Some(*v) != self.active {
+            if let Slot::Live { key, state } = slot {
+                if Some(*v) != self.active && *state != KeyState::Retired {
                     out.push(key.seal(Mode::Deterministic, aad, canonical_plaintext)?);
                 }
             }

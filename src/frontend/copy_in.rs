@@ -50,7 +50,7 @@ use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use crate::sql::{
     ColumnClass, CryptoPlan, CryptoTarget, StatementKind, StatementPlan, TenantRequirement,
-    ValueSource,
+    Purpose, ValueSource,
 };
 use crate::types::SessionFormat;
 use bytes::{Bytes, BytesMut};
@@ -316,8 +316,10 @@ async fn classified_fields(
                 value: ValueSource::Param(0),
                 column: Arc::clone(class),
                 row_tenant: None,
+                purpose: Purpose::Store,
             })
             .collect(),
+        comparisons: Vec::new(),
         refusal: None,
     };
     let catalog = shared.ensure_catalog(region, &[&probe]).await?;

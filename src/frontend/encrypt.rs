@@ -14,7 +14,10 @@ use crate::crypto::{Aad, CryptoError, TenantKeys};
 use crate::metrics::crypto::{CryptoMetrics, Op};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
-use crate::sql::{ColumnClass, CryptoPlan, CryptoTarget, StatementPlan, TenantSource, ValueSource};
+use crate::sql::{
+    ColumnClass, Comparison, CryptoPlan, CryptoTarget, Purpose, Shape, StatementPlan, TenantSource,
+    ValueSource,
+};
 use crate::types::{LogicalType, SessionFormat};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -163,7 +166,20 @@ fn target_keys<'k>(
     }
 }
 
-/// Encrypts one canonical value for `class` and renders it in `storage`'s form.
+/// The deterministic envelopes of one canonical value under every live key
+/// version of the tenant, active first: what a compared value must match.
+fn seal_lookup(
+    keys: &TenantKeys,
+    region: &str,
+    tenant: &str,
+    class: &ColumnClass,
+    canonical: &[u8],
+) -> Result<Vec<Vec<u8>>, PgError> {
+    keys.seal_for_lookup(&aad(region, tenant, class), canonical)
+        .map_err(|e| crypto_error(&e))
+}
+
+/// Encrypts one canonical value for `class` under the active key version.
 fn seal(
     keys: &TenantKeys,
     region: &str,
@@ -203,7 +219,14 @@ pub struct Sealer<'a> {
 type Replaced = HashMap<usize, (Option<Vec<u8>>, i16)>;
 
 /// The statement text with every literal target replaced by its ciphertext
-/// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage).
+/// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage) and
+/// every comparison with a parameter rewritten to match an array of
+/// envelopes ([`rewrite_params`]). A literal compared with a deterministic
+/// column while its tenant has several live key versions becomes one
+/// literal per version: `col = 'x'` → `(col IN (e_v2, e_v1))`,
+/// `col <> 'x'` → `(col NOT IN (…))`, `col IN ('x', 'y')` →
+/// `col IN (x_v2, x_v1, y_v2, y_v1)`. With one live version the text is
+/// what it always was: one literal in place of the other.
 pub fn rewrite_text(
     sql: &str,
     plans: &[&CryptoPlan],
@@ -212,46 +235,219 @@ pub fn rewrite_text(
 ) -> Result<String, PgError> {
     let (catalog, format, metrics) = (sealer.catalog, sealer.format, sealer.metrics);
     let region = keys.iter().flatten().next().map(|k| k.region.clone());
-    let result = literal_edits(plans, keys, catalog, format);
+    let mut edits = Vec::new();
+    let mut sealed = 0;
+    let result: Result<(), PgError> = plans.iter().zip(keys).try_for_each(|(plan, keys)| {
+        let literals = keys.as_deref().map(|keys| Literals {
+            keys,
+            catalog,
+            format,
+        });
+        sealed += plan_edits(sql, plan, literals.as_ref(), &mut edits)?;
+        Ok(())
+    });
     if let Some(region) = region {
         match &result {
-            Ok(edits) => metrics.record_n(&region, Op::Encrypt, true, edits.len() as u64),
+            Ok(()) => metrics.record_n(&region, Op::Encrypt, true, sealed),
             Err(_) => metrics.record_encrypt(&region, false),
         }
     }
-    apply_edits(sql, result?)
+    result?;
+    apply_edits(sql, edits)
 }
 
-/// The ciphertext literals replacing the text's literal targets.
-fn literal_edits(
-    plans: &[&CryptoPlan],
-    keys: &[Option<Arc<StatementKeys>>],
-    catalog: &RegionCatalog,
-    format: &SessionFormat,
-) -> Result<Vec<(usize, usize, String)>, PgError> {
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
-    for (plan, keys) in plans.iter().zip(keys) {
-        for target in &plan.targets {
-            let ValueSource::Literal { start, end, text } = &target.value else {
+/// The text of a Parse whose classified comparisons use parameters, with
+/// those comparisons rewritten to compare the column with an array the
+/// Bind supplies (one envelope per live key version): `col = $1` →
+/// `(col = ANY($1))`, `col <> $1` → `(col <> ALL($1))`, `col IN ($1, $2)`
+/// → `(col = ANY($1) OR col = ANY($2))`. The server infers the array of
+/// the storage type for the parameter. Done whatever the key versions are
+/// at Parse time: a prepared statement outlives rotations. `None` when the
+/// text needs no change. Literal targets need [`rewrite_text`] instead.
+pub fn rewrite_params(sql: &str, plan: &CryptoPlan) -> Result<Option<String>, PgError> {
+    let mut edits = Vec::new();
+    plan_edits(sql, plan, None, &mut edits)?;
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    apply_edits(sql, edits).map(Some)
+}
+
+/// What sealing a statement's literals needs.
+struct Literals<'a> {
+    keys: &'a StatementKeys,
+    catalog: &'a RegionCatalog,
+    format: &'a SessionFormat,
+}
+
+/// One text edit: a byte range and its replacement.
+type Edit = (usize, usize, String);
+
+/// The edits of one statement's plan; returns how many envelopes were sealed.
+fn plan_edits(
+    sql: &str,
+    plan: &CryptoPlan,
+    literals: Option<&Literals<'_>>,
+    edits: &mut Vec<Edit>,
+) -> Result<u64, PgError> {
+    let mut sealed = 0u64;
+    let mut whole = vec![false; plan.comparisons.len()];
+    for (index, cmp) in plan.comparisons.iter().enumerate() {
+        let has_param = plan
+            .compared_in(index)
+            .any(|t| matches!(t.value, ValueSource::Param(_)));
+        if !has_param {
+            continue;
+        }
+        whole[index] = true;
+        let (edit, n) = param_comparison(sql, plan, index, cmp, literals)?;
+        edits.push(edit);
+        sealed += n;
+    }
+    for target in &plan.targets {
+        let ValueSource::Literal { start, end, .. } = &target.value else {
+            continue;
+        };
+        let comparison = match target.purpose {
+            Purpose::Compare { comparison, .. } if whole.get(comparison) == Some(&true) => {
                 continue;
-            };
-            let Some(keys) = keys else {
+            }
+            Purpose::Compare { comparison, operand } => Some((comparison, operand)),
+            Purpose::Store => None,
+        };
+        let (envelopes, storage) = seal_literal(target, literals)?;
+        sealed += envelopes.len() as u64;
+        match (comparison, envelopes.as_slice()) {
+            // A stored value, or a compared one while the tenant has one
+            // live key version: the text stays as it always was.
+            (_, [one]) => edits.push((*start, *end, literal(one, storage))),
+            (Some((index, operand)), [_, _, ..]) => {
+                let cmp = &plan.comparisons[index];
+                let list = literal_list(&envelopes, storage);
+                let spans = cmp.spans.ok_or_else(|| unlocated(&target.column))?;
+                match cmp.shape {
+                    Shape::Eq | Shape::NotEq => {
+                        let column = &sql[spans.column.0..spans.column.1];
+                        let not = if cmp.shape.negated() { "NOT " } else { "" };
+                        edits.push((
+                            spans.whole.0,
+                            spans.whole.1,
+                            format!("({column} {not}IN ({list}))"),
+                        ));
+                    }
+                    Shape::In | Shape::NotIn => {
+                        let (s, e) = operand.ok_or_else(|| unlocated(&target.column))?;
+                        edits.push((s, e, list));
+                    }
+                }
+            }
+            _ => {
                 return Err(PgError::error(
                     sqlstate::INTERNAL_ERROR,
-                    "statement keys missing",
-                ));
-            };
-            let (tenant, tenant_keys) = target_keys(keys, target, None)?;
-            let class = &target.column;
-            let canonical = class
-                .logical
-                .text_to_binary(text.as_bytes(), format)
-                .map_err(|e| type_error(class, e))?;
-            let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
-            edits.push((*start, *end, literal(&sealed, catalog.storage(class))));
+                    "unexpected number of envelopes",
+                ))
+            }
         }
     }
-    Ok(edits)
+    Ok(sealed)
+}
+
+/// The envelopes of a literal target: one under the active key version
+/// for a stored value, one per live version (active first) for a compared
+/// one. Also how the column stores them.
+fn seal_literal(
+    target: &CryptoTarget,
+    literals: Option<&Literals<'_>>,
+) -> Result<(Vec<Vec<u8>>, Storage), PgError> {
+    let (ValueSource::Literal { text, .. }, Some(l)) = (&target.value, literals) else {
+        return Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "statement keys missing",
+        ));
+    };
+    let (tenant, tenant_keys) = target_keys(l.keys, target, None)?;
+    let class = &target.column;
+    let canonical = class
+        .logical
+        .text_to_binary(text.as_bytes(), l.format)
+        .map_err(|e| type_error(class, e))?;
+    let envelopes = match target.purpose {
+        Purpose::Store => vec![seal(tenant_keys, &l.keys.region, &tenant, class, &canonical)?],
+        Purpose::Compare { .. } => {
+            seal_lookup(tenant_keys, &l.keys.region, &tenant, class, &canonical)?
+        }
+    };
+    Ok((envelopes, l.catalog.storage(class)))
+}
+
+/// The rewrite of a comparison with at least one parameter (and maybe
+/// literals and NULL in an IN list), and how many envelopes it sealed.
+fn param_comparison(
+    sql: &str,
+    plan: &CryptoPlan,
+    index: usize,
+    cmp: &Comparison,
+    literals: Option<&Literals<'_>>,
+) -> Result<(Edit, u64), PgError> {
+    let mut targets = plan.compared_in(index).peekable();
+    let Some(first) = targets.peek() else {
+        return Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "comparison without values",
+        ));
+    };
+    let spans = cmp.spans.ok_or_else(|| unlocated(&first.column))?;
+    let column = &sql[spans.column.0..spans.column.1];
+    let (any, join, not) = if cmp.shape.negated() {
+        ("<> ALL", " AND ", "NOT ")
+    } else {
+        ("= ANY", " OR ", "")
+    };
+    let mut arrays = Vec::new();
+    let mut items = Vec::new();
+    let mut sealed = 0u64;
+    for t in targets {
+        match &t.value {
+            ValueSource::Param(n) => arrays.push(format!("{column} {any}(${n})")),
+            ValueSource::Literal { .. } => {
+                let (envelopes, storage) = seal_literal(t, literals)?;
+                sealed += envelopes.len() as u64;
+                items.push(literal_list(&envelopes, storage));
+            }
+        }
+    }
+    if cmp.null_item {
+        items.push("NULL".to_string());
+    }
+    let mut parts = Vec::with_capacity(arrays.len() + 1);
+    if !items.is_empty() {
+        parts.push(format!("{column} {not}IN ({})", items.join(", ")));
+    }
+    parts.extend(arrays);
+    Ok((
+        (spans.whole.0, spans.whole.1, format!("({})", parts.join(join))),
+        sealed,
+    ))
+}
+
+fn unlocated(class: &ColumnClass) -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "a comparison with encrypted column {} could not be located in the statement text to match every key version",
+            class.qualified()
+        ),
+    )
+    .with_hint("remove comments inside the parentheses around the column or the compared value")
+}
+
+/// Envelopes as a comma-separated list of SQL literals.
+fn literal_list(envelopes: &[Vec<u8>], storage: Storage) -> String {
+    envelopes
+        .iter()
+        .map(|e| literal(e, storage))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `sql` with the edits (byte ranges → replacements) applied.
@@ -441,14 +637,45 @@ fn encrypt_params(
                 .map_err(|e| type_error(class, e))?
         };
         let (tenant, tenant_keys) = target_keys(keys, target, Some(params))?;
-        let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
-        let stored = match storage {
-            Storage::Bytea => sealed,
-            Storage::Text => crate::crypto::envelope::to_text(&sealed).into_bytes(),
+        let value = match target.purpose {
+            Purpose::Store => {
+                let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
+                match storage {
+                    Storage::Bytea => sealed,
+                    Storage::Text => crate::crypto::envelope::to_text(&sealed).into_bytes(),
+                }
+            }
+            // The Parse compares the column with `ANY($n)` (rewrite_params):
+            // bind the array of the value's envelopes, one per live version.
+            Purpose::Compare { .. } => {
+                let envelopes = seal_lookup(tenant_keys, &keys.region, &tenant, class, &canonical)?;
+                envelope_array(envelopes, storage)
+            }
         };
-        replaced.insert(idx, (Some(stored), format_code));
+        replaced.insert(idx, (Some(value), format_code));
     }
     Ok(replaced)
+}
+
+/// Envelopes as an array parameter of the storage type: binary `bytea[]`
+/// (element OID 17), or text-format `text[]` — base64 envelopes need no
+/// quoting, and the text form fits whichever text type the server inferred.
+fn envelope_array(envelopes: Vec<Vec<u8>>, storage: Storage) -> Vec<u8> {
+    match storage {
+        Storage::Bytea => crate::types::binary_one_dim(17, envelopes),
+        Storage::Text => {
+            let mut out = Vec::with_capacity(envelopes.iter().map(|e| e.len() * 4 / 3 + 8).sum());
+            out.push(b'{');
+            for (i, e) in envelopes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(crate::crypto::envelope::to_text(e).as_bytes());
+            }
+            out.push(b'}');
+            out
+        }
+    }
 }
 
 /// Re-encodes a Bind with some parameters replaced; the result-format

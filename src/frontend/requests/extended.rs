@@ -156,7 +156,9 @@ impl Requests {
 
     /// The Parse to send for a statement that touches classified columns:
     /// its literals encrypted for the tenants the text places it with
-    /// (`placed`), the types of its classified parameters cleared.
+    /// (`placed`), its comparisons with parameters rewritten to compare
+    /// with arrays of envelopes, the types of its classified parameters
+    /// cleared.
     async fn encrypt_parse(
         &mut self,
         p: &frontend_msg::Parse<'_>,
@@ -195,6 +197,8 @@ impl Requests {
                 },
             )?);
             sealed_for = Some(tenants);
+        } else if let Some(rewritten) = encrypt::rewrite_params(p.query, &plan.crypto)? {
+            text = std::borrow::Cow::Owned(rewritten);
         }
         let types = encrypt::parse_types(&p.param_types, &plan.crypto)
             .unwrap_or_else(|| p.param_types.clone());
@@ -487,7 +491,7 @@ impl Requests {
                             ))
                             .await;
                     }
-                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                    return self.bind_fanned(msg, name, portal, Some(mode)).await;
                 }
                 _ => {}
             }
@@ -516,7 +520,7 @@ impl Requests {
         };
         if self.batch.fan.is_some() {
             return self
-                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .bind_in_fan_batch(msg, name, portal, in_region, plan)
                 .await;
         }
         if let Some(err) = self.conflict(&region) {
