@@ -49,8 +49,8 @@ use crate::metrics::crypto::Op;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use crate::sql::{
-    ColumnClass, CryptoPlan, CryptoTarget, StatementKind, StatementPlan, TenantRequirement,
-    Purpose, ValueSource,
+    ColumnClass, CryptoPlan, CryptoTarget, Purpose, StatementKind, StatementPlan,
+    TenantRequirement, ValueSource,
 };
 use crate::types::SessionFormat;
 use bytes::{Bytes, BytesMut};

@@ -312,7 +312,10 @@ fn plan_edits(
             Purpose::Compare { comparison, .. } if whole.get(comparison) == Some(&true) => {
                 continue;
             }
-            Purpose::Compare { comparison, operand } => Some((comparison, operand)),
+            Purpose::Compare {
+                comparison,
+                operand,
+            } => Some((comparison, operand)),
             Purpose::Store => None,
         };
         let (envelopes, storage) = seal_literal(target, literals)?;
@@ -372,7 +375,13 @@ fn seal_literal(
         .text_to_binary(text.as_bytes(), l.format)
         .map_err(|e| type_error(class, e))?;
     let envelopes = match target.purpose {
-        Purpose::Store => vec![seal(tenant_keys, &l.keys.region, &tenant, class, &canonical)?],
+        Purpose::Store => vec![seal(
+            tenant_keys,
+            &l.keys.region,
+            &tenant,
+            class,
+            &canonical,
+        )?],
         Purpose::Compare { .. } => {
             seal_lookup(tenant_keys, &l.keys.region, &tenant, class, &canonical)?
         }
@@ -425,7 +434,11 @@ fn param_comparison(
     }
     parts.extend(arrays);
     Ok((
-        (spans.whole.0, spans.whole.1, format!("({})", parts.join(join))),
+        (
+            spans.whole.0,
+            spans.whole.1,
+            format!("({})", parts.join(join)),
+        ),
         sealed,
     ))
 }

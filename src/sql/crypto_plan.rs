@@ -1098,7 +1098,13 @@ impl<'c, 't> Planner<'c, 't> {
 
     /// Records a comparison of `column` with `values` (one for `=`/`<>`,
     /// the items of an IN list) and where it is in the text.
-    fn comparison(&mut self, column: &Expr, values: &[Expr], shape: Shape, column_right: bool) -> usize {
+    fn comparison(
+        &mut self,
+        column: &Expr,
+        values: &[Expr],
+        shape: Shape,
+        column_right: bool,
+    ) -> usize {
         let null_item = values.iter().any(is_null);
         let spans = self.comparison_spans(column, values, shape, column_right);
         self.plan.comparisons.push(Comparison {

@@ -33,7 +33,8 @@ pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{
-    Comparison, ComparisonSpans, CryptoPlan, CryptoRefusal, CryptoTarget, Purpose, Shape, ValueSource,
+    Comparison, ComparisonSpans, CryptoPlan, CryptoRefusal, CryptoTarget, Purpose, Shape,
+    ValueSource,
 };
 pub use ddl::{ddl_forms, DdlForm};
 pub use tenancy::{Discovered, Tenancy};
