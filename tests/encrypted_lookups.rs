@@ -98,12 +98,11 @@ async fn rotate(socket: &Path, tenant: &str) {
     assert_eq!(reply["ok"], json!(true), "{reply}");
 }
 
+/// id, email, handle, code.
+type Row<'a> = (i64, Option<&'a str>, Option<&'a str>, Option<i32>);
+
 /// Inserts rows through the proxy (parameters), the plaintext copy alongside.
-async fn insert(
-    client: &tokio_postgres::Client,
-    tenant: &str,
-    rows: &[(i64, Option<&str>, Option<&str>, Option<i32>)],
-) {
+async fn insert(client: &tokio_postgres::Client, tenant: &str, rows: &[Row<'_>]) {
     for (id, email, handle, code) in rows {
         client
             .execute(
@@ -317,6 +316,14 @@ async fn lookups_match_every_live_key_version() {
             .await
             .unwrap();
 
+        // A named statement whose compared literals are sealed at Parse:
+        // a Bind after a rotation seals them again, transparently.
+        let literal = client
+            .prepare("SELECT id FROM people WHERE tenant_id = 'acme' AND email IN ('a@x', $1) ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(ids(&client.query(&literal, &[&"b@x"]).await.unwrap()), vec![1, 2, 3]);
+
         check_all(&client, &mut raw, "one key version").await;
         assert_eq!(stored_versions(&regions).await, vec![1]);
 
@@ -339,6 +346,11 @@ async fn lookups_match_every_live_key_version() {
             vec![1, 3, 6],
             "statement prepared before the rotation"
         );
+        let found = ids(&client.query(&literal, &[&"b@x"]).await.unwrap());
+        assert_eq!(found, vec![1, 2, 3, 6, 8], "literal prepared before the rotation");
+        // Executed again: the statement was replaced once, not per Bind.
+        let found = ids(&client.query(&literal, &[&"d@x"]).await.unwrap());
+        assert_eq!(found, vec![1, 3, 6, 7]);
 
         rotate(&socket, "acme").await;
         insert(&client, "acme", &[(9, Some("a@x"), Some("h4"), Some(9))]).await;
@@ -350,6 +362,8 @@ async fn lookups_match_every_live_key_version() {
             vec![1, 3, 6, 9],
             "statement prepared before the rotations"
         );
+        let found = ids(&client.query(&literal, &[&"zz"]).await.unwrap());
+        assert_eq!(found, vec![1, 3, 6, 9], "literal prepared before the rotations");
 
         // A rotation through the proxy while a session is open: a fresh
         // session sees the same answers.

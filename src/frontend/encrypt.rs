@@ -38,6 +38,15 @@ impl StatementKeys {
             .map(|(_, k)| k)
     }
 
+    /// Each tenant's [`TenantKeys::lookup_versions`], in `tenants` order:
+    /// which envelopes a compared literal was sealed into.
+    pub fn lookup_versions(&self) -> Vec<Vec<u32>> {
+        self.tenants
+            .iter()
+            .map(|(_, k)| k.lookup_versions())
+            .collect()
+    }
+
     /// The statement's one tenant, when it has exactly one.
     pub fn single(&self) -> Option<(&str, &Arc<TenantKeys>)> {
         match self.tenants.as_slice() {
@@ -502,6 +511,15 @@ fn literal(envelope: &[u8], storage: Storage) -> String {
         }
         Storage::Text => format!("'{}'", crate::crypto::envelope::to_text(envelope)),
     }
+}
+
+/// Whether the statement compares a literal with a classified column: its
+/// sealed text depends on the tenant's live key versions.
+pub fn compares_literals(plan: &CryptoPlan) -> bool {
+    plan.targets.iter().any(|t| {
+        matches!(t.value, ValueSource::Literal { .. })
+            && matches!(t.purpose, Purpose::Compare { .. })
+    })
 }
 
 /// Parameter types a Parse declares, with the classified parameters'
