@@ -761,3 +761,208 @@ fn encode_bind(
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protection;
+    use crate::crypto::store::{KeyState, StoredKey};
+    use crate::crypto::{data_key, KekRing};
+    use crate::sql::{analyze, Classification, Tenancy};
+
+    fn tenancy() -> Tenancy {
+        let mut t = Tenancy::new("tenant_id");
+        t.add_scoped("customers", None);
+        let mut c = Classification::default();
+        c.add(
+            "customers",
+            "email",
+            LogicalType::Text,
+            Protection::Deterministic,
+            None,
+        );
+        t.set_classification(c);
+        t
+    }
+
+    fn plan(sql: &str) -> CryptoPlan {
+        let a = analyze(sql, &tenancy());
+        let p = a.statements[0].crypto.clone();
+        assert!(p.refusal.is_none(), "{sql}: {:?}", p.refusal);
+        p
+    }
+
+    /// acme's keys in eu, one version per state (version 1 first).
+    fn keys(states: &[KeyState]) -> Arc<StatementKeys> {
+        use base64::Engine;
+        let ring = KekRing::parse(
+            "eu",
+            &format!(
+                "1:{}",
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+            ),
+        )
+        .unwrap();
+        let rows: Vec<StoredKey> = states
+            .iter()
+            .enumerate()
+            .map(|(i, state)| {
+                let version = i as u32 + 1;
+                let raw = data_key::generate().unwrap();
+                StoredKey {
+                    version,
+                    wrapped_key: Some(
+                        data_key::wrap(ring.active(), "eu", "acme", version, &raw).unwrap(),
+                    ),
+                    kek_version: 1,
+                    created_at: std::time::SystemTime::now(),
+                    state: *state,
+                }
+            })
+            .collect();
+        let tenant = TenantKeys::from_rows(&ring, "eu", "acme", &rows).unwrap();
+        Arc::new(StatementKeys {
+            region: Arc::from("eu"),
+            tenants: vec![("acme".into(), Arc::new(tenant))],
+        })
+    }
+
+    /// The rewritten text with every ciphertext literal replaced by `E`.
+    fn rewrite(sql: &str, keys: &Arc<StatementKeys>) -> String {
+        let p = plan(sql);
+        let catalog = RegionCatalog::default();
+        let format = SessionFormat::default();
+        let metrics = CryptoMetrics::default();
+        let out = rewrite_text(
+            sql,
+            &[&p],
+            &[Some(keys.clone())],
+            &Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &metrics,
+            },
+        )
+        .unwrap();
+        let mut masked = String::new();
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find("E'\\\\x") {
+            masked.push_str(&rest[..at]);
+            masked.push('E');
+            let end = rest[at + 5..].find('\'').unwrap();
+            rest = &rest[at + 5 + end + 1..];
+        }
+        masked.push_str(rest);
+        masked
+    }
+
+    const HEAD: &str = "SELECT id FROM customers WHERE tenant_id = 'acme' AND ";
+
+    #[test]
+    fn one_live_version_keeps_the_text_as_it_was() {
+        let one = keys(&[KeyState::Active]);
+        let retired = keys(&[KeyState::Retired, KeyState::Active]);
+        for k in [&one, &retired] {
+            for (cond, want) in [
+                ("email = 'a'", "email = E"),
+                ("'a' <> email", "E <> email"),
+                ("email IN ('a', ('b'))", "email IN (E, (E))"),
+            ] {
+                assert_eq!(
+                    rewrite(&format!("{HEAD}{cond}"), k),
+                    format!("{HEAD}{want}")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn several_live_versions_compare_every_envelope() {
+        let two = keys(&[KeyState::DecryptOnly, KeyState::Active]);
+        for (cond, want) in [
+            ("email = 'a'", "(email IN (E, E))"),
+            ("'a' = email", "(email IN (E, E))"),
+            ("(email) <> ( 'a' )", "((email) NOT IN (E, E))"),
+            ("email IN ('a', ('b'))", "email IN (E, E, E, E)"),
+            ("email NOT IN ('a', NULL)", "email NOT IN (E, E, NULL)"),
+        ] {
+            assert_eq!(
+                rewrite(&format!("{HEAD}{cond}"), &two),
+                format!("{HEAD}{want}"),
+                "{cond}"
+            );
+        }
+        // Stored values are sealed once, under the active version.
+        let sql = "UPDATE customers SET email = 'n' WHERE tenant_id = 'acme' AND email = 'o'";
+        assert_eq!(
+            rewrite(sql, &two),
+            "UPDATE customers SET email = E WHERE tenant_id = 'acme' AND (email IN (E, E))"
+        );
+        let three = keys(&[
+            KeyState::DecryptOnly,
+            KeyState::DecryptOnly,
+            KeyState::Active,
+        ]);
+        assert_eq!(
+            rewrite(&format!("{HEAD}email = 'a'"), &three),
+            format!("{HEAD}(email IN (E, E, E))")
+        );
+    }
+
+    #[test]
+    fn compared_parameters_become_array_comparisons() {
+        for (cond, want) in [
+            ("email = $1", "(email = ANY($1))"),
+            ("$1 = email", "(email = ANY($1))"),
+            ("email <> ($1)", "(email <> ALL($1))"),
+            (
+                "c.email IN ($1, $2)",
+                "(c.email = ANY($1) OR c.email = ANY($2))",
+            ),
+            (
+                "email NOT IN ($1, NULL)",
+                "(email NOT IN (NULL) AND email <> ALL($1))",
+            ),
+        ] {
+            let sql = format!("SELECT id FROM customers c WHERE tenant_id = 'acme' AND {cond}");
+            let out = rewrite_params(&sql, &plan(&sql)).unwrap();
+            assert_eq!(
+                out,
+                Some(format!(
+                    "SELECT id FROM customers c WHERE tenant_id = 'acme' AND {want}"
+                )),
+                "{cond}"
+            );
+        }
+        let stored = "UPDATE customers SET email = $2 WHERE tenant_id = $1";
+        assert_eq!(rewrite_params(stored, &plan(stored)).unwrap(), None);
+        // A literal beside a parameter in an IN list is part of the rewrite.
+        let one = keys(&[KeyState::Active]);
+        assert_eq!(
+            rewrite(&format!("{HEAD}email IN ('a', $1)"), &one),
+            format!("{HEAD}(email IN (E) OR email = ANY($1))")
+        );
+    }
+
+    #[test]
+    fn compared_parameters_bind_every_envelope() {
+        let envelopes = vec![vec![1u8, 2], vec![3u8]];
+        let bin = envelope_array(envelopes.clone(), Storage::Bytea);
+        assert_eq!(
+            bin,
+            [
+                &[0, 0, 0, 1][..],
+                &[0, 0, 0, 0],
+                &[0, 0, 0, 17],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 1],
+                &[0, 0, 0, 2, 1, 2],
+                &[0, 0, 0, 1, 3],
+            ]
+            .concat()
+        );
+        let text = envelope_array(envelopes, Storage::Text);
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("{rg1:") && text.contains(",rg1:") && text.ends_with('}'));
+    }
+}
