@@ -135,24 +135,33 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_stop_signal().await;
+    wait_for_stop_signal(&proxy).await;
     tracing::info!("stop requested: draining sessions");
     proxy.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-async fn wait_for_stop_signal() {
+/// Waits for SIGTERM or Ctrl-C, reloading the config on each SIGHUP.
+async fn wait_for_stop_signal(proxy: &regionguard::server::Proxy) {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(hup)) => (term, hup),
+        _ => {
+            tracing::warn!(
+                "cannot install SIGTERM/SIGHUP handlers: Ctrl-C stops, SIGHUP does not reload"
+            );
             let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => proxy.reload_on_signal().await,
         }
     }
 }

@@ -130,7 +130,10 @@ fn regional_init_sql_is_the_demos() {
         );
         let expected = format!(
             "-- The demo's schema and tenant data for region {region}; generated from\n\
-             -- src/demo/schema.rs (REGEN_DOCKER_INIT=1 cargo nextest run --test docker_files).\n{}",
+             -- src/demo/schema.rs (REGEN_DOCKER_INIT=1 cargo nextest run --test docker_files).\n\n\
+             -- The role is named like RegionGuard's own schema: without this, what the\n\
+             -- application creates through the proxy would land in that schema.\n\
+             ALTER ROLE regionguard SET search_path = public;\n{}",
             regionguard::demo::region_sql(region)
         );
         check_generated(&format!("{region}.sql"), &expected);

@@ -1,6 +1,10 @@
 -- The demo's schema and tenant data for region us; generated from
 -- src/demo/schema.rs (REGEN_DOCKER_INIT=1 cargo nextest run --test docker_files).
 
+-- The role is named like RegionGuard's own schema: without this, what the
+-- application creates through the proxy would land in that schema.
+ALTER ROLE regionguard SET search_path = public;
+
 CREATE TABLE IF NOT EXISTS customers (
     tenant_id text NOT NULL,
     id bigint,

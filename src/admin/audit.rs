@@ -97,6 +97,30 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Records what the proxy did on its own (`by`: `SIGHUP`, `key-policy`)
+    /// in the same shape as an admin command, without a peer uid. A write
+    /// failure is logged, never fatal: the action already happened.
+    pub fn record_system(&self, by: &str, command: &str, outcome: Result<Value, &str>) {
+        let mut event = Map::new();
+        event.insert("by".into(), Value::from(by));
+        event.insert("command".into(), Value::from(command));
+        match outcome {
+            Ok(summary) => {
+                event.insert("outcome".into(), Value::from("ok"));
+                event.insert("event".into(), summary);
+            }
+            Err(code) => {
+                event.insert("outcome".into(), Value::from("error"));
+                event.insert("error".into(), Value::from(code));
+            }
+        }
+        if let Err(e) = self.append(event) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot append to the audit log");
+        }
+    }
+}
+
 /// A verified chain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Verified {

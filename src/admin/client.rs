@@ -53,6 +53,9 @@ pub enum CtlCommand {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Re-read the config file and apply what can change online (as
+    /// SIGHUP does); a bad file is refused and the old config stays.
+    Reload,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -162,6 +165,7 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
 pub fn main(args: CtlArgs) -> ExitCode {
     let (command, params) = match &args.command {
         CtlCommand::Status => ("status", json!({})),
+        CtlCommand::Reload => ("reload", json!({})),
         CtlCommand::Keys(KeysCommand::List { region, tenant }) => {
             ("keys.list", json!({"region": region, "tenant": tenant}))
         }
@@ -414,6 +418,30 @@ pub fn render(command: &str, r: &Value) -> String {
                 ""
             }
         ),
+        "reload" => {
+            let changed: Vec<String> = r["changed"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            let mut out = format!(
+                "reloaded {} (sha256 {})\nchanged: {}\n",
+                s(&r["path"]),
+                s(&r["sha256"]),
+                if changed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    changed.join(", ")
+                }
+            );
+            if let Some(down) = r["unchecked_regions"].as_array().filter(|a| !a.is_empty()) {
+                let down: Vec<String> = down.iter().map(s).collect();
+                out.push_str(&format!(
+                    "not checked (unreachable, checked on first use): {}\n",
+                    down.join(", ")
+                ));
+            }
+            out
+        }
         "audit.verify" => format!(
             "{}: chain intact, {} lines; head sha256 {}\n",
             s(&r["path"]),

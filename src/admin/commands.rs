@@ -22,6 +22,7 @@ pub(crate) async fn run(ctx: &Ctx, command: &str, args: &Value) -> Outcome {
         "tenant.where" => tenant_where(ctx, args).await.map(|v| (v, None)),
         "tenant.shred" => tenant_shred(ctx, args).await,
         "audit.verify" => audit_verify(ctx).map(|v| (v, None)),
+        "reload" => reload(ctx).await,
         other => Err(AdminError::new(
             codes::UNKNOWN_COMMAND,
             format!("unknown command `{other}` (status, keys.list, keys.rotate, keys.rotate-root, tenant.where, tenant.shred, audit.verify)"),
@@ -106,14 +107,21 @@ async fn timed<T>(
 
 async fn status(ctx: &Ctx) -> Result<Value, AdminError> {
     let shared = &ctx.shared;
-    let config = match &shared.config.source_path {
+    let current = shared.current.load_full();
+    let config = match &current.source_path {
         Some(path) => {
-            let sha256 = std::fs::read(path)
-                .map(|b| Value::from(super::audit::sha256_hex(&b)))
-                .unwrap_or(Value::Null);
-            json!({"path": path.display().to_string(), "sha256": sha256})
+            // The hash of the config in force; `file_changed` tells an
+            // operator that the file on disk is not what runs (reload it).
+            let on_disk = std::fs::read(path)
+                .map(|b| super::audit::sha256_hex(&b))
+                .ok();
+            json!({
+                "path": path.display().to_string(),
+                "sha256": current.source_sha256,
+                "file_changed": on_disk != current.source_sha256,
+            })
         }
-        None => json!({"path": null, "sha256": null}),
+        None => json!({"path": null, "sha256": null, "file_changed": false}),
     };
     let max = shared.config.listen.max_clients;
     let connected = max.saturating_sub(shared.clients.available_permits());
@@ -214,7 +222,7 @@ async fn keys_rotate(ctx: &Ctx, args: &Value) -> Result<(Value, Option<Value>), 
             .await
             .map_err(|e| crypto_failure(&e))?,
     };
-    let grace = Duration::from_millis(ctx.shared.config.admin.rotation_grace_ms);
+    let grace = Duration::from_millis(ctx.shared.current.load().admin.rotation_grace_ms);
     let rotated = rotation::rotate(keyring, region, &tenants, grace)
         .await
         .map_err(key_failure)?;
@@ -303,6 +311,26 @@ fn audit_verify(ctx: &Ctx) -> Result<Value, AdminError> {
         Err(b) => Err(AdminError::new(
             codes::AUDIT_CHAIN_BROKEN,
             format!("{}: {b}", log.path().display()),
+        )),
+    }
+}
+
+/// `reload`: the same as SIGHUP (see `server::reload`).
+async fn reload(ctx: &Ctx) -> Result<(Value, Option<Value>), AdminError> {
+    match crate::server::reload::reload(&ctx.shared).await {
+        Ok(r) => {
+            let v = json!({
+                "path": r.path.display().to_string(),
+                "sha256": r.sha256,
+                "changed": r.changed,
+                "unchecked_regions": r.unchecked_regions,
+            });
+            let summary = json!({"sha256": r.sha256, "changed": r.changed});
+            Ok((v, Some(summary)))
+        }
+        Err(e) => Err(AdminError::new(
+            codes::RELOAD_REFUSED,
+            format!("{e}; the running config is unchanged"),
         )),
     }
 }

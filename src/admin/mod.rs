@@ -58,6 +58,10 @@ pub mod codes {
     pub const CONFLICT: &str = "conflict";
     /// `audit.verify` found an edited, inserted or removed line.
     pub const AUDIT_CHAIN_BROKEN: &str = "audit_chain_broken";
+    /// `reload` refused the file: invalid, or a change that needs a
+    /// restart, or a classified column with a wrong storage type. The old
+    /// config stays in force.
+    pub const RELOAD_REFUSED: &str = "reload_refused";
     pub const INTERNAL: &str = "internal";
 }
 
@@ -99,7 +103,7 @@ impl AdminServer {
 pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub started: Instant,
-    pub audit: Option<audit::AuditLog>,
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 /// Refuses a socket directory others could write to: group- or
@@ -146,13 +150,7 @@ pub async fn start(
     shared: Arc<Shared>,
     started: Instant,
 ) -> Result<AdminServer, String> {
-    let audit = match &shared.config.admin.audit_log {
-        Some(p) => Some(
-            audit::AuditLog::open(p)
-                .map_err(|e| format!("admin.audit_log: {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
+    let audit = shared.audit.clone();
     let listener = bind(path)?;
     let ctx = Arc::new(Ctx {
         shared,

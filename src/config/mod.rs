@@ -48,6 +48,7 @@ impl Config {
         })?;
         let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
         config.source_path = Some(path.to_path_buf());
+        config.source_sha256 = Some(crate::admin::audit::sha256_hex(text.as_bytes()));
         Ok(config)
     }
 

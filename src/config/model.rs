@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The whole RegionGuard configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -39,6 +39,9 @@ pub struct Config {
     pub two_phase: TwoPhase,
     #[serde(default)]
     pub admin: Admin,
+    /// Automatic data key rotation by age.
+    #[serde(default)]
+    pub key_rotation: KeyRotation,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
@@ -46,10 +49,14 @@ pub struct Config {
     /// The file this config was loaded from (set by `Config::load`).
     #[serde(skip)]
     pub source_path: Option<PathBuf>,
+    /// Lowercase hex SHA-256 of that file as it was read, so `status` can
+    /// name the config in force even after the file changed on disk.
+    #[serde(skip)]
+    pub source_sha256: Option<String>,
 }
 
 /// Where clients connect and the limits that protect the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     /// `host:port` to accept clients on.
@@ -94,7 +101,7 @@ pub enum ClientTlsMode {
 }
 
 /// TLS towards clients.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTls {
     pub mode: ClientTlsMode,
@@ -116,7 +123,7 @@ pub enum AuthMethod {
 }
 
 /// Client authentication.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     pub method: AuthMethod,
@@ -125,7 +132,7 @@ pub struct Auth {
 
 /// A client user: the name and a SCRAM-SHA-256 verifier as Postgres stores
 /// it in `pg_authid` (`regionguard hash-password` prints one).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
@@ -156,7 +163,7 @@ pub enum BackendTlsMode {
 }
 
 /// One region: its residency zone and its Postgres hosts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Region {
     /// Residency zone (`eu`, `us`…); failover never leaves it.
@@ -181,7 +188,7 @@ pub struct Region {
 /// A region root key source. The material it yields is one or more lines
 /// `<version>:<base64 of 32 bytes>` (or a single bare base64 key, version
 /// 1); the highest version wraps new data keys, the others still unwrap.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "source", rename_all = "kebab-case")]
 pub enum KeySource {
     /// A file readable by the proxy's user only (mode 0600 or stricter).
@@ -221,14 +228,14 @@ pub enum Protection {
 }
 
 /// A data class (`pii`, `financial`, `internal`, …).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataClass {
     pub encrypt: Protection,
 }
 
 /// One classified column.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifiedColumn {
     /// A name from `[classes]`.
@@ -265,7 +272,7 @@ fn default_connect_timeout() -> u64 {
 }
 
 /// One Postgres server of a region and the credentials the proxy uses there.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     pub host: String,
@@ -293,7 +300,7 @@ fn default_pg_port() -> u16 {
 }
 
 /// The admin socket (key rotation and operations).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     /// Unix socket for `regionguard ctl`; off when absent. Its directory
@@ -320,8 +327,48 @@ impl Default for Admin {
     }
 }
 
+/// Automatic data key rotation: the proxy keeps the promise "keys rotate
+/// every 90 days" on its own instead of relying on an operator's calendar.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyRotation {
+    /// A tenant whose active data key is older than this gets a new one
+    /// (`"90d"`, `"12h"`, `"30m"`); `"0s"` turns automatic rotation off.
+    #[serde(with = "humantime_serde")]
+    pub max_age: std::time::Duration,
+    /// Per-region maximum ages overriding `max_age`.
+    pub regions: BTreeMap<String, KeyAge>,
+    /// How often key ages are checked (and the key age metric refreshed).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: std::time::Duration,
+}
+
+/// A maximum key age (`"30d"`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct KeyAge(#[serde(with = "humantime_serde")] pub std::time::Duration);
+
+impl KeyRotation {
+    /// The maximum data key age in `region`; `None` when rotation by age
+    /// is off there.
+    pub fn max_age_in(&self, region: &str) -> Option<std::time::Duration> {
+        let age = self.regions.get(region).map_or(self.max_age, |a| a.0);
+        (!age.is_zero()).then_some(age)
+    }
+}
+
+impl Default for KeyRotation {
+    fn default() -> Self {
+        KeyRotation {
+            max_age: std::time::Duration::from_secs(90 * 86_400),
+            regions: BTreeMap::new(),
+            check_interval: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// The Prometheus endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     /// `host:port` for `/metrics`, `/healthz`, `/readyz`; off when absent
@@ -351,7 +398,7 @@ pub enum LogFormat {
 }
 
 /// Logging.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Logging {
     /// A `tracing` filter: `info`, `regionguard=debug`, …
@@ -373,7 +420,7 @@ impl Default for Logging {
 }
 
 /// Two-phase commit across regions (DDL and writes to global tables).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TwoPhase {
     /// Names this proxy in the ids of the transactions it prepares
@@ -396,7 +443,7 @@ impl Default for TwoPhase {
 }
 
 /// Tenant-scoped and global tables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tenancy {
     /// The column holding the tenant id in tenant-scoped tables.
@@ -432,7 +479,7 @@ impl Default for Tenancy {
 /// A directory table `(tenant_id text primary key, region text not null)`
 /// in a control database. Changes are picked up by LISTEN/NOTIFY on
 /// `channel` and by a periodic refresh.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Directory {
     pub host: String,

@@ -32,6 +32,7 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }
+    validate_key_rotation(c)?;
     if c.metrics.health_interval_secs == 0 {
         return Err(ConfigError::invalid(
             "metrics.health_interval_secs",
@@ -350,4 +351,25 @@ fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+/// Per-region key ages must name configured regions (a typo would leave a
+/// region on the default silently), and the check must not spin.
+fn validate_key_rotation(c: &Config) -> Result<(), ConfigError> {
+    let r = &c.key_rotation;
+    if r.check_interval < std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "key_rotation.check_interval",
+            "must be at least 1s",
+        ));
+    }
+    for region in r.regions.keys() {
+        if !c.regions.contains_key(region) {
+            return Err(ConfigError::invalid(
+                format!("key_rotation.regions.{region}"),
+                "names no configured region",
+            ));
+        }
+    }
+    Ok(())
 }

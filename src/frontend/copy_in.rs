@@ -201,11 +201,10 @@ pub async fn plan(
         ));
     }
     let table = statement.table.clone().unwrap_or_else(|| display.clone());
-    let tenant_column = shared
-        .tenancy
+    let tenancy = shared.tenancy();
+    let tenant_column = tenancy
         .column_of(display)
-        .unwrap_or(shared.tenancy.default_column())
-        .to_string();
+        .map_or_else(|| tenancy.default_column().to_string(), |c| c.into_owned());
     let needs_catalog = listed.is_empty() || statement.format.kind == FormatKind::Binary;
     let catalog = if needs_catalog {
         Some(table_columns(shared, region, &table, &what).await?)
@@ -296,7 +295,8 @@ async fn classified_fields(
     table: &str,
     columns: &[String],
 ) -> Result<Vec<ClassifiedField>, PgError> {
-    let Some(classes) = shared.tenancy.classification().table(table) else {
+    let tenancy = shared.tenancy();
+    let Some(classes) = tenancy.classification().table(table) else {
         return Ok(Vec::new());
     };
     let found: Vec<(usize, Arc<ColumnClass>)> = columns

@@ -47,24 +47,47 @@ fn read_i32(b: &[u8], pos: &mut usize) -> Option<i32> {
 }
 
 /// Rewrites a RowDescription whose fields include classified columns: the
-/// new message, and the plan for the rows that follow. `None` when no
+/// new message, and the plan for the rows that follow. `Ok(None)` when no
 /// field is classified (forward the message as it came).
+///
+/// A field that is a view column computed from a classified column (say
+/// `upper(email)`) was computed over ciphertext: it can never be
+/// decrypted, and showing it would hand the client bytes that look like a
+/// result. The result is refused (0A000) naming the view column instead.
 pub fn row_description(
     body: &[u8],
     catalog: &RegionCatalog,
     keys: Option<Arc<StatementKeys>>,
-) -> Option<(Vec<u8>, RowPlan)> {
+) -> Result<Option<(Vec<u8>, RowPlan)>, PgError> {
+    let Some(raw) = raw_fields(body) else {
+        return Ok(None);
+    };
+    if let Some(why) = raw.iter().find_map(|f| catalog.computed(f.table, f.attnum)) {
+        return Err(PgError::error(
+            crate::protocol::error::sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("cannot return {why}: it was computed over ciphertext"),
+        )
+        .with_hint("select the encrypted column itself and compute in the application, or redefine the view without the expression"));
+    }
+    Ok(rewrite(body.len(), &raw, catalog, keys))
+}
+
+/// One field of a RowDescription.
+struct Raw<'a> {
+    name: &'a [u8],
+    table: u32,
+    attnum: i16,
+    type_oid: u32,
+    typlen: i16,
+    typmod: i32,
+    format: i16,
+}
+
+/// The fields of a RowDescription body (`None`: malformed, forwarded as it
+/// came for the client to judge).
+fn raw_fields(body: &[u8]) -> Option<Vec<Raw<'_>>> {
     let mut pos = 0;
     let n = usize::try_from(read_i16(body, &mut pos)?).ok()?;
-    struct Raw<'a> {
-        name: &'a [u8],
-        table: u32,
-        attnum: i16,
-        type_oid: u32,
-        typlen: i16,
-        typmod: i32,
-        format: i16,
-    }
     let mut raw = Vec::with_capacity(n);
     for _ in 0..n {
         let end = pos + body.get(pos..)?.iter().position(|&c| c == 0)?;
@@ -83,6 +106,18 @@ pub fn row_description(
     if pos != body.len() {
         return None;
     }
+    Some(raw)
+}
+
+/// The RowDescription with classified fields shown as their logical types,
+/// and the row plan; `None` when no field is classified.
+fn rewrite(
+    body_len: usize,
+    raw: &[Raw<'_>],
+    catalog: &RegionCatalog,
+    keys: Option<Arc<StatementKeys>>,
+) -> Option<(Vec<u8>, RowPlan)> {
+    let n = raw.len();
     if !raw
         .iter()
         .any(|f| catalog.field(f.table, f.attnum).is_some())
@@ -90,11 +125,11 @@ pub fn row_description(
         return None;
     }
     let mut fields = Vec::with_capacity(n);
-    let mut out = Vec::with_capacity(body.len() + 5);
+    let mut out = Vec::with_capacity(body_len + 5);
     out.push(b'T');
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(n as i16).to_be_bytes());
-    for f in &raw {
+    for f in raw {
         let classified = catalog.field(f.table, f.attnum);
         let (type_oid, typlen, typmod) = match classified {
             Some(c) => (c.class.logical.oid(), c.class.logical.typlen(), -1),
@@ -112,7 +147,7 @@ pub fn row_description(
             class: Arc::clone(&c.class),
             storage: c.storage,
             binary: f.format == 1,
-            tenant_field: catalog.tenant_column(f.table).and_then(|att| {
+            tenant_field: c.tenant.and_then(|att| {
                 raw.iter()
                     .position(|g| g.table == f.table && g.attnum == att)
             }),

@@ -143,7 +143,7 @@ async fn authenticate(
     match shared.config.auth.method {
         AuthMethod::Trust => messages::auth_ok(&mut out),
         AuthMethod::ScramSha256 => {
-            let verifier = shared.users.get(&user).cloned();
+            let verifier = shared.users.load().get(&user).cloned();
             if let Err(e) = scram_exchange(&mut stream, &mut out, verifier, &user).await {
                 return Err(match e {
                     AuthFailure::Refused(err) => HandshakeEnd::Refused(stream, err),

@@ -231,17 +231,30 @@ impl AnswerCrypto {
                 };
                 let catalog = self.shared.catalogs.get(region);
                 match decrypt::row_description(body, &catalog, usage.keys) {
-                    Some((rewritten, plan)) => {
+                    Ok(Some((rewritten, plan))) => {
                         self.rows = rows_follow.then_some(plan);
                         if usage.forward {
                             out.extend_from_slice(&rewritten);
                         }
                     }
-                    None => {
+                    Ok(None) => {
                         self.rows = None;
                         if usage.forward {
                             out.extend_from_slice(&tag_frame(tag, body));
                         }
+                    }
+                    Err(e) => {
+                        // The rest of the batch is dropped until its
+                        // ReadyForQuery, as after a value that does not
+                        // decrypt.
+                        tracing::warn!(
+                            region,
+                            code = e.code,
+                            "a result with a column computed from an encrypted column was refused"
+                        );
+                        e.encode(out);
+                        self.rows = None;
+                        self.failed = true;
                     }
                 }
                 true

@@ -57,12 +57,19 @@ pub async fn place(
         (Some(c), _) => Some(c),
         (None, s) => s,
     };
+    let tenancy = shared.tenancy();
     let table_hint = |table: &str| {
-        format!(
-            "add {}.{} = … to the statement, or SET regionguard.tenant",
-            table,
-            shared.tenancy.column_of(table).unwrap_or("tenant_id")
-        )
+        match tenancy.column_of(table) {
+            // A view that does not show its tenant column.
+            Some(c) if c.is_empty() => format!(
+                "{table} does not show its tenant column: SET regionguard.tenant, or add a /* regionguard.tenant = '…' */ comment"
+            ),
+            c => format!(
+                "add {}.{} = … to the statement, or SET regionguard.tenant",
+                table,
+                c.unwrap_or(std::borrow::Cow::Borrowed("tenant_id"))
+            ),
+        }
     };
     let tenants: Vec<String> = match &plan.tenant {
         TenantRequirement::Refuse {

@@ -52,6 +52,10 @@ impl Cluster {
     /// Creates a login role with `password`, or resets the password of an
     /// existing one, so re-running a setup is harmless. Only the SCRAM
     /// verifier is sent, never the password.
+    ///
+    /// The role's search path is `public` alone: the default `"$user",
+    /// public` would put what a role named `regionguard` creates into
+    /// RegionGuard's own schema of that name (see `server::search_path`).
     pub async fn ensure_login_role(&self, name: &str, password: &str) -> Result<(), LocalPgError> {
         let client = self.connect_superuser("postgres").await?;
         let exists = client
@@ -62,9 +66,9 @@ impl Cluster {
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let verb = if exists { "ALTER" } else { "CREATE" };
         let sql = format!(
-            "{verb} ROLE {} LOGIN PASSWORD {}",
-            quote_ident(name),
-            quote_literal(&verifier)
+            "{verb} ROLE {role} LOGIN PASSWORD {}; ALTER ROLE {role} SET search_path = public",
+            quote_literal(&verifier),
+            role = quote_ident(name),
         );
         client
             .batch_execute(&sql)

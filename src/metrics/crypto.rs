@@ -1,9 +1,9 @@
 //! The column-encryption series, for the crypto module to feed.
 //!
-//! Nothing calls these yet: the encryption path does not report to them
-//! (docs/metrics.md says so). The crypto code gets a [`CryptoMetrics`]
-//! from `Shared::metrics.crypto()` when it is built and calls it per
-//! operation; on a proxy without a metrics endpoint every call is a no-op.
+//! The encryption paths (statements, COPY) get a [`CryptoMetrics`] from
+//! `Shared::metrics.crypto()` and report per statement or row; the key
+//! policy (`server::key_policy`) reports key versions and age. On a proxy
+//! without a metrics endpoint every call is a no-op.
 //! Never pass values, tenant ids or key material: only the region name.
 
 use super::series::{CryptoSeries, Series};
@@ -65,8 +65,9 @@ impl CryptoMetrics {
         }
     }
 
-    /// The region's keys as loaded: how many versions can decrypt, and
-    /// when the newest one (the one new data is encrypted with) was created.
+    /// The region's data keys: how many versions are live, and when the
+    /// oldest active one was created (its age is what rotation by age
+    /// watches).
     pub fn set_keys(&self, region: &str, versions_in_use: usize, current_created: SystemTime) {
         if let Some(c) = self.region(region) {
             c.key_versions.set(versions_in_use as i64);

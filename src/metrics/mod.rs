@@ -173,8 +173,7 @@ impl Metrics {
         crypto::CryptoMetrics::new(self.series.clone())
     }
 
-    /// A config reload finished. Nothing reloads the config yet: this is
-    /// the hook for hot reload.
+    /// A config reload (`server::reload`) was applied (`ok`) or refused.
     pub fn config_reloaded(&self, ok: bool) {
         if let Some(s) = &self.series {
             if ok {

@@ -8,6 +8,7 @@
 //! found without waiting for the refresh.
 
 use crate::config::{Config, Directory as DirectoryConfig};
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -32,9 +33,19 @@ enum Cached {
     Unknown(Instant),
 }
 
+/// The config's static tenant map, keyed by normalized tenant id.
+fn fixed_of(config: &Config) -> HashMap<String, Arc<str>> {
+    config
+        .tenants
+        .iter()
+        .map(|(t, r)| (normalize(t), Arc::from(r.as_str())))
+        .collect()
+}
+
 /// The tenant directory shared by all sessions.
 pub struct Directory {
-    fixed: HashMap<String, Arc<str>>,
+    /// The config's `[tenants]`; replaced whole by a config reload.
+    fixed: ArcSwap<HashMap<String, Arc<str>>>,
     cache: DashMap<String, Cached>,
     control: Option<Control>,
     metrics: crate::metrics::DirectoryMetrics,
@@ -50,11 +61,7 @@ impl Directory {
     /// connected lazily and kept fresh by [`Directory::spawn_refresher`].
     pub fn new(config: &Config) -> Self {
         Directory {
-            fixed: config
-                .tenants
-                .iter()
-                .map(|(t, r)| (normalize(t), Arc::from(r.as_str())))
-                .collect(),
+            fixed: ArcSwap::from_pointee(fixed_of(config)),
             cache: DashMap::new(),
             control: config.directory.clone().map(|config| Control {
                 config,
@@ -62,6 +69,11 @@ impl Directory {
             }),
             metrics: Default::default(),
         }
+    }
+
+    /// Installs the `[tenants]` of a reloaded config.
+    pub fn set_fixed(&self, config: &Config) {
+        self.fixed.store(Arc::new(fixed_of(config)));
     }
 
     /// Counts lookups by where the answer came from.
@@ -72,7 +84,7 @@ impl Directory {
     /// The region of `tenant`, `None` when no source knows it.
     pub async fn region_of(&self, tenant: &str) -> Result<Option<Arc<str>>, DirectoryError> {
         let key = normalized(tenant);
-        if let Some(r) = self.fixed.get(&*key) {
+        if let Some(r) = self.fixed.load().get(&*key) {
             self.metrics.static_hit();
             return Ok(Some(r.clone()));
         }
@@ -106,7 +118,7 @@ impl Directory {
     /// The region of `tenant` if known without asking the control database.
     pub fn cached_region(&self, tenant: &str) -> Option<Arc<str>> {
         let key = normalized(tenant);
-        if let Some(r) = self.fixed.get(&*key) {
+        if let Some(r) = self.fixed.load().get(&*key) {
             return Some(r.clone());
         }
         match self.cache.get(&*key).as_deref() {

@@ -27,7 +27,7 @@ const TABLES: &str = "SELECT n.nspname::text, c.relname::text, \
 /// Reads every region's catalog and installs the union; regions that
 /// cannot be read are skipped (their tables stay unknown, so scoped).
 pub async fn discover(shared: &Shared) {
-    let column = shared.tenancy.default_column().to_string();
+    let column = shared.tenancy.load().default_column().to_string();
     let mut found = Discovered::default();
     for (name, region) in &shared.regions {
         let connector = match ControlConnector::new(name, &region.config) {
@@ -57,7 +57,7 @@ pub async fn discover(shared: &Shared) {
             }
         }
     }
-    shared.tenancy.set_discovered(found);
+    shared.tenancy.load().set_discovered(found);
     shared.analysis.invalidate();
 }
 

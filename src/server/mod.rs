@@ -1,13 +1,16 @@
 //! The listener: accepts clients, enforces the client limit, runs one
 //! session task per client and shuts down gracefully.
 
+mod key_policy;
+pub mod reload;
+mod search_path;
 pub mod state;
 mod tls;
 
 use crate::backend::RegionTls;
 use crate::config::Config;
 use crate::protocol::error::{sqlstate, PgError};
-use crate::protocol::scram::Verifier;
+use arc_swap::ArcSwap;
 use state::{Phase, RegionRuntime, Shared};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,11 +49,7 @@ async fn check_catalogs(shared: &Shared) -> Result<(), StartError> {
         let Ok(client) = keyring.store_client(&region).await else {
             continue;
         };
-        match shared
-            .catalogs
-            .refresh(&region, &client, &shared.tenancy)
-            .await
-        {
+        match shared.refresh_catalog(&region, &client).await {
             Ok(catalog) => {
                 if !catalog.problems().is_empty() {
                     return Err(StartError::Catalog(catalog.problems().join("; ")));
@@ -74,20 +73,10 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let Some(keyring) = &shared.keyring else {
+        if shared.keyring.is_none() {
             return;
-        };
-        for region in shared.regions.keys() {
-            if let Ok(client) = keyring.store_client(region).await {
-                if let Err(e) = shared
-                    .catalogs
-                    .refresh(region, &client, &shared.tenancy)
-                    .await
-                {
-                    tracing::debug!(%region, error = %e, "catalog refresh failed");
-                }
-            }
         }
+        shared.refresh_catalogs().await;
     }
 }
 
@@ -147,12 +136,13 @@ impl Proxy {
                 },
             );
         }
-        let mut users = std::collections::HashMap::new();
-        for u in &config.auth.users {
-            let v = Verifier::parse(&u.verifier)
-                .map_err(|e| StartError::Users(format!("{}: {e}", u.name)))?;
-            users.insert(u.name.clone(), v);
-        }
+        let users = Shared::users_of(&config).map_err(StartError::Users)?;
+        let audit = match &config.admin.audit_log {
+            Some(p) => Some(Arc::new(crate::admin::audit::AuditLog::open(p).map_err(
+                |e| StartError::Admin(format!("admin.audit_log: {}: {e}", p.display())),
+            )?)),
+            None => None,
+        };
         let listener = TcpListener::bind(&config.listen.address)
             .await
             .map_err(|source| StartError::Bind {
@@ -177,12 +167,13 @@ impl Proxy {
         directory.spawn_refresher();
         let shared = Arc::new(Shared {
             clients: Arc::new(Semaphore::new(config.listen.max_clients)),
-            tenancy: Shared::tenancy_of(&config),
+            tenancy: ArcSwap::from_pointee(Shared::tenancy_of(&config)),
             analysis: crate::sql::AnalysisCache::new(10_000),
             directory,
+            current: ArcSwap::from_pointee(config.clone()),
             config,
             regions,
-            users,
+            users: ArcSwap::from_pointee(users),
             tls,
             cancel: dashmap::DashMap::new(),
             phase: phase_rx,
@@ -190,9 +181,13 @@ impl Proxy {
             keyring,
             catalogs,
             twophase,
+            audit,
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         check_catalogs(&shared).await?;
-        if shared.tenancy.discovers() {
+        // In the background: a region that is down must not delay the start.
+        tokio::spawn(search_path::check(Arc::downgrade(&shared)));
+        if shared.tenancy.load().discovers() {
             crate::routing::discovery::discover(&shared).await;
             tokio::spawn(crate::routing::discovery::refresh(
                 Arc::downgrade(&shared),
@@ -201,6 +196,7 @@ impl Proxy {
         }
         if shared.keyring.is_some() {
             tokio::spawn(refresh_catalogs(Arc::downgrade(&shared)));
+            tokio::spawn(key_policy::run(Arc::downgrade(&shared)));
         }
         let metrics = match &shared.config.metrics.address {
             Some(address) => Some(
@@ -244,6 +240,32 @@ impl Proxy {
     /// The admin socket's path, when it is serving.
     pub fn admin_socket(&self) -> Option<&std::path::Path> {
         self.admin.as_ref().map(|a| a.path())
+    }
+
+    /// Reads the config file again and applies what can change online;
+    /// refused as a whole (old config kept) when anything is wrong.
+    pub async fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
+        reload::reload(&self.shared).await
+    }
+
+    /// [`Proxy::reload`] for SIGHUP: the outcome goes to the log and the
+    /// audit log, since there is no one to answer.
+    pub async fn reload_on_signal(&self) {
+        match self.reload().await {
+            Ok(r) => {
+                tracing::info!(path = %r.path.display(), sha256 = %r.sha256, changed = ?r.changed, "SIGHUP: config reloaded");
+                if let Some(log) = &self.shared.audit {
+                    let summary = serde_json::json!({"sha256": r.sha256, "changed": r.changed});
+                    log.record_system("SIGHUP", "reload", Ok(summary));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: config reload refused; the running config is unchanged");
+                if let Some(log) = &self.shared.audit {
+                    log.record_system("SIGHUP", "reload", Err(e.kind()));
+                }
+            }
+        }
     }
 
     /// The address clients connect to.

@@ -10,6 +10,7 @@ use crate::protocol::scram::Verifier;
 use crate::routing::directory::Directory;
 use crate::sql::{AnalysisCache, Classification, CryptoPlan, Tenancy};
 use crate::types::LogicalType;
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,14 +42,22 @@ pub struct CancelEntry {
 }
 
 pub struct Shared {
+    /// The config the proxy started with: the settings that only a restart
+    /// changes (listen, regions, TLS, …; see `server::reload`).
     pub config: Config,
+    /// The config in force: the start config, or the last one a reload
+    /// accepted. Reloadable settings are read from here.
+    pub current: ArcSwap<Config>,
     pub regions: BTreeMap<Arc<str>, RegionRuntime>,
-    /// Tenant-scoped and global tables, for statement analysis.
-    pub tenancy: Tenancy,
+    /// Tenant-scoped and global tables and the classified columns, for
+    /// statement analysis; replaced whole by a reload (read it once per
+    /// statement with [`Shared::tenancy`]).
+    pub tenancy: ArcSwap<Tenancy>,
     /// Statement analyses by text: a prepared statement is parsed once.
     pub analysis: AnalysisCache,
     pub directory: Arc<Directory>,
-    pub users: HashMap<String, Verifier>,
+    /// SCRAM verifiers by user name; replaced whole by a reload.
+    pub users: ArcSwap<HashMap<String, Verifier>>,
     pub tls: Option<TlsAcceptor>,
     /// Keyed by the process id the proxy handed the client.
     pub cancel: DashMap<i32, CancelEntry>,
@@ -63,9 +72,30 @@ pub struct Shared {
     pub catalogs: Catalogs,
     /// Two-phase commit of statements that reach every region.
     pub twophase: Arc<crate::routing::twophase::TwoPhase>,
+    /// The audit log (`admin.audit_log`): admin commands and key events,
+    /// including the ones the proxy takes on its own (rotation by age).
+    pub audit: Option<Arc<crate::admin::audit::AuditLog>>,
+    /// Serialises config reloads (`server::reload`).
+    pub reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
+    /// The tenancy rules in force (one atomic load; a reload swaps them).
+    pub fn tenancy(&self) -> Arc<Tenancy> {
+        self.tenancy.load_full()
+    }
+
+    /// The SCRAM verifiers of `auth.users`; the error names the user whose
+    /// verifier does not parse.
+    pub fn users_of(config: &Config) -> Result<HashMap<String, Verifier>, String> {
+        let mut users = HashMap::new();
+        for u in &config.auth.users {
+            let v = Verifier::parse(&u.verifier).map_err(|e| format!("{}: {e}", u.name))?;
+            users.insert(u.name.clone(), v);
+        }
+        Ok(users)
+    }
+
     /// The tenancy rules of a config, for statement analysis.
     pub fn tenancy_of(config: &Config) -> Tenancy {
         let t = &config.tenancy;
@@ -130,21 +160,55 @@ impl Shared {
                 .store_client(region)
                 .await
                 .map_err(|e| crate::frontend::encrypt::crypto_error(&e))?;
-            self.catalogs
-                .refresh(region, &client, &self.tenancy)
-                .await
-                .map_err(|e| {
-                    PgError::error(
-                        sqlstate::CONNECTION_EXCEPTION,
-                        format!("cannot read the catalog of region {region}: {e}"),
-                    )
-                })?
+            self.refresh_catalog(region, &client).await.map_err(|e| {
+                PgError::error(
+                    sqlstate::CONNECTION_EXCEPTION,
+                    format!("cannot read the catalog of region {region}: {e}"),
+                )
+            })?
         };
         if let Some(problem) = catalog.problems().first() {
             return Err(PgError::error("42804", problem.clone())
                 .with_hint("store encrypted columns as bytea (or text/varchar)"));
         }
         Ok(catalog)
+    }
+
+    /// Reads `region`'s catalog again and installs it; when the views it
+    /// reports change what statements mean (a view's tenancy or its
+    /// classified columns), cached analyses are dropped.
+    pub async fn refresh_catalog(
+        &self,
+        region: &str,
+        client: &tokio_postgres::Client,
+    ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
+        let tenancy = self.tenancy();
+        let catalog = self.catalogs.refresh(region, client, &tenancy).await?;
+        if tenancy.set_views(self.catalogs.views()) {
+            self.analysis.invalidate();
+        }
+        Ok(catalog)
+    }
+
+    /// Reads every region's catalog again (after DDL: views may have been
+    /// created, replaced or dropped). A region that cannot be read keeps
+    /// its previous map.
+    pub async fn refresh_catalogs(&self) {
+        let Some(keyring) = &self.keyring else {
+            return;
+        };
+        for region in self.regions.keys() {
+            let refreshed = match keyring.store_client(region).await {
+                Ok(client) => self.refresh_catalog(region, &client).await.map(|_| ()),
+                Err(e) => {
+                    tracing::debug!(%region, error = %e, "catalog refresh: no connection");
+                    continue;
+                }
+            };
+            if let Err(e) = refreshed {
+                tracing::debug!(%region, error = %e, "catalog refresh failed");
+            }
+        }
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionRuntime> {

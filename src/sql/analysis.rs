@@ -1137,6 +1137,7 @@ impl<'t> Walker<'t> {
             tenant_assignments: self.assignments,
             scoped_tables: self.scoped_tables,
             crypto: super::CryptoPlan::default(),
+            cursor: None,
         }
     }
 }
@@ -1273,13 +1274,37 @@ pub(crate) fn plan_statement(stmt: &Statement, tenancy: &Tenancy) -> StatementPl
             StatementPlan { kind, ..inner }
         }
         Statement::Declare { stmts } => {
+            let mut cursor = None;
             for d in stmts {
                 if let Some(q) = &d.for_query {
                     w.query(q);
+                    if let [name] = d.names.as_slice() {
+                        cursor = Some(super::CursorOp::Declare {
+                            name: ident(name),
+                            hold: d.hold == Some(true),
+                        });
+                    }
                 }
             }
-            w.finish(StatementKind::Read)
+            let mut plan = w.finish(StatementKind::Read);
+            plan.cursor = cursor;
+            plan
         }
+        Statement::Fetch {
+            name, into: None, ..
+        } => StatementPlan {
+            cursor: Some(super::CursorOp::Fetch { name: ident(name) }),
+            ..StatementPlan::new(StatementKind::Other)
+        },
+        Statement::Close { cursor } => StatementPlan {
+            cursor: Some(super::CursorOp::Close {
+                name: match cursor {
+                    sqlparser::ast::CloseCursor::All => None,
+                    sqlparser::ast::CloseCursor::Specific { name } => Some(ident(name)),
+                },
+            }),
+            ..StatementPlan::new(StatementKind::Other)
+        },
         s if is_ddl(s) => StatementPlan::new(StatementKind::Ddl),
         other => {
             w.opaque_statement(
@@ -1328,7 +1353,7 @@ fn copy(mut w: Walker<'_>, source: &CopySource, to: bool, target: &CopyTarget) -
             let tenant_column = w
                 .tenancy
                 .column_of_parts(schema.as_deref(), &table)
-                .map(str::to_string);
+                .map(std::borrow::Cow::into_owned);
             let global = w.tenancy.is_global_parts(schema.as_deref(), &table);
             let from_stdin = !to && matches!(target, CopyTarget::Stdin);
             let mut plan = StatementPlan::new(StatementKind::Copy {

@@ -24,7 +24,7 @@
 
 use super::classification::{Classification, ColumnClass};
 use super::predicates::{ident, tenant_value};
-use super::{Tenancy, TenantSource};
+use super::{Tenancy, TenantSource, ViewInfo};
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, CopySource, CopyTarget, DuplicateTreatment, Expr,
     FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Insert, JoinConstraint,
@@ -201,16 +201,20 @@ pub(crate) fn plan(stmt: &Statement, text: &str, tenancy: &Tenancy) -> CryptoPla
     if classes.is_empty() {
         return CryptoPlan::default();
     }
+    let views = tenancy.views_snapshot();
     let mut p = Planner {
         classes,
+        views: &views,
         tenancy,
         text,
         relations: HashMap::new(),
         derived: HashMap::new(),
+        computed: HashMap::new(),
         allowed: HashSet::new(),
         plan: CryptoPlan::default(),
     };
     p.collect_relations(stmt);
+    p.computed_references(stmt);
     if !p.plan.touches_classified {
         return p.plan;
     }
@@ -219,16 +223,22 @@ pub(crate) fn plan(stmt: &Statement, text: &str, tenancy: &Tenancy) -> CryptoPla
     p.patterns(stmt);
     p.leftovers(stmt);
     p.check_params(stmt);
+    p.view_values(stmt);
     p.plan
 }
 
 struct Planner<'c, 't> {
     classes: &'c Classification,
+    /// Views that read tenant data (see [`ViewInfo`]), by bare name.
+    views: &'c HashMap<String, Vec<Arc<ViewInfo>>>,
     tenancy: &'t Tenancy,
     text: &'t str,
     relations: HashMap<String, Relation<'c>>,
     /// Aliases of classified columns in derived tables and CTEs.
     derived: HashMap<String, Arc<ColumnClass>>,
+    /// Columns of the statement's views computed from classified columns,
+    /// by column name, with the view's name.
+    computed: HashMap<String, String>,
     /// Column references (by address in the AST) in a permitted position.
     allowed: HashSet<*const Expr>,
     plan: CryptoPlan,
@@ -302,9 +312,106 @@ impl<'c, 't> Planner<'c, 't> {
         }
     }
 
+    /// The classified columns of table `name`, or the classified base
+    /// columns a view passes through (by view column name).
     fn table_classes(&self, name: &ObjectName) -> Option<&'c HashMap<String, Arc<ColumnClass>>> {
         let (schema, table) = split(name);
-        self.classes.table_parts(schema.as_deref(), &table)
+        if let Some(columns) = self.classes.table_parts(schema.as_deref(), &table) {
+            return Some(columns);
+        }
+        let views: &'c HashMap<String, Vec<Arc<ViewInfo>>> = self.views;
+        views
+            .get(&table)
+            .into_iter()
+            .flatten()
+            .filter(|v| schema.as_deref().is_none_or(|s| v.schema == s))
+            .find(|v| !v.classified.is_empty())
+            .map(|v| &v.classified)
+    }
+
+    fn views_named<'s>(
+        &'s self,
+        schema: Option<&'s str>,
+        name: &str,
+    ) -> impl Iterator<Item = &'c Arc<ViewInfo>> + 's {
+        self.views
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |v| schema.is_none_or(|s| v.schema == s))
+    }
+
+    /// Views whose stored query RegionGuard cannot read are refused; the
+    /// names of view columns computed from classified columns are noted,
+    /// and referring to one is refused: whatever the statement does with
+    /// it works on a value computed over ciphertext.
+    fn computed_references(&mut self, stmt: &Statement) {
+        let mut computed = Vec::new();
+        let mut unreadable = None;
+        let _ = sqlparser::ast::visit_relations(stmt, |rel| {
+            let (schema, table) = split(rel);
+            for v in self.views_named(schema.as_deref(), &table) {
+                if v.unreadable {
+                    unreadable = Some(format!("{}.{}", v.schema, v.name));
+                }
+                for c in &v.computed {
+                    computed.push((c.clone(), format!("{}.{}", v.schema, v.name)));
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if let Some(view) = unreadable {
+            self.refuse(
+                &view,
+                format!("RegionGuard cannot read the definition of view {view}, which reads tenant data"),
+                "recreate the view, or query its base tables",
+            );
+        }
+        self.computed.extend(computed);
+        if self.computed.is_empty() {
+            return;
+        }
+        let mut found = None;
+        let _ = sqlparser::ast::visit_expressions(stmt, |e| {
+            let name = match e {
+                Expr::Identifier(i) => Some(ident(i)),
+                Expr::CompoundIdentifier(parts) => parts.last().map(ident),
+                _ => None,
+            };
+            if let Some((column, view)) = name.and_then(|n| self.computed.get_key_value(&n)) {
+                found = Some((column.clone(), view.clone()));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some((column, view)) = found {
+            self.refuse(
+                &column,
+                format!("column {column} of view {view} is computed from an encrypted column and cannot be used"),
+                "the database computed it over ciphertext: select the encrypted column itself and compute in the application",
+            );
+        }
+    }
+
+    /// CREATE VIEW: a value encrypted into the view's text (a literal
+    /// compared with an encrypted column) would be sealed with one
+    /// tenant's key, and the view would silently match nothing for every
+    /// other tenant.
+    fn view_values(&mut self, stmt: &Statement) {
+        if !matches!(stmt, Statement::CreateView { .. }) {
+            return;
+        }
+        if let Some(t) = self.plan.targets.first() {
+            let class = Arc::clone(&t.column);
+            self.refuse(
+                &class.column,
+                format!(
+                    "a view may not compare encrypted column {} with a constant",
+                    class.qualified()
+                ),
+                "the constant would be encrypted with one tenant's key and match no other tenant's rows: filter in the query that reads the view instead",
+            );
+        }
     }
 
     /// Every table, derived table and CTE name in the statement, flat: a
@@ -518,10 +625,17 @@ impl<'c, 't> Planner<'c, 't> {
                 source, to, target, ..
             } => self.copy(source, *to, target),
             Statement::Query(_) | Statement::Delete(_) => {}
+            // A view is read through the catalog's map of its columns
+            // (ADR 14): its query is checked like any other; constants it
+            // would encrypt are refused by `view_values`.
+            Statement::CreateView {
+                materialized: false,
+                ..
+            } => {}
             Statement::CreateTable(_) | Statement::CreateView { .. } => {
-                // Creating a table or view from a query over classified
-                // columns copies ciphertext away from the column it is
-                // bound to (or makes a view the answer path cannot map).
+                // Creating a table or materialized view from a query over
+                // classified columns copies ciphertext away from the column
+                // it is bound to.
                 if let Some(class) = self.first_classified_reference(stmt) {
                     self.refuse(
                         &class.column,
@@ -656,7 +770,8 @@ impl<'c, 't> Planner<'c, 't> {
         let (schema, table) = split(name);
         let listed: Vec<String> = insert.columns.iter().map(ident).collect();
         let tenant_column = self.tenancy.column_of_parts(schema.as_deref(), &table);
-        let tenant_index = tenant_column.and_then(|t| listed.iter().position(|c| c == t));
+        let tenant_index =
+            tenant_column.and_then(|t| listed.iter().position(|c| c.as_str() == t.as_ref()));
         if let Some(source) = &insert.source {
             if listed.is_empty() {
                 let first = columns

@@ -37,7 +37,7 @@ pub use crypto_plan::{
     ValueSource,
 };
 pub use ddl::{ddl_forms, DdlForm};
-pub use tenancy::{Discovered, Tenancy};
+pub use tenancy::{Discovered, Tenancy, ViewInfo};
 
 use comment::CommentTenant;
 use sqlparser::dialect::PostgreSqlDialect;
@@ -169,6 +169,21 @@ pub struct StatementPlan {
     pub scoped_tables: Vec<String>,
     /// Values to encrypt and refusals for classified columns.
     pub crypto: CryptoPlan,
+    /// What the statement does to a cursor (DECLARE, FETCH, CLOSE).
+    pub cursor: Option<CursorOp>,
+}
+
+/// A statement on a cursor. A FETCH names no table nor tenant, so its rows
+/// are decrypted with the keys of the cursor's DECLARE, which the session
+/// remembers by cursor name (names lowercased, as Postgres folds them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorOp {
+    /// `DECLARE name … CURSOR [WITH HOLD] FOR query`.
+    Declare { name: String, hold: bool },
+    /// `FETCH … FROM name`: its rows come from the cursor's query.
+    Fetch { name: String },
+    /// `CLOSE name`, or `CLOSE ALL` (`None`).
+    Close { name: Option<String> },
 }
 
 impl StatementPlan {
@@ -182,6 +197,7 @@ impl StatementPlan {
             tenant_assignments: Vec::new(),
             scoped_tables: Vec::new(),
             crypto: CryptoPlan::default(),
+            cursor: None,
         }
     }
 }

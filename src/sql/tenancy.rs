@@ -5,9 +5,11 @@
 //! (a quoted `"Customers"` counts as `customers`): treating a few extra
 //! references as tenant-scoped only makes RegionGuard stricter, never looser.
 
-use super::Classification;
+use super::{Classification, ColumnClass};
 use arc_swap::ArcSwap;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A configured table name, optionally schema-qualified, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,36 @@ pub struct Tenancy {
     classification: Classification,
     /// `tenancy.discover`: tables found in the regional catalogs.
     discovery: Option<std::sync::Arc<ArcSwap<Discovered>>>,
+    /// Views that read tenant-scoped tables, as the regional catalogs say
+    /// (bare name → one entry per schema).
+    views: Arc<ArcSwap<HashMap<String, Vec<Arc<ViewInfo>>>>>,
+}
+
+/// A view that reads tenant-scoped tables (directly or through other
+/// views), as [`crate::catalog`] read it from a regional database.
+///
+/// Such a view holds tenant data, so it is tenant-scoped whatever the
+/// config says (unless the config lists it itself): its tenant column is
+/// the view column that passes a base table's tenant column through
+/// unchanged; a view without one is scoped with an unknown tenant column,
+/// so a statement on it must name its tenant through
+/// `regionguard.tenant` (comment or session), exactly like a table whose
+/// columns were renamed by an alias. It is never treated as free of tenant
+/// data, so it is never broadcast nor sent to a default region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewInfo {
+    /// Lowercased schema and name.
+    pub schema: String,
+    pub name: String,
+    /// The view column passing a base table's tenant column through.
+    pub tenant_column: Option<String>,
+    /// Classified base columns passed through unchanged, by view column
+    /// name: they decrypt (and compare) like the base column.
+    pub classified: HashMap<String, Arc<ColumnClass>>,
+    /// View columns computed from classified columns: never decryptable.
+    pub computed: Vec<String>,
+    /// The stored query could not be read: its columns are unknown.
+    pub unreadable: bool,
 }
 
 /// What the regional catalogs say about tables, in discovery mode: every
@@ -100,6 +132,88 @@ impl Tenancy {
             global: HashMap::new(),
             classification: Classification::default(),
             discovery: None,
+            views: Arc::default(),
+        }
+    }
+
+    /// Installs the views the catalogs report now (the union of every
+    /// region's; where regions differ, the stricter reading of a view:
+    /// its tenant column only if all agree, every classified and computed
+    /// column of any). Returns whether anything changed, so cached
+    /// analyses can be dropped.
+    pub fn set_views(&self, views: impl IntoIterator<Item = ViewInfo>) -> bool {
+        let mut merged: HashMap<String, Vec<ViewInfo>> = HashMap::new();
+        for v in views {
+            let entries = merged.entry(v.name.clone()).or_default();
+            match entries.iter_mut().find(|e| e.schema == v.schema) {
+                Some(e) => {
+                    if e.tenant_column != v.tenant_column {
+                        e.tenant_column = None;
+                    }
+                    e.unreadable |= v.unreadable;
+                    for (k, c) in v.classified {
+                        e.classified.entry(k).or_insert(c);
+                    }
+                    for c in v.computed {
+                        if !e.computed.contains(&c) {
+                            e.computed.push(c);
+                        }
+                    }
+                }
+                None => entries.push(v),
+            }
+        }
+        let merged: HashMap<String, Vec<Arc<ViewInfo>>> = merged
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by(|a, b| a.schema.cmp(&b.schema));
+                for e in &mut v {
+                    e.computed.sort();
+                }
+                (k, v.into_iter().map(Arc::new).collect())
+            })
+            .collect();
+        if **self.views.load() == merged {
+            return false;
+        }
+        self.views.store(Arc::new(merged));
+        true
+    }
+
+    /// Every known view that reads tenant data, by bare name.
+    pub(crate) fn views_snapshot(&self) -> Arc<HashMap<String, Vec<Arc<ViewInfo>>>> {
+        self.views.load_full()
+    }
+
+    /// The known views named `name` (in `schema`, or in any schema when
+    /// the reference is not qualified: the search path could reach any).
+    pub fn views_named(&self, schema: Option<&str>, name: &str) -> Vec<Arc<ViewInfo>> {
+        self.views
+            .load()
+            .get(name)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| schema.is_none_or(|s| e.schema == s))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A view's tenant column as [`Tenancy::column_of_parts`] reports it:
+    /// empty when unknown (some view of that name does not pass one through).
+    fn view_column(&self, schema: Option<&str>, name: &str) -> Option<String> {
+        let found = self.views_named(schema, name);
+        let first = found.first()?;
+        let column = first.tenant_column.clone().unwrap_or_default();
+        if found
+            .iter()
+            .all(|v| v.tenant_column.as_deref() == Some(column.as_str()))
+        {
+            Some(column)
+        } else {
+            Some(String::new())
         }
     }
 
@@ -109,6 +223,16 @@ impl Tenancy {
         self.discovery = Some(std::sync::Arc::new(ArcSwap::from_pointee(
             Discovered::default(),
         )));
+    }
+
+    /// Shares `other`'s discovered tables (both must discover): a config
+    /// reload keeps what the catalogs said instead of starting blind.
+    pub fn share_discovery(&mut self, other: &Tenancy) {
+        if self.discovery.is_some() {
+            if let Some(d) = &other.discovery {
+                self.discovery = Some(std::sync::Arc::clone(d));
+            }
+        }
     }
 
     /// Whether tables are discovered from the catalogs.
@@ -176,18 +300,24 @@ impl Tenancy {
         &self.default_column
     }
 
-    /// The tenant column of `table` when it is tenant-scoped.
-    pub fn column_of(&self, table: &str) -> Option<&str> {
+    /// The tenant column of `table` when it is tenant-scoped (empty when
+    /// the relation is a view that does not show it).
+    pub fn column_of(&self, table: &str) -> Option<Cow<'_, str>> {
         let (schema, name) = split_name(table);
         self.column_of_parts(schema.as_deref(), &name)
     }
 
-    /// Like [`Tenancy::column_of`] with the name already split and lowercased.
-    pub fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<&str> {
+    /// Like [`Tenancy::column_of`] with the name already split and
+    /// lowercased. Configured tables first, then views that read tenant
+    /// data (see [`ViewInfo`]), then discovered tables.
+    pub fn column_of_parts(&self, schema: Option<&str>, name: &str) -> Option<Cow<'_, str>> {
         let reference = schema.map(str::to_string);
         let Some(entries) = self.scoped.get(name) else {
+            if let Some(column) = self.view_column(schema, name) {
+                return Some(Cow::Owned(column));
+            }
             if self.discovered_scoped(schema, name) && !self.is_configured_global(schema, name) {
-                return Some(&self.default_column);
+                return Some(Cow::Borrowed(&self.default_column));
             }
             return None;
         };
@@ -200,7 +330,7 @@ impl Tenancy {
                     .iter()
                     .find(|e| schema_matches(&e.schema, &reference))
             })
-            .map(|e| e.column.as_str())
+            .map(|e| Cow::Borrowed(e.column.as_str()))
     }
 
     /// Whether `table` is tenant-scoped.
@@ -232,12 +362,17 @@ impl Tenancy {
     /// table: some are configured, or tables are discovered (then any
     /// unknown word may be one).
     pub(crate) fn names_tables(&self) -> bool {
-        !self.scoped.is_empty() || !self.global.is_empty() || self.discovers()
+        !self.scoped.is_empty()
+            || !self.global.is_empty()
+            || self.discovers()
+            || !self.views.load().is_empty()
     }
 
     /// Whether the bare word (lowercased) names any scoped table.
     pub(crate) fn mentions_scoped_word(&self, word: &str) -> bool {
-        self.scoped.contains_key(word) || self.discovered_scoped(None, word)
+        self.scoped.contains_key(word)
+            || self.views.load().contains_key(word)
+            || self.discovered_scoped(None, word)
     }
 
     /// Whether the bare word (lowercased) names any global table.
@@ -262,17 +397,23 @@ mod tests {
     #[test]
     fn bare_names_match_any_schema_case_insensitively() {
         let t = tenancy();
-        assert_eq!(t.column_of("customers"), Some("tenant_id"));
-        assert_eq!(t.column_of("PUBLIC.Customers"), Some("tenant_id"));
-        assert_eq!(t.column_of("\"public\".\"customers\""), Some("tenant_id"));
+        assert_eq!(t.column_of("customers").as_deref(), Some("tenant_id"));
+        assert_eq!(
+            t.column_of("PUBLIC.Customers").as_deref(),
+            Some("tenant_id")
+        );
+        assert_eq!(
+            t.column_of("\"public\".\"customers\"").as_deref(),
+            Some("tenant_id")
+        );
         assert!(t.is_scoped("db.public.customers"));
     }
 
     #[test]
     fn qualified_names_match_their_schema_and_bare_references() {
         let t = tenancy();
-        assert_eq!(t.column_of("app.orders"), Some("org_id"));
-        assert_eq!(t.column_of("orders"), Some("org_id"));
+        assert_eq!(t.column_of("app.orders").as_deref(), Some("org_id"));
+        assert_eq!(t.column_of("orders").as_deref(), Some("org_id"));
         assert_eq!(t.column_of("other.orders"), None);
         assert!(t.is_global("plans"));
         assert!(t.is_global("public.plans"));

@@ -90,6 +90,13 @@ impl TestRegions {
     /// default region `eu`, SCRAM with [`PROXY_USER`]/[`PROXY_PASSWORD`].
     /// Tweak the returned struct for a test's needs.
     pub fn proxy_config(&self) -> Config {
+        Config::from_toml_str(&self.proxy_config_toml(), "test harness")
+            .expect("test proxy config is valid")
+    }
+
+    /// [`TestRegions::proxy_config`] as TOML text, for tests that write a
+    /// config file (reload, the binary) and append sections to it.
+    pub fn proxy_config_toml(&self) -> String {
         let verifier = postgres_protocol::password::scram_sha_256(PROXY_PASSWORD.as_bytes());
         let mut toml = format!(
             "default_region = \"eu\"\n\
@@ -115,7 +122,7 @@ impl TestRegions {
             )
             .expect("format into a String");
         }
-        Config::from_toml_str(&toml, "test harness").expect("test proxy config is valid")
+        toml
     }
 }
 

@@ -84,6 +84,7 @@ impl Requests {
         if self.batch.skipping {
             return Ok(());
         }
+        self.refresh_if_stale().await;
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let generation = self.shared.analysis.generation();
         let analysis = match self.statements.get(p.name) {
@@ -102,7 +103,7 @@ impl Requests {
             _ => self
                 .shared
                 .analysis
-                .get_or_analyze(p.query, &self.shared.tenancy),
+                .get_or_analyze(p.query, &self.shared.tenancy()),
         };
         let name = p.name.to_string();
         for (_, b) in self.backends.iter_mut() {
@@ -612,6 +613,15 @@ impl Requests {
                 }
                 None => (msg.clone(), None, None),
             };
+        // A FETCH's rows decrypt with its cursor's keys, in its region.
+        let keys = match plan.and_then(|p| self.fetch_keys(p)) {
+            Some(k) if keys.is_none() && k.region == region => Some(k),
+            _ => keys,
+        };
+        if let Some(plan) = plan {
+            let in_txn = self.txn != Txn::Idle;
+            self.track_cursor(plan, keys.as_ref(), in_txn);
+        }
         let copy_plan = match copy_plan {
             Some(p) => match crate::frontend::copy_in::for_region(&self.shared, p, &region).await {
                 Ok(p) => Some(p),
@@ -783,9 +793,7 @@ impl Requests {
             StatementKind::Begin if self.txn == Txn::Idle => {
                 self.txn = Txn::Pinned(region.clone());
             }
-            StatementKind::Ddl if self.shared.tenancy.discovers() => {
-                crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
-            }
+            StatementKind::Ddl => self.note_ddl(),
             StatementKind::Commit | StatementKind::Rollback => {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;

@@ -446,7 +446,13 @@ impl Requests {
             }
         };
         for plan in plans {
-            if let Err(e) = route::place(&self.shared, plan, None, self.tenant.effective()).await {
+            let refused = match super::encrypt::refusal(&plan.crypto) {
+                Some(e) => Err(e),
+                None => route::place(&self.shared, plan, None, self.tenant.effective())
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(e) = refused {
                 self.refuse_query(e).await?;
                 return Ok(true);
             }
@@ -461,6 +467,9 @@ impl Requests {
         self.fan_push(&fan, msg, true);
         self.last_region = fan.regions[0].clone();
         self.finish_fan(fan).await?;
+        if plans.iter().any(|p| p.kind == StatementKind::Ddl) {
+            self.note_ddl();
+        }
         Ok(true)
     }
 

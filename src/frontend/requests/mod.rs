@@ -27,6 +27,7 @@ use crate::sql::{Analysis, StatementKind, StatementPlan, TenantSource};
 use crate::types::SessionFormat;
 
 mod copy;
+mod cursors;
 mod extended;
 mod fanout;
 use bytes::{Bytes, BytesMut};
@@ -183,6 +184,12 @@ pub struct Requests {
     /// The BEGIN that opened the current transaction, to open it in more
     /// regions when it starts changing every region.
     begin_sql: String,
+    /// DDL was sent since the catalogs were last read: before the next
+    /// statement outside a transaction, they are read again, so a view
+    /// this session just created is known when it is first used.
+    catalog_stale: bool,
+    /// Cursors declared over classified columns, by name.
+    cursors: HashMap<String, cursors::Cursor>,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -215,6 +222,34 @@ impl Requests {
             max_message,
             format,
             begin_sql: "BEGIN".into(),
+            catalog_stale: false,
+            cursors: HashMap::new(),
+        }
+    }
+
+    /// Notes DDL just sent: the catalogs are read again before this
+    /// session's next statement outside a transaction, and, for other
+    /// sessions, shortly after (when it has likely committed).
+    fn note_ddl(&mut self) {
+        self.catalog_stale = true;
+        let shared = Arc::downgrade(&self.shared);
+        if self.shared.tenancy.load().discovers() {
+            crate::routing::discovery::after_ddl(shared.clone());
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            if let Some(shared) = shared.upgrade() {
+                shared.refresh_catalogs().await;
+            }
+        });
+    }
+
+    /// Reads the catalogs again if this session sent DDL since, and its
+    /// transaction (if any) has ended, so the DDL is visible.
+    async fn refresh_if_stale(&mut self) {
+        if self.catalog_stale && self.txn == Txn::Idle {
+            self.catalog_stale = false;
+            self.shared.refresh_catalogs().await;
         }
     }
 
@@ -363,10 +398,11 @@ impl Requests {
 
     async fn query(&mut self, msg: &Bytes, body: &[u8]) -> Result<(), Quit> {
         let sql = frontend_msg::query(body).map_err(|e| self.malformed(e))?;
+        self.refresh_if_stale().await;
         let analysis = self
             .shared
             .analysis
-            .get_or_analyze(sql, &self.shared.tenancy);
+            .get_or_analyze(sql, &self.shared.tenancy());
         if analysis.statements.is_empty() {
             let mut out = BytesMut::new();
             messages::empty_query(&mut out);
@@ -415,12 +451,22 @@ impl Requests {
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
         }
-        match self
+        let encrypted = self
             .encrypt_query(sql, &analysis.statements, &tenants, &region)
-            .await
-        {
-            Ok(None) => self.send_query(region, msg, after, None).await,
-            Ok(Some((rewritten, keys))) => {
+            .await;
+        // A FETCH reads with its cursor's keys (known before this query's
+        // CLOSE forgets it); a DECLARE here is covered by the query's own.
+        let encrypted = encrypted.map(|done| {
+            let (text, own) = match done {
+                Some((text, keys)) => (text, Some(keys)),
+                None => (None, None),
+            };
+            let keys = self.with_fetch_keys(&analysis.statements, own.clone(), &region);
+            self.track_query_cursors(&analysis.statements, own.as_ref());
+            (text, keys)
+        });
+        match encrypted {
+            Ok((rewritten, keys)) => {
                 let msg = match rewritten {
                     Some(text) => {
                         let mut out = BytesMut::with_capacity(text.len() + 6);
@@ -436,7 +482,7 @@ impl Requests {
                     }
                     None => msg.clone(),
                 };
-                self.send_query(region, &msg, after, Some(keys)).await
+                self.send_query(region, &msg, after, keys).await
             }
             Err(err) => self.refuse_query(err).await,
         }
@@ -569,7 +615,9 @@ impl Requests {
                 }
             }
         }
-        let region = region.unwrap_or_else(|| self.neutral_region(&after.tenant));
+        let region = region
+            .or_else(|| self.fetch_region(plans))
+            .unwrap_or_else(|| self.neutral_region(&after.tenant));
         Ok((region, after, tenants))
     }
 
@@ -603,8 +651,8 @@ impl Requests {
             region: region.clone(),
             query: keys,
         });
-        if after.ddl && self.shared.tenancy.discovers() {
-            crate::routing::discovery::after_ddl(Arc::downgrade(&self.shared));
+        if after.ddl {
+            self.note_ddl();
         }
         if after.session_state {
             let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
@@ -854,7 +902,7 @@ struct After {
     txn: Txn,
     session_state: bool,
     resets: bool,
-    /// The query holds DDL (discovery reads the catalogs again after it).
+    /// The query holds DDL (the catalogs are read again after it).
     ddl: bool,
 }
 
