@@ -339,7 +339,7 @@ fn plan_edits(
                 let spans = cmp.spans.ok_or_else(|| unlocated(&target.column))?;
                 match cmp.shape {
                     Shape::Eq | Shape::NotEq => {
-                        let column = &sql[spans.column.0..spans.column.1];
+                        let column = column_text(sql, spans.column)?;
                         let not = if cmp.shape.negated() { "NOT " } else { "" };
                         edits.push((
                             spans.whole.0,
@@ -415,7 +415,7 @@ fn param_comparison(
         ));
     };
     let spans = cmp.spans.ok_or_else(|| unlocated(&first.column))?;
-    let column = &sql[spans.column.0..spans.column.1];
+    let column = column_text(sql, spans.column)?;
     let (any, join, not) = if cmp.shape.negated() {
         ("<> ALL", " AND ", "NOT ")
     } else {
@@ -452,6 +452,16 @@ fn param_comparison(
     ))
 }
 
+/// The text of a column reference the plan located in `sql`.
+fn column_text(sql: &str, (start, end): (usize, usize)) -> Result<&str, PgError> {
+    sql.get(start..end).ok_or_else(|| {
+        PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "column reference outside the statement text",
+        )
+    })
+}
+
 fn unlocated(class: &ColumnClass) -> PgError {
     PgError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -481,17 +491,21 @@ fn apply_edits(sql: &str, mut edits: Vec<(usize, usize, String)>) -> Result<Stri
     let mut out = String::with_capacity(sql.len() + edits.len() * 96);
     let mut at = 0;
     for (start, end, replacement) in edits {
-        if start < at || end > sql.len() {
+        let before = sql.get(at..start).filter(|_| end <= sql.len());
+        let Some(before) = before else {
             return Err(PgError::error(
                 sqlstate::INTERNAL_ERROR,
                 "overlapping literal rewrite",
             ));
-        }
-        out.push_str(&sql[at..start]);
+        };
+        out.push_str(before);
         out.push_str(&replacement);
         at = end;
     }
-    out.push_str(&sql[at..]);
+    let rest = sql.get(at..).ok_or_else(|| {
+        PgError::error(sqlstate::INTERNAL_ERROR, "literal rewrite outside the text")
+    })?;
+    out.push_str(rest);
     Ok(out)
 }
 

@@ -1252,8 +1252,7 @@ impl<'c, 't> Planner<'c, 't> {
             }
             Shape::In | Shape::NotIn => {
                 let last = self.operand_span(values.last()?)?;
-                let rest = &self.text[last.1..];
-                let after = rest.trim_start();
+                let after = self.text.get(last.1..)?.trim_start();
                 if !after.starts_with(')') {
                     return None;
                 }
