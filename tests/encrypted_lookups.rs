@@ -24,7 +24,8 @@ const SCHEMA: &str = "\
     CREATE TABLE people (tenant_id text NOT NULL, id bigint NOT NULL, \
         email bytea, handle text, code bytea, \
         plain_email text, plain_handle text, plain_code int4, \
-        PRIMARY KEY (tenant_id, id));\n";
+        PRIMARY KEY (tenant_id, id));\n\
+    CREATE VIEW people_v AS SELECT p.tenant_id, p.id, p.email AS mail FROM people p;\n";
 
 fn write_keys(dir: &Path) -> BTreeMap<String, PathBuf> {
     use base64::Engine;
@@ -364,6 +365,21 @@ async fn lookups_match_every_live_key_version() {
         );
         let found = ids(&client.query(&literal, &[&"zz"]).await.unwrap());
         assert_eq!(found, vec![1, 3, 6, 9], "literal prepared before the rotations");
+
+        // Through a view that passes the column through (ADR 14).
+        let rows = client
+            .query(
+                "SELECT id FROM people_v WHERE tenant_id = 'acme' AND mail = $1 ORDER BY id",
+                &[&"a@x"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(&rows), vec![1, 3, 6, 9], "view, parameter");
+        let rows = client
+            .simple_query("SELECT id FROM people_v WHERE tenant_id = 'acme' AND 'b@x' = mail ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(ids_of_simple(rows), vec![2, 8], "view, literal");
 
         // A rotation through the proxy while a session is open: a fresh
         // session sees the same answers.
