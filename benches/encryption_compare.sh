@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Column encryption overhead: the same schema stored in plaintext and with
 # two encrypted text columns, both through one RegionGuard instance, in one
-# run, 127.0.0.1 only. Workloads: insert of a row, and point select of a
-# row (both columns decrypted), with pgbench custom scripts.
+# run, 127.0.0.1 only. Workloads: insert of a row, point select of a row
+# (both columns decrypted), and equality lookup on the searchable column
+# (`email = $1`, rewritten to `email = ANY($1)` with one envelope per live
+# key version: ADR 13), with pgbench custom scripts.
 #
 # Usage: benches/encryption_compare.sh [--out FILE]
 #
@@ -123,6 +125,12 @@ for table in people_plain people_enc; do
 \\set id random(1, $ROWS)
 SELECT email, full_name FROM $table WHERE tenant_id = :t AND id = :id;
 EOF
+    cat > "$WORK/lookup_$table.sql" <<EOF
+\\set t random(0, $((TENANTS - 1)))
+\\set id random(1, $ROWS)
+\\set e 1000000000000 + :t * 100000 + :id
+SELECT id FROM $table WHERE tenant_id = :t AND email = :e;
+EOF
     cat > "$WORK/insert_$table.sql" <<EOF
 \\set t random(0, $((TENANTS - 1)))
 \\set id random(1000, 1000000000000)
@@ -134,7 +142,7 @@ done
 
 declare -A TPS_SUM RUNS
 FAILED=0
-WORKLOADS=(select insert)
+WORKLOADS=(select lookup insert)
 TABLES=(people_plain people_enc)
 run() { # workload table mode seconds
     bench_pgbench "$RG_PORT" "$4" -M "$3" -c "$CLIENTS" -j "$THREADS" -f "$WORK/$1_$2.sql"

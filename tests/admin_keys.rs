@@ -209,9 +209,20 @@ async fn rotate_rotate_root_and_shred_across_two_proxies() {
         assert_eq!(names(&ca, tenant).await.unwrap().len(), 120);
         assert_eq!(names(&cb, tenant).await.unwrap().len(), 120);
     }
-    // Equality on the deterministic column finds a row written under the
-    // newest key. (Rows under older versions are not matched until the
-    // lookup rewrite uses every live version: see the ADR, "What is left".)
+    // Equality on the deterministic column finds rows under every live
+    // key version (ADR 13): the first rows, written before the rotations,
+    // and one written under the newest key.
+    for id in [0i64, 2, 1000] {
+        let n: i64 = ca
+            .query_one(
+                "SELECT count(*) FROM customers WHERE tenant_id = $1 AND email = $2",
+                &[&"acme", &format!("u{id}@example.com")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "row {id}");
+    }
     ca.execute(
         "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ($1, $2, $3, $4)",
         &[&"acme", &50_000i64, &"after@example.com", &"After"],

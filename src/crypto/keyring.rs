@@ -501,9 +501,30 @@ impl TenantKeys {
             .seal_into(Mode::from(protection), aad, canonical_plaintext, out)
     }
 
-    /// Deterministic envelopes of one value under every live version,
-    /// active first: what an equality lookup must match while rows under
-    /// older versions remain (`col IN (enc_v2(x), enc_v1(x))`).
+    /// The versions an equality lookup must match, active first, then the
+    /// decrypt-only ones, newest first. Retired versions are left out:
+    /// re-encryption retires a version only once no row uses it, and every
+    /// extra version costs every lookup an envelope.
+    pub fn lookup_versions(&self) -> Vec<u32> {
+        let older = self
+            .versions
+            .iter()
+            .rev()
+            .filter_map(|(v, slot)| match slot {
+                Slot::Live { state, .. }
+                    if Some(*v) != self.active && *state != KeyState::Retired =>
+                {
+                    Some(*v)
+                }
+                _ => None,
+            });
+        self.active.into_iter().chain(older).collect()
+    }
+
+    /// Deterministic envelopes of one value under every version of
+    /// [`TenantKeys::lookup_versions`], in that order: what an equality
+    /// lookup must match while rows under older versions remain
+    /// (`col IN (enc_v2(x), enc_v1(x))`).
     pub fn seal_for_lookup(
         &self,
         aad: &Aad,
@@ -511,11 +532,9 @@ impl TenantKeys {
     ) -> Result<Vec<Vec<u8>>, CryptoError> {
         let active = self.active_key()?;
         let mut out = vec![active.seal(Mode::Deterministic, aad, canonical_plaintext)?];
-        for (v, slot) in self.versions.iter().rev() {
-            if let Slot::Live { key, .. } = slot {
-                if Some(*v) != self.active {
-                    out.push(key.seal(Mode::Deterministic, aad, canonical_plaintext)?);
-                }
+        for v in self.lookup_versions().into_iter().skip(1) {
+            if let Some(Slot::Live { key, .. }) = self.slot(v) {
+                out.push(key.seal(Mode::Deterministic, aad, canonical_plaintext)?);
             }
         }
         Ok(out)

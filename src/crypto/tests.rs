@@ -167,6 +167,28 @@ fn deterministic_differs_across_tenants_columns_and_versions() {
 }
 
 #[test]
+fn lookups_skip_retired_and_destroyed_versions() {
+    let ring = ring("eu");
+    let rows = [
+        row(&ring, "eu", "acme", 1, KeyState::Destroyed),
+        row(&ring, "eu", "acme", 2, KeyState::Retired),
+        row(&ring, "eu", "acme", 3, KeyState::DecryptOnly),
+        row(&ring, "eu", "acme", 4, KeyState::DecryptOnly),
+        row(&ring, "eu", "acme", 5, KeyState::Active),
+    ];
+    let acme = TenantKeys::from_rows(&ring, "eu", "acme", &rows).unwrap();
+    assert_eq!(acme.lookup_versions(), vec![5, 4, 3]);
+    let email = Aad::column("eu", "acme", "customers", "email");
+    let versions: Vec<u32> = acme
+        .seal_for_lookup(&email, b"x")
+        .unwrap()
+        .iter()
+        .map(|e| envelope::decode_header(e).unwrap().key_version)
+        .collect();
+    assert_eq!(versions, vec![5, 4, 3]);
+}
+
+#[test]
 fn equality_groups_match_across_columns() {
     let k = keys("eu", "acme");
     let a = Aad::classified("eu", "acme", "customers", "email", DET, Some("email"));

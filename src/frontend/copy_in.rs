@@ -49,8 +49,8 @@ use crate::metrics::crypto::Op;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
 use crate::sql::{
-    ColumnClass, CryptoPlan, CryptoTarget, StatementKind, StatementPlan, TenantRequirement,
-    ValueSource,
+    ColumnClass, CryptoPlan, CryptoTarget, Purpose, StatementKind, StatementPlan,
+    TenantRequirement, ValueSource,
 };
 use crate::types::SessionFormat;
 use bytes::{Bytes, BytesMut};
@@ -316,8 +316,10 @@ async fn classified_fields(
                 value: ValueSource::Param(0),
                 column: Arc::clone(class),
                 row_tenant: None,
+                purpose: Purpose::Store,
             })
             .collect(),
+        comparisons: Vec::new(),
         refusal: None,
     };
     let catalog = shared.ensure_catalog(region, &[&probe]).await?;

@@ -14,7 +14,10 @@ use crate::crypto::{Aad, CryptoError, TenantKeys};
 use crate::metrics::crypto::{CryptoMetrics, Op};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::server::state::Shared;
-use crate::sql::{ColumnClass, CryptoPlan, CryptoTarget, StatementPlan, TenantSource, ValueSource};
+use crate::sql::{
+    ColumnClass, Comparison, CryptoPlan, CryptoTarget, Purpose, Shape, StatementPlan, TenantSource,
+    ValueSource,
+};
 use crate::types::{LogicalType, SessionFormat};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +36,15 @@ impl StatementKeys {
             .iter()
             .find(|(t, _)| t == tenant)
             .map(|(_, k)| k)
+    }
+
+    /// Each tenant's [`TenantKeys::lookup_versions`], in `tenants` order:
+    /// which envelopes a compared literal was sealed into.
+    pub fn lookup_versions(&self) -> Vec<Vec<u32>> {
+        self.tenants
+            .iter()
+            .map(|(_, k)| k.lookup_versions())
+            .collect()
     }
 
     /// The statement's one tenant, when it has exactly one.
@@ -163,7 +175,20 @@ fn target_keys<'k>(
     }
 }
 
-/// Encrypts one canonical value for `class` and renders it in `storage`'s form.
+/// The deterministic envelopes of one canonical value under every live key
+/// version of the tenant, active first: what a compared value must match.
+fn seal_lookup(
+    keys: &TenantKeys,
+    region: &str,
+    tenant: &str,
+    class: &ColumnClass,
+    canonical: &[u8],
+) -> Result<Vec<Vec<u8>>, PgError> {
+    keys.seal_for_lookup(&aad(region, tenant, class), canonical)
+        .map_err(|e| crypto_error(&e))
+}
+
+/// Encrypts one canonical value for `class` under the active key version.
 fn seal(
     keys: &TenantKeys,
     region: &str,
@@ -203,7 +228,14 @@ pub struct Sealer<'a> {
 type Replaced = HashMap<usize, (Option<Vec<u8>>, i16)>;
 
 /// The statement text with every literal target replaced by its ciphertext
-/// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage).
+/// literal (`E'\\x…'` for bytea storage, `'rg1:…'` for text storage) and
+/// every comparison with a parameter rewritten to match an array of
+/// envelopes ([`rewrite_params`]). A literal compared with a deterministic
+/// column while its tenant has several live key versions becomes one
+/// literal per version: `col = 'x'` → `(col IN (e_v2, e_v1))`,
+/// `col <> 'x'` → `(col NOT IN (…))`, `col IN ('x', 'y')` →
+/// `col IN (x_v2, x_v1, y_v2, y_v1)`. With one live version the text is
+/// what it always was: one literal in place of the other.
 pub fn rewrite_text(
     sql: &str,
     plans: &[&CryptoPlan],
@@ -212,46 +244,242 @@ pub fn rewrite_text(
 ) -> Result<String, PgError> {
     let (catalog, format, metrics) = (sealer.catalog, sealer.format, sealer.metrics);
     let region = keys.iter().flatten().next().map(|k| k.region.clone());
-    let result = literal_edits(plans, keys, catalog, format);
+    let mut edits = Vec::new();
+    let mut sealed = 0;
+    let result: Result<(), PgError> = plans.iter().zip(keys).try_for_each(|(plan, keys)| {
+        let literals = keys.as_deref().map(|keys| Literals {
+            keys,
+            catalog,
+            format,
+        });
+        sealed += plan_edits(sql, plan, literals.as_ref(), &mut edits)?;
+        Ok(())
+    });
     if let Some(region) = region {
         match &result {
-            Ok(edits) => metrics.record_n(&region, Op::Encrypt, true, edits.len() as u64),
+            Ok(()) => metrics.record_n(&region, Op::Encrypt, true, sealed),
             Err(_) => metrics.record_encrypt(&region, false),
         }
     }
-    apply_edits(sql, result?)
+    result?;
+    apply_edits(sql, edits)
 }
 
-/// The ciphertext literals replacing the text's literal targets.
-fn literal_edits(
-    plans: &[&CryptoPlan],
-    keys: &[Option<Arc<StatementKeys>>],
-    catalog: &RegionCatalog,
-    format: &SessionFormat,
-) -> Result<Vec<(usize, usize, String)>, PgError> {
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
-    for (plan, keys) in plans.iter().zip(keys) {
-        for target in &plan.targets {
-            let ValueSource::Literal { start, end, text } = &target.value else {
+/// The text of a Parse whose classified comparisons use parameters, with
+/// those comparisons rewritten to compare the column with an array the
+/// Bind supplies (one envelope per live key version): `col = $1` →
+/// `(col = ANY($1))`, `col <> $1` → `(col <> ALL($1))`, `col IN ($1, $2)`
+/// → `(col = ANY($1) OR col = ANY($2))`. The server infers the array of
+/// the storage type for the parameter. Done whatever the key versions are
+/// at Parse time: a prepared statement outlives rotations. `None` when the
+/// text needs no change. Literal targets need [`rewrite_text`] instead.
+pub fn rewrite_params(sql: &str, plan: &CryptoPlan) -> Result<Option<String>, PgError> {
+    let mut edits = Vec::new();
+    plan_edits(sql, plan, None, &mut edits)?;
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    apply_edits(sql, edits).map(Some)
+}
+
+/// What sealing a statement's literals needs.
+struct Literals<'a> {
+    keys: &'a StatementKeys,
+    catalog: &'a RegionCatalog,
+    format: &'a SessionFormat,
+}
+
+/// One text edit: a byte range and its replacement.
+type Edit = (usize, usize, String);
+
+/// The edits of one statement's plan; returns how many envelopes were sealed.
+fn plan_edits(
+    sql: &str,
+    plan: &CryptoPlan,
+    literals: Option<&Literals<'_>>,
+    edits: &mut Vec<Edit>,
+) -> Result<u64, PgError> {
+    let mut sealed = 0u64;
+    let mut whole = vec![false; plan.comparisons.len()];
+    for (index, cmp) in plan.comparisons.iter().enumerate() {
+        let has_param = plan
+            .compared_in(index)
+            .any(|t| matches!(t.value, ValueSource::Param(_)));
+        if !has_param {
+            continue;
+        }
+        whole[index] = true;
+        let (edit, n) = param_comparison(sql, plan, index, cmp, literals)?;
+        edits.push(edit);
+        sealed += n;
+    }
+    for target in &plan.targets {
+        let ValueSource::Literal { start, end, .. } = &target.value else {
+            continue;
+        };
+        let comparison = match target.purpose {
+            Purpose::Compare { comparison, .. } if whole.get(comparison) == Some(&true) => {
                 continue;
-            };
-            let Some(keys) = keys else {
+            }
+            Purpose::Compare {
+                comparison,
+                operand,
+            } => Some((comparison, operand)),
+            Purpose::Store => None,
+        };
+        let (envelopes, storage) = seal_literal(target, literals)?;
+        sealed += envelopes.len() as u64;
+        match (comparison, envelopes.as_slice()) {
+            // A stored value, or a compared one while the tenant has one
+            // live key version: the text stays as it always was.
+            (_, [one]) => edits.push((*start, *end, literal(one, storage))),
+            (Some((index, operand)), [_, _, ..]) => {
+                let cmp = &plan.comparisons[index];
+                let list = literal_list(&envelopes, storage);
+                let spans = cmp.spans.ok_or_else(|| unlocated(&target.column))?;
+                match cmp.shape {
+                    Shape::Eq | Shape::NotEq => {
+                        let column = column_text(sql, spans.column)?;
+                        let not = if cmp.shape.negated() { "NOT " } else { "" };
+                        edits.push((
+                            spans.whole.0,
+                            spans.whole.1,
+                            format!("({column} {not}IN ({list}))"),
+                        ));
+                    }
+                    Shape::In | Shape::NotIn => {
+                        let (s, e) = operand.ok_or_else(|| unlocated(&target.column))?;
+                        edits.push((s, e, list));
+                    }
+                }
+            }
+            _ => {
                 return Err(PgError::error(
                     sqlstate::INTERNAL_ERROR,
-                    "statement keys missing",
-                ));
-            };
-            let (tenant, tenant_keys) = target_keys(keys, target, None)?;
-            let class = &target.column;
-            let canonical = class
-                .logical
-                .text_to_binary(text.as_bytes(), format)
-                .map_err(|e| type_error(class, e))?;
-            let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
-            edits.push((*start, *end, literal(&sealed, catalog.storage(class))));
+                    "unexpected number of envelopes",
+                ))
+            }
         }
     }
-    Ok(edits)
+    Ok(sealed)
+}
+
+/// The envelopes of a literal target: one under the active key version
+/// for a stored value, one per live version (active first) for a compared
+/// one. Also how the column stores them.
+fn seal_literal(
+    target: &CryptoTarget,
+    literals: Option<&Literals<'_>>,
+) -> Result<(Vec<Vec<u8>>, Storage), PgError> {
+    let (ValueSource::Literal { text, .. }, Some(l)) = (&target.value, literals) else {
+        return Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "statement keys missing",
+        ));
+    };
+    let (tenant, tenant_keys) = target_keys(l.keys, target, None)?;
+    let class = &target.column;
+    let canonical = class
+        .logical
+        .text_to_binary(text.as_bytes(), l.format)
+        .map_err(|e| type_error(class, e))?;
+    let envelopes = match target.purpose {
+        Purpose::Store => vec![seal(
+            tenant_keys,
+            &l.keys.region,
+            &tenant,
+            class,
+            &canonical,
+        )?],
+        Purpose::Compare { .. } => {
+            seal_lookup(tenant_keys, &l.keys.region, &tenant, class, &canonical)?
+        }
+    };
+    Ok((envelopes, l.catalog.storage(class)))
+}
+
+/// The rewrite of a comparison with at least one parameter (and maybe
+/// literals and NULL in an IN list), and how many envelopes it sealed.
+fn param_comparison(
+    sql: &str,
+    plan: &CryptoPlan,
+    index: usize,
+    cmp: &Comparison,
+    literals: Option<&Literals<'_>>,
+) -> Result<(Edit, u64), PgError> {
+    let mut targets = plan.compared_in(index).peekable();
+    let Some(first) = targets.peek() else {
+        return Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "comparison without values",
+        ));
+    };
+    let spans = cmp.spans.ok_or_else(|| unlocated(&first.column))?;
+    let column = column_text(sql, spans.column)?;
+    let (any, join, not) = if cmp.shape.negated() {
+        ("<> ALL", " AND ", "NOT ")
+    } else {
+        ("= ANY", " OR ", "")
+    };
+    let mut arrays = Vec::new();
+    let mut items = Vec::new();
+    let mut sealed = 0u64;
+    for t in targets {
+        match &t.value {
+            ValueSource::Param(n) => arrays.push(format!("{column} {any}(${n})")),
+            ValueSource::Literal { .. } => {
+                let (envelopes, storage) = seal_literal(t, literals)?;
+                sealed += envelopes.len() as u64;
+                items.push(literal_list(&envelopes, storage));
+            }
+        }
+    }
+    if cmp.null_item {
+        items.push("NULL".to_string());
+    }
+    let mut parts = Vec::with_capacity(arrays.len() + 1);
+    if !items.is_empty() {
+        parts.push(format!("{column} {not}IN ({})", items.join(", ")));
+    }
+    parts.extend(arrays);
+    Ok((
+        (
+            spans.whole.0,
+            spans.whole.1,
+            format!("({})", parts.join(join)),
+        ),
+        sealed,
+    ))
+}
+
+/// The text of a column reference the plan located in `sql`.
+fn column_text(sql: &str, (start, end): (usize, usize)) -> Result<&str, PgError> {
+    sql.get(start..end).ok_or_else(|| {
+        PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "column reference outside the statement text",
+        )
+    })
+}
+
+fn unlocated(class: &ColumnClass) -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!(
+            "a comparison with encrypted column {} could not be located in the statement text to match every key version",
+            class.qualified()
+        ),
+    )
+    .with_hint("remove comments inside the parentheses around the column or the compared value")
+}
+
+/// Envelopes as a comma-separated list of SQL literals.
+fn literal_list(envelopes: &[Vec<u8>], storage: Storage) -> String {
+    envelopes
+        .iter()
+        .map(|e| literal(e, storage))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `sql` with the edits (byte ranges → replacements) applied.
@@ -263,17 +491,21 @@ fn apply_edits(sql: &str, mut edits: Vec<(usize, usize, String)>) -> Result<Stri
     let mut out = String::with_capacity(sql.len() + edits.len() * 96);
     let mut at = 0;
     for (start, end, replacement) in edits {
-        if start < at || end > sql.len() {
+        let before = sql.get(at..start).filter(|_| end <= sql.len());
+        let Some(before) = before else {
             return Err(PgError::error(
                 sqlstate::INTERNAL_ERROR,
                 "overlapping literal rewrite",
             ));
-        }
-        out.push_str(&sql[at..start]);
+        };
+        out.push_str(before);
         out.push_str(&replacement);
         at = end;
     }
-    out.push_str(&sql[at..]);
+    let rest = sql.get(at..).ok_or_else(|| {
+        PgError::error(sqlstate::INTERNAL_ERROR, "literal rewrite outside the text")
+    })?;
+    out.push_str(rest);
     Ok(out)
 }
 
@@ -293,6 +525,15 @@ fn literal(envelope: &[u8], storage: Storage) -> String {
         }
         Storage::Text => format!("'{}'", crate::crypto::envelope::to_text(envelope)),
     }
+}
+
+/// Whether the statement compares a literal with a classified column: its
+/// sealed text depends on the tenant's live key versions.
+pub fn compares_literals(plan: &CryptoPlan) -> bool {
+    plan.targets.iter().any(|t| {
+        matches!(t.value, ValueSource::Literal { .. })
+            && matches!(t.purpose, Purpose::Compare { .. })
+    })
 }
 
 /// Parameter types a Parse declares, with the classified parameters'
@@ -441,14 +682,45 @@ fn encrypt_params(
                 .map_err(|e| type_error(class, e))?
         };
         let (tenant, tenant_keys) = target_keys(keys, target, Some(params))?;
-        let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
-        let stored = match storage {
-            Storage::Bytea => sealed,
-            Storage::Text => crate::crypto::envelope::to_text(&sealed).into_bytes(),
+        let value = match target.purpose {
+            Purpose::Store => {
+                let sealed = seal(tenant_keys, &keys.region, &tenant, class, &canonical)?;
+                match storage {
+                    Storage::Bytea => sealed,
+                    Storage::Text => crate::crypto::envelope::to_text(&sealed).into_bytes(),
+                }
+            }
+            // The Parse compares the column with `ANY($n)` (rewrite_params):
+            // bind the array of the value's envelopes, one per live version.
+            Purpose::Compare { .. } => {
+                let envelopes = seal_lookup(tenant_keys, &keys.region, &tenant, class, &canonical)?;
+                envelope_array(envelopes, storage)
+            }
         };
-        replaced.insert(idx, (Some(stored), format_code));
+        replaced.insert(idx, (Some(value), format_code));
     }
     Ok(replaced)
+}
+
+/// Envelopes as an array parameter of the storage type: binary `bytea[]`
+/// (element OID 17), or text-format `text[]` — base64 envelopes need no
+/// quoting, and the text form fits whichever text type the server inferred.
+fn envelope_array(envelopes: Vec<Vec<u8>>, storage: Storage) -> Vec<u8> {
+    match storage {
+        Storage::Bytea => crate::types::binary_one_dim(17, envelopes),
+        Storage::Text => {
+            let mut out = Vec::with_capacity(envelopes.iter().map(|e| e.len() * 4 / 3 + 8).sum());
+            out.push(b'{');
+            for (i, e) in envelopes.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(crate::crypto::envelope::to_text(e).as_bytes());
+            }
+            out.push(b'}');
+            out
+        }
+    }
 }
 
 /// Re-encodes a Bind with some parameters replaced; the result-format
@@ -502,4 +774,209 @@ fn encode_bind(
     let len = i32::try_from(out.len() - 1).map_err(|_| malformed())?;
     out[1..5].copy_from_slice(&len.to_be_bytes());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protection;
+    use crate::crypto::store::{KeyState, StoredKey};
+    use crate::crypto::{data_key, KekRing};
+    use crate::sql::{analyze, Classification, Tenancy};
+
+    fn tenancy() -> Tenancy {
+        let mut t = Tenancy::new("tenant_id");
+        t.add_scoped("customers", None);
+        let mut c = Classification::default();
+        c.add(
+            "customers",
+            "email",
+            LogicalType::Text,
+            Protection::Deterministic,
+            None,
+        );
+        t.set_classification(c);
+        t
+    }
+
+    fn plan(sql: &str) -> CryptoPlan {
+        let a = analyze(sql, &tenancy());
+        let p = a.statements[0].crypto.clone();
+        assert!(p.refusal.is_none(), "{sql}: {:?}", p.refusal);
+        p
+    }
+
+    /// acme's keys in eu, one version per state (version 1 first).
+    fn keys(states: &[KeyState]) -> Arc<StatementKeys> {
+        use base64::Engine;
+        let ring = KekRing::parse(
+            "eu",
+            &format!(
+                "1:{}",
+                base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+            ),
+        )
+        .unwrap();
+        let rows: Vec<StoredKey> = states
+            .iter()
+            .enumerate()
+            .map(|(i, state)| {
+                let version = i as u32 + 1;
+                let raw = data_key::generate().unwrap();
+                StoredKey {
+                    version,
+                    wrapped_key: Some(
+                        data_key::wrap(ring.active(), "eu", "acme", version, &raw).unwrap(),
+                    ),
+                    kek_version: 1,
+                    created_at: std::time::SystemTime::now(),
+                    state: *state,
+                }
+            })
+            .collect();
+        let tenant = TenantKeys::from_rows(&ring, "eu", "acme", &rows).unwrap();
+        Arc::new(StatementKeys {
+            region: Arc::from("eu"),
+            tenants: vec![("acme".into(), Arc::new(tenant))],
+        })
+    }
+
+    /// The rewritten text with every ciphertext literal replaced by `E`.
+    fn rewrite(sql: &str, keys: &Arc<StatementKeys>) -> String {
+        let p = plan(sql);
+        let catalog = RegionCatalog::default();
+        let format = SessionFormat::default();
+        let metrics = CryptoMetrics::default();
+        let out = rewrite_text(
+            sql,
+            &[&p],
+            &[Some(keys.clone())],
+            &Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &metrics,
+            },
+        )
+        .unwrap();
+        let mut masked = String::new();
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find("E'\\\\x") {
+            masked.push_str(&rest[..at]);
+            masked.push('E');
+            let end = rest[at + 5..].find('\'').unwrap();
+            rest = &rest[at + 5 + end + 1..];
+        }
+        masked.push_str(rest);
+        masked
+    }
+
+    const HEAD: &str = "SELECT id FROM customers WHERE tenant_id = 'acme' AND ";
+
+    #[test]
+    fn one_live_version_keeps_the_text_as_it_was() {
+        let one = keys(&[KeyState::Active]);
+        let retired = keys(&[KeyState::Retired, KeyState::Active]);
+        for k in [&one, &retired] {
+            for (cond, want) in [
+                ("email = 'a'", "email = E"),
+                ("'a' <> email", "E <> email"),
+                ("email IN ('a', ('b'))", "email IN (E, (E))"),
+            ] {
+                assert_eq!(
+                    rewrite(&format!("{HEAD}{cond}"), k),
+                    format!("{HEAD}{want}")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn several_live_versions_compare_every_envelope() {
+        let two = keys(&[KeyState::DecryptOnly, KeyState::Active]);
+        for (cond, want) in [
+            ("email = 'a'", "(email IN (E, E))"),
+            ("'a' = email", "(email IN (E, E))"),
+            ("(email) <> ( 'a' )", "((email) NOT IN (E, E))"),
+            ("email IN ('a', ('b'))", "email IN (E, E, E, E)"),
+            ("email NOT IN ('a', NULL)", "email NOT IN (E, E, NULL)"),
+        ] {
+            assert_eq!(
+                rewrite(&format!("{HEAD}{cond}"), &two),
+                format!("{HEAD}{want}"),
+                "{cond}"
+            );
+        }
+        // Stored values are sealed once, under the active version.
+        let sql = "UPDATE customers SET email = 'n' WHERE tenant_id = 'acme' AND email = 'o'";
+        assert_eq!(
+            rewrite(sql, &two),
+            "UPDATE customers SET email = E WHERE tenant_id = 'acme' AND (email IN (E, E))"
+        );
+        let three = keys(&[
+            KeyState::DecryptOnly,
+            KeyState::DecryptOnly,
+            KeyState::Active,
+        ]);
+        assert_eq!(
+            rewrite(&format!("{HEAD}email = 'a'"), &three),
+            format!("{HEAD}(email IN (E, E, E))")
+        );
+    }
+
+    #[test]
+    fn compared_parameters_become_array_comparisons() {
+        for (cond, want) in [
+            ("email = $1", "(email = ANY($1))"),
+            ("$1 = email", "(email = ANY($1))"),
+            ("email <> ($1)", "(email <> ALL($1))"),
+            (
+                "c.email IN ($1, $2)",
+                "(c.email = ANY($1) OR c.email = ANY($2))",
+            ),
+            (
+                "email NOT IN ($1, NULL)",
+                "(email NOT IN (NULL) AND email <> ALL($1))",
+            ),
+        ] {
+            let sql = format!("SELECT id FROM customers c WHERE tenant_id = 'acme' AND {cond}");
+            let out = rewrite_params(&sql, &plan(&sql)).unwrap();
+            assert_eq!(
+                out,
+                Some(format!(
+                    "SELECT id FROM customers c WHERE tenant_id = 'acme' AND {want}"
+                )),
+                "{cond}"
+            );
+        }
+        let stored = "UPDATE customers SET email = $2 WHERE tenant_id = $1";
+        assert_eq!(rewrite_params(stored, &plan(stored)).unwrap(), None);
+        // A literal beside a parameter in an IN list is part of the rewrite.
+        let one = keys(&[KeyState::Active]);
+        assert_eq!(
+            rewrite(&format!("{HEAD}email IN ('a', $1)"), &one),
+            format!("{HEAD}(email IN (E) OR email = ANY($1))")
+        );
+    }
+
+    #[test]
+    fn compared_parameters_bind_every_envelope() {
+        let envelopes = vec![vec![1u8, 2], vec![3u8]];
+        let bin = envelope_array(envelopes.clone(), Storage::Bytea);
+        assert_eq!(
+            bin,
+            [
+                &[0, 0, 0, 1][..],
+                &[0, 0, 0, 0],
+                &[0, 0, 0, 17],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 1],
+                &[0, 0, 0, 2, 1, 2],
+                &[0, 0, 0, 1, 3],
+            ]
+            .concat()
+        );
+        let text = envelope_array(envelopes, Storage::Text);
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("{rg1:") && text.contains(",rg1:") && text.ends_with('}'));
+    }
 }

@@ -29,8 +29,8 @@ use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, CopySource, CopyTarget, DuplicateTreatment, Expr,
     FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Insert, JoinConstraint,
     JoinOperator, ObjectName, OnConflictAction, OnInsert, OrderByKind, Query, Select, SelectItem,
-    SetExpr, SetQuantifier, Statement, TableFactor, TableObject, UnaryOperator, Value, Visit,
-    Visitor,
+    SetExpr, SetQuantifier, Spanned, Statement, TableFactor, TableObject, UnaryOperator, Value,
+    Visit, Visitor,
 };
 use sqlparser::tokenizer::Location;
 use std::collections::{HashMap, HashSet};
@@ -51,6 +51,70 @@ pub enum ValueSource {
     Param(usize),
 }
 
+/// What a value does with its column, which decides how many envelopes
+/// it needs: a stored value is sealed once, under the tenant's active key
+/// version; a compared value must match rows still stored under older
+/// live versions too (ADR 13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purpose {
+    /// Stored in the column (INSERT … VALUES, UPDATE SET, ON CONFLICT DO
+    /// UPDATE SET).
+    Store,
+    /// Compared with the column in `CryptoPlan::comparisons[comparison]`.
+    /// `operand` is the value's byte range in the text, parentheses around
+    /// it included, so it can be replaced by a list of envelopes; `None`
+    /// when the text between a parenthesis and the value is not blank.
+    Compare {
+        comparison: usize,
+        operand: Option<(usize, usize)>,
+    },
+}
+
+/// The form of an equality comparison of a deterministic column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `col = v` or `v = col`.
+    Eq,
+    /// `col <> v` or `v <> col`.
+    NotEq,
+    /// `col IN (v, …)`.
+    In,
+    /// `col NOT IN (v, …)`.
+    NotIn,
+}
+
+impl Shape {
+    /// Whether the comparison is true when the column matches none of the values.
+    pub fn negated(self) -> bool {
+        matches!(self, Shape::NotEq | Shape::NotIn)
+    }
+}
+
+/// One comparison of a deterministic classified column with literals or
+/// parameters, located in the text so the frontend can rewrite it to
+/// match every live key version (`col IN (e_v2, e_v1)`, `col = ANY($1)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub shape: Shape,
+    /// `v = col`: the column is the right operand.
+    pub column_right: bool,
+    /// An IN list item is the NULL literal (kept when the list is rewritten).
+    pub null_item: bool,
+    /// Where the comparison is in the text; `None` when a comment sits
+    /// inside parentheses around an operand (the comparison can then only
+    /// be sent as it is).
+    pub spans: Option<ComparisonSpans>,
+}
+
+/// Byte ranges of a comparison in the statement text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComparisonSpans {
+    /// The whole comparison (`col = v`, `v = col`, `col [NOT] IN (…)`).
+    pub whole: (usize, usize),
+    /// The column reference, parentheses around it included.
+    pub column: (usize, usize),
+}
+
 /// A value the proxy encrypts for a classified column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CryptoTarget {
@@ -59,6 +123,7 @@ pub struct CryptoTarget {
     /// The tenant of the row the value is stored in, when the statement
     /// names it per row (INSERT … VALUES); otherwise the statement's tenant.
     pub row_tenant: Option<TenantSource>,
+    pub purpose: Purpose,
 }
 
 /// Why a statement is refused; names columns and operations, never values.
@@ -76,18 +141,44 @@ pub struct CryptoPlan {
     /// need decrypting, with the keys of the statement's tenant.
     pub touches_classified: bool,
     pub targets: Vec<CryptoTarget>,
+    /// The comparisons `Purpose::Compare` targets belong to.
+    pub comparisons: Vec<Comparison>,
     pub refusal: Option<CryptoRefusal>,
 }
 
 impl CryptoPlan {
     /// Moves literal offsets by `by` bytes (a segment's place in a multi-statement text).
     pub(crate) fn shift(&mut self, by: usize) {
+        let move_span = |s: &mut (usize, usize)| {
+            s.0 += by;
+            s.1 += by;
+        };
         for t in &mut self.targets {
             if let ValueSource::Literal { start, end, .. } = &mut t.value {
                 *start += by;
                 *end += by;
             }
+            if let Purpose::Compare {
+                operand: Some(span),
+                ..
+            } = &mut t.purpose
+            {
+                move_span(span);
+            }
         }
+        for c in &mut self.comparisons {
+            if let Some(spans) = &mut c.spans {
+                move_span(&mut spans.whole);
+                move_span(&mut spans.column);
+            }
+        }
+    }
+
+    /// The targets compared in comparison `index`.
+    pub fn compared_in(&self, index: usize) -> impl Iterator<Item = &CryptoTarget> {
+        self.targets.iter().filter(move |t| {
+            matches!(t.purpose, Purpose::Compare { comparison, .. } if comparison == index)
+        })
     }
 
     /// Whether the statement needs any crypto work at all.
@@ -176,6 +267,38 @@ fn strip(e: &Expr) -> &Expr {
         Expr::Nested(inner) => strip(inner),
         other => other,
     }
+}
+
+/// How many parentheses wrap `e`, and what they wrap.
+fn nesting(e: &Expr) -> (usize, &Expr) {
+    let mut depth = 0;
+    let mut inner = e;
+    while let Expr::Nested(next) = inner {
+        depth += 1;
+        inner = next;
+    }
+    (depth, inner)
+}
+
+fn is_null(e: &Expr) -> bool {
+    matches!(strip(e), Expr::Value(v) if matches!(v.value, Value::Null))
+}
+
+/// Widens the byte range `span` of `text` over `depth` pairs of
+/// parentheses around it; `None` when anything but blanks sits between
+/// a parenthesis and what it wraps (sqlparser does not keep their spans).
+fn widen(text: &str, span: (usize, usize), depth: usize) -> Option<(usize, usize)> {
+    let (mut start, mut end) = span;
+    for _ in 0..depth {
+        let before = text.get(..start)?.trim_end();
+        let after = text.get(end..)?.trim_start();
+        if !before.ends_with('(') || !after.starts_with(')') {
+            return None;
+        }
+        start = before.len() - 1;
+        end = text.len() - after.len() + 1;
+    }
+    Some((start, end))
 }
 
 impl<'c, 't> Planner<'c, 't> {
@@ -786,6 +909,7 @@ impl<'c, 't> Planner<'c, 't> {
                     value,
                     column: Arc::clone(class),
                     row_tenant,
+                    purpose: Purpose::Store,
                 }),
                 None => self.refuse(
                     &class.column,
@@ -1006,15 +1130,22 @@ impl<'c, 't> Planner<'c, 't> {
             } => {
                 let l = self.resolve_one(left);
                 let r = self.resolve_one(right);
+                let shape = if *op == BinaryOperator::Eq {
+                    Shape::Eq
+                } else {
+                    Shape::NotEq
+                };
                 let op = if *op == BinaryOperator::Eq { "=" } else { "<>" };
                 match (l, r) {
                     (Some(a), None) => {
                         self.allow(left);
-                        self.compare(&a, right, op);
+                        let cmp = self.comparison(left, std::slice::from_ref(right), shape, false);
+                        self.compare(&a, right, op, cmp);
                     }
                     (None, Some(b)) => {
                         self.allow(right);
-                        self.compare(&b, left, op);
+                        let cmp = self.comparison(right, std::slice::from_ref(left), shape, true);
+                        self.compare(&b, left, op, cmp);
                     }
                     (Some(a), Some(b)) => {
                         self.allow(left);
@@ -1038,11 +1169,17 @@ impl<'c, 't> Planner<'c, 't> {
                     (None, None) => {}
                 }
             }
-            Expr::InList { expr, list, .. } => {
+            Expr::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 if let Some(class) = self.resolve_one(expr) {
                     self.allow(expr);
+                    let shape = if *negated { Shape::NotIn } else { Shape::In };
+                    let cmp = self.comparison(expr, list, shape, false);
                     for item in list {
-                        self.compare(&class, item, "IN");
+                        self.compare(&class, item, "IN", cmp);
                     }
                 }
             }
@@ -1074,22 +1211,106 @@ impl<'c, 't> Planner<'c, 't> {
         }
     }
 
+    /// Records a comparison of `column` with `values` (one for `=`/`<>`,
+    /// the items of an IN list) and where it is in the text.
+    fn comparison(
+        &mut self,
+        column: &Expr,
+        values: &[Expr],
+        shape: Shape,
+        column_right: bool,
+    ) -> usize {
+        let null_item = values.iter().any(is_null);
+        let spans = self.comparison_spans(column, values, shape, column_right);
+        self.plan.comparisons.push(Comparison {
+            shape,
+            column_right,
+            null_item,
+            spans,
+        });
+        self.plan.comparisons.len() - 1
+    }
+
+    fn comparison_spans(
+        &self,
+        column: &Expr,
+        values: &[Expr],
+        shape: Shape,
+        column_right: bool,
+    ) -> Option<ComparisonSpans> {
+        let (depth, inner) = nesting(column);
+        let (start, end) = self.byte_span(inner.span().start, inner.span().end)?;
+        let column = widen(self.text, (start, end), depth)?;
+        let whole = match shape {
+            Shape::Eq | Shape::NotEq => {
+                let value = self.operand_span(values.first()?)?;
+                if column_right {
+                    (value.0, column.1)
+                } else {
+                    (column.0, value.1)
+                }
+            }
+            Shape::In | Shape::NotIn => {
+                let last = self.operand_span(values.last()?)?;
+                let after = self.text.get(last.1..)?.trim_start();
+                if !after.starts_with(')') {
+                    return None;
+                }
+                (column.0, self.text.len() - after.len() + 1)
+            }
+        };
+        (whole.0 < whole.1).then_some(ComparisonSpans { whole, column })
+    }
+
+    /// The byte range of a compared value, parentheses around it included.
+    fn operand_span(&self, e: &Expr) -> Option<(usize, usize)> {
+        let (depth, inner) = nesting(e);
+        let base = match self.value_source(inner) {
+            Some(ValueSource::Literal { start, end, .. }) => (start, end),
+            _ => self.byte_span(inner.span().start, inner.span().end)?,
+        };
+        widen(self.text, base, depth)
+    }
+
     /// `class op other`: other must be a literal, a parameter or NULL, and
     /// the column deterministic.
-    fn compare(&mut self, class: &Arc<ColumnClass>, other: &Expr, op: &str) {
+    fn compare(&mut self, class: &Arc<ColumnClass>, other: &Expr, op: &str, comparison: usize) {
         if !class.deterministic() {
             self.refuse_randomized(class, op);
             return;
         }
-        if matches!(strip(other), Expr::Value(v) if matches!(v.value, Value::Null)) {
+        if is_null(other) {
             return;
         }
         match self.value_source(other) {
-            Some(value) => self.plan.targets.push(CryptoTarget {
-                value,
-                column: Arc::clone(class),
-                row_tenant: None,
-            }),
+            Some(value) => {
+                let operand = self.operand_span(other);
+                let located = self
+                    .plan
+                    .comparisons
+                    .get(comparison)
+                    .is_some_and(|c| c.spans.is_some());
+                if matches!(value, ValueSource::Param(_)) && !located {
+                    // A compared parameter is always rewritten (`col = ANY($n)`).
+                    self.refuse(
+                        &class.column,
+                        format!(
+                            "{op} between encrypted column {} and a parameter could not be located in the statement text",
+                            class.qualified()
+                        ),
+                        "remove comments inside the parentheses around the column or the parameter",
+                    );
+                }
+                self.plan.targets.push(CryptoTarget {
+                    value,
+                    column: Arc::clone(class),
+                    row_tenant: None,
+                    purpose: Purpose::Compare {
+                        comparison,
+                        operand,
+                    },
+                })
+            }
             None => self.refuse(
                 &class.column,
                 format!(
@@ -1174,16 +1395,29 @@ impl<'c, 't> Planner<'c, 't> {
             }
             ControlFlow::<()>::Continue(())
         });
-        let mut targets: HashMap<usize, Vec<&Arc<ColumnClass>>> = HashMap::new();
+        let mut targets: HashMap<usize, Vec<&CryptoTarget>> = HashMap::new();
         for t in &self.plan.targets {
             if let ValueSource::Param(n) = t.value {
-                targets.entry(n).or_default().push(&t.column);
+                targets.entry(n).or_default().push(t);
             }
         }
         let mut refusal = None;
-        for (n, classes) in &targets {
-            let first = classes[0];
-            if uses.get(n).copied().unwrap_or(0) > classes.len() {
+        for (n, uses_of_n) in &targets {
+            let first = &uses_of_n[0].column;
+            let classes: Vec<&Arc<ColumnClass>> = uses_of_n.iter().map(|t| &t.column).collect();
+            let stored = uses_of_n.iter().any(|t| t.purpose == Purpose::Store);
+            let compared = uses_of_n.iter().any(|t| t.purpose != Purpose::Store);
+            if stored && compared {
+                // A compared parameter is bound as an array of envelopes
+                // (one per live key version); a stored one is one envelope.
+                refusal = Some((
+                    first.column.clone(),
+                    format!(
+                        "parameter ${n} is both stored in and compared with encrypted column {}",
+                        first.qualified()
+                    ),
+                ));
+            } else if uses.get(n).copied().unwrap_or(0) > classes.len() {
                 refusal = Some((
                     first.column.clone(),
                     format!(

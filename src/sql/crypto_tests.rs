@@ -1,6 +1,8 @@
 //! Tests of the crypto plan: which values get encrypted, what is refused.
 
-use super::{analyze, Classification, CryptoPlan, Tenancy, TenantSource, ValueSource};
+use super::{
+    analyze, Classification, CryptoPlan, Purpose, Shape, Tenancy, TenantSource, ValueSource,
+};
 use crate::config::Protection;
 use crate::types::LogicalType;
 
@@ -289,4 +291,126 @@ fn copy_of_classified_tables() {
     );
     // Tables without classified columns are untouched.
     assert!(plan("COPY orders TO '/tmp/x'").refusal.is_none());
+}
+
+/// The shape, column-on-the-right flag and texts (whole comparison,
+/// column, each compared operand) of comparison `i`.
+fn comparison<'a>(
+    sql: &'a str,
+    p: &CryptoPlan,
+    i: usize,
+) -> (Shape, bool, &'a str, &'a str, Vec<&'a str>) {
+    let c = &p.comparisons[i];
+    let spans = c
+        .spans
+        .unwrap_or_else(|| panic!("{sql}: comparison {i} unlocated"));
+    let operands = p
+        .compared_in(i)
+        .map(|t| match t.purpose {
+            Purpose::Compare {
+                operand: Some((s, e)),
+                ..
+            } => &sql[s..e],
+            ref other => panic!("{sql}: {other:?}"),
+        })
+        .collect();
+    (
+        c.shape,
+        c.column_right,
+        &sql[spans.whole.0..spans.whole.1],
+        &sql[spans.column.0..spans.column.1],
+        operands,
+    )
+}
+
+#[test]
+fn stored_and_compared_values_are_marked() {
+    let sql =
+        "UPDATE customers SET email = $2, full_name = 'z' WHERE tenant_id = $1 AND email = 'old'";
+    let p = accepted(sql);
+    let purposes: Vec<&Purpose> = p.targets.iter().map(|t| &t.purpose).collect();
+    assert_eq!(purposes[0], &Purpose::Store);
+    assert_eq!(purposes[1], &Purpose::Store);
+    assert!(matches!(
+        purposes[2],
+        Purpose::Compare { comparison: 0, .. }
+    ));
+    assert_eq!(
+        comparison(sql, &p, 0),
+        (Shape::Eq, false, "email = 'old'", "email", vec!["'old'"])
+    );
+    let p = accepted("INSERT INTO customers (tenant_id, email) VALUES ('a', $1)");
+    assert_eq!(p.targets[0].purpose, Purpose::Store);
+    assert!(p.comparisons.is_empty());
+}
+
+#[test]
+fn comparison_shapes_and_spans() {
+    let sql = "SELECT 1 FROM customers c WHERE tenant_id = 'a' AND 'x' = c.email";
+    let p = accepted(sql);
+    assert_eq!(
+        comparison(sql, &p, 0),
+        (Shape::Eq, true, "'x' = c.email", "c.email", vec!["'x'"])
+    );
+    let sql = "SELECT 1 FROM customers WHERE tenant_id = 'a' AND (email) <> ( ($1) )";
+    let p = accepted(sql);
+    assert_eq!(
+        comparison(sql, &p, 0),
+        (
+            Shape::NotEq,
+            false,
+            "(email) <> ( ($1) )",
+            "(email)",
+            vec!["( ($1) )"]
+        )
+    );
+    let sql = "SELECT 1 FROM customers WHERE tenant_id = 'a' AND email IN ('a', ('b'), $1, NULL )";
+    let p = accepted(sql);
+    let c = &p.comparisons[0];
+    assert!(c.null_item);
+    assert_eq!(
+        comparison(sql, &p, 0),
+        (
+            Shape::In,
+            false,
+            "email IN ('a', ('b'), $1, NULL )",
+            "email",
+            vec!["'a'", "('b')", "$1"]
+        )
+    );
+    let sql = "DELETE FROM customers WHERE tenant_id = 'a' AND born NOT IN (-1, '2020-01-01')";
+    let p = accepted(sql);
+    let (shape, _, whole, _, operands) = comparison(sql, &p, 0);
+    assert_eq!(shape, Shape::NotIn);
+    assert!(shape.negated());
+    assert_eq!(whole, "born NOT IN (-1, '2020-01-01')");
+    assert_eq!(operands, vec!["-1", "'2020-01-01'"]);
+}
+
+#[test]
+fn comparison_spans_follow_multi_statement_offsets() {
+    let sql = "SELECT 1; SELECT 1 FROM customers WHERE tenant_id = 'a' AND email = 'q'";
+    let a = analyze(sql, &tenancy());
+    let p = &a.statements[1].crypto;
+    assert_eq!(comparison(sql, p, 0).2, "email = 'q'");
+}
+
+#[test]
+fn a_comment_inside_parentheses_leaves_literals_unlocated_and_refuses_params() {
+    let sql = "SELECT 1 FROM customers WHERE tenant_id = 'a' AND email = ( /* c */ 'x')";
+    let p = accepted(sql);
+    assert!(p.comparisons[0].spans.is_none());
+    refused(
+        "SELECT 1 FROM customers WHERE tenant_id = 'a' AND email = ( /* c */ $1)",
+        "could not be located",
+    );
+}
+
+#[test]
+fn a_parameter_both_stored_and_compared_is_refused() {
+    refused(
+        "UPDATE customers SET email = $1 WHERE tenant_id = 'a' AND email = $1",
+        "both stored in and compared",
+    );
+    accepted("UPDATE customers SET email = $1 WHERE tenant_id = 'a' AND email = $2");
 }

@@ -32,7 +32,10 @@ mod tests;
 pub use cache::AnalysisCache;
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
-pub use crypto_plan::{CryptoPlan, CryptoRefusal, CryptoTarget, ValueSource};
+pub use crypto_plan::{
+    Comparison, ComparisonSpans, CryptoPlan, CryptoRefusal, CryptoTarget, Purpose, Shape,
+    ValueSource,
+};
 pub use ddl::{ddl_forms, DdlForm};
 pub use tenancy::{Discovered, Tenancy, ViewInfo};
 

@@ -399,6 +399,18 @@ pub(crate) fn array_in(
     Ok(Array { dims, items }.encode(element.oid()))
 }
 
+/// `array_send`'s form of a one-dimensional array of non-NULL elements
+/// (lower bound 1): how a parameter bound as `elements[]` is sent in
+/// binary format.
+pub fn binary_one_dim(element_oid: u32, elements: Vec<Vec<u8>>) -> Vec<u8> {
+    let items: Vec<Option<Vec<u8>>> = elements.into_iter().map(Some).collect();
+    Array {
+        dims: vec![(items.len() as i32, 1)],
+        items,
+    }
+    .encode(element_oid)
+}
+
 pub(crate) fn array_recv(bin: &[u8], element: &LogicalType) -> Result<Vec<u8>, TypeError> {
     Ok(Array::decode(bin, element)?.encode(element.oid()))
 }

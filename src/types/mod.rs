@@ -51,6 +51,7 @@ mod session;
 mod text;
 mod uuid;
 
+pub use array::binary_one_dim;
 pub use error::{sqlstate, TypeError};
 pub use logical::LogicalType;
 pub use session::{ByteaOutput, DateOrder, DateOutput, SessionFormat, SessionTimeZone};

@@ -1,7 +1,9 @@
 //! The extended query protocol: Parse, Bind, Describe, Execute, Close,
 //! Flush and Sync, in batches that each run in one region.
 
-use super::{aborted, apply_set, Batch, PortalTarget, Quit, Requests, Stmt, Txn, FAIL_PORTAL};
+use super::{
+    aborted, apply_set, Batch, PortalTarget, Quit, Requests, Sealed, Stmt, Txn, FAIL_PORTAL,
+};
 use crate::frontend::encrypt;
 use crate::frontend::expect::{Expect, RowUse};
 use crate::frontend::route::{self, Params, Placement};
@@ -22,6 +24,28 @@ pub(super) enum LocalAction {
     End { commit: bool },
     SetTenant { local: bool, value: Option<String> },
     ShowTenant,
+}
+
+/// A prepared statement's Parse sealed again after a key rotation, and how.
+type Resealed = (Bytes, Arc<Sealed>);
+
+/// A Parse message for `p` with `text` and the classified parameters'
+/// types cleared (the server infers their storage types).
+fn encode_parse(
+    p: &frontend_msg::Parse<'_>,
+    plan: &StatementPlan,
+    text: &str,
+) -> Result<Bytes, PgError> {
+    let types =
+        encrypt::parse_types(&p.param_types, &plan.crypto).unwrap_or_else(|| p.param_types.clone());
+    let mut out = BytesMut::new();
+    frontend::parse(p.name, text, types.iter().copied(), &mut out).map_err(|_| {
+        PgError::error(
+            crate::protocol::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            "the statement with its encrypted values is too long",
+        )
+    })?;
+    Ok(out.freeze())
 }
 
 /// The one statement of a prepared statement text (`None` when empty).
@@ -117,8 +141,8 @@ impl Requests {
                 }
             }
         }
-        let (parse, sealed_for) = match single(&analysis).filter(|p| !p.crypto.is_empty()) {
-            Some(plan) => match self.encrypt_parse(&p, plan, placed).await {
+        let (parse, sealed) = match single(&analysis).filter(|p| !p.crypto.is_empty()) {
+            Some(plan) => match self.encrypt_parse(msg, &p, plan, placed).await {
                 Ok(done) => done,
                 Err(e) => return self.fail_batch(e).await,
             },
@@ -142,7 +166,7 @@ impl Requests {
                 generation,
                 types: p.param_types.clone(),
                 local,
-                sealed_for,
+                sealed,
                 copy,
             },
         );
@@ -157,13 +181,16 @@ impl Requests {
 
     /// The Parse to send for a statement that touches classified columns:
     /// its literals encrypted for the tenants the text places it with
-    /// (`placed`), the types of its classified parameters cleared.
+    /// (`placed`), its comparisons with parameters rewritten to compare
+    /// with arrays of envelopes, the types of its classified parameters
+    /// cleared. `msg` is the Parse as the client sent it.
     async fn encrypt_parse(
         &mut self,
+        msg: &Bytes,
         p: &frontend_msg::Parse<'_>,
         plan: &StatementPlan,
         placed: Option<(Arc<str>, Vec<String>)>,
-    ) -> Result<(Bytes, Option<Vec<String>>), PgError> {
+    ) -> Result<(Bytes, Option<Arc<Sealed>>), PgError> {
         if let Some(e) = encrypt::refusal(&plan.crypto) {
             return Err(e);
         }
@@ -172,8 +199,6 @@ impl Requests {
             .targets
             .iter()
             .any(|t| matches!(t.value, crate::sql::ValueSource::Literal { .. }));
-        let mut text = std::borrow::Cow::Borrowed(p.query);
-        let mut sealed_for = None;
         if has_literals {
             let Some((region, tenants)) = placed else {
                 return Err(route::refusal(
@@ -182,31 +207,75 @@ impl Requests {
                 ));
             };
             self.open(&region).await?;
-            let catalog = self.shared.ensure_catalog(&region, &[&plan.crypto]).await?;
             let keys = encrypt::load_keys(&self.shared, &region, plan, &tenants, None).await?;
-            let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
-            text = std::borrow::Cow::Owned(encrypt::rewrite_text(
-                p.query,
-                &[&plan.crypto],
-                &[keys],
-                &encrypt::Sealer {
-                    catalog: &catalog,
-                    format: &format,
-                    metrics: &self.shared.metrics.crypto(),
-                },
-            )?);
-            sealed_for = Some(tenants);
+            let lookups = match &keys {
+                Some(k) if encrypt::compares_literals(&plan.crypto) => {
+                    Some((k.lookup_versions(), msg.clone()))
+                }
+                _ => None,
+            };
+            let parse = self.sealed_parse(p, plan, &region, keys).await?;
+            return Ok((parse, Some(Arc::new(Sealed { tenants, lookups }))));
         }
-        let types = encrypt::parse_types(&p.param_types, &plan.crypto)
-            .unwrap_or_else(|| p.param_types.clone());
-        let mut out = BytesMut::new();
-        frontend::parse(p.name, &text, types.iter().copied(), &mut out).map_err(|_| {
-            PgError::error(
-                crate::protocol::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                "the statement with its encrypted values is too long",
-            )
-        })?;
-        Ok((out.freeze(), sealed_for))
+        let text = encrypt::rewrite_params(p.query, &plan.crypto)?;
+        Ok((
+            encode_parse(p, plan, text.as_deref().unwrap_or(p.query))?,
+            None,
+        ))
+    }
+
+    /// The Parse of `p` with its classified literals sealed under `keys`.
+    async fn sealed_parse(
+        &mut self,
+        p: &frontend_msg::Parse<'_>,
+        plan: &StatementPlan,
+        region: &Arc<str>,
+        keys: Option<Arc<encrypt::StatementKeys>>,
+    ) -> Result<Bytes, PgError> {
+        let catalog = self.shared.ensure_catalog(region, &[&plan.crypto]).await?;
+        let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
+        let text = encrypt::rewrite_text(
+            p.query,
+            &[&plan.crypto],
+            &[keys],
+            &encrypt::Sealer {
+                catalog: &catalog,
+                format: &format,
+                metrics: &self.shared.metrics.crypto(),
+            },
+        )?;
+        encode_parse(p, plan, &text)
+    }
+
+    /// Swaps prepared statement `name` for `parse`, its compared literals
+    /// sealed again after a key rotation: closed (answer swallowed) on
+    /// every backend that has it — now on the batch's, with the next batch
+    /// elsewhere — and prepared anew by [`Self::ensure_prepared`].
+    fn replace_prepared(
+        &mut self,
+        region: &Arc<str>,
+        name: &str,
+        parse: Bytes,
+        sealed: Arc<Sealed>,
+    ) {
+        if let Some(s) = self.statements.get_mut(name) {
+            s.parse = parse;
+            s.sealed = Some(sealed);
+        }
+        let mut close = BytesMut::new();
+        if frontend::close(b'S', name, &mut close).is_err() {
+            return;
+        }
+        for (r, b) in self.backends.iter_mut() {
+            if b.prepared.remove(name) {
+                b.shared.expect_completion(b.batches, false);
+                if r == region {
+                    b.push(&close);
+                } else {
+                    b.defer(&close);
+                }
+            }
+        }
     }
 
     /// Sends a message to the batch's region, or holds it until the region
@@ -377,16 +446,14 @@ impl Requests {
         self.batch.executes = true;
         let name = bind.statement;
         let portal = bind.portal.to_string();
-        let Some((analysis, stmt_types, sealed_for, copy_plan)) =
-            self.statements.get(name).map(|s| {
-                (
-                    s.analysis.clone(),
-                    s.types.clone(),
-                    s.sealed_for.clone(),
-                    s.copy.clone(),
-                )
-            })
-        else {
+        let Some((analysis, stmt_types, sealed, copy_plan)) = self.statements.get(name).map(|s| {
+            (
+                s.analysis.clone(),
+                s.types.clone(),
+                s.sealed.clone(),
+                s.copy.clone(),
+            )
+        }) else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
             return self
@@ -532,19 +599,20 @@ impl Requests {
             }
         }
         // A planned COPY's classified fields are handled row by row.
-        let (msg, keys) = match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
-            Some(plan) => {
-                let sealed = (&region, &tenants[..], sealed_for.as_deref());
-                match self
-                    .encrypt_bind(msg, body, plan, &params, &stmt_types, sealed)
-                    .await
-                {
-                    Ok((m, k)) => (m, Some(k)),
-                    Err(e) => return self.fail_batch(e).await,
+        let (msg, keys, resealed) =
+            match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
+                Some(plan) => {
+                    let sealed = (&region, &tenants[..], sealed.as_deref());
+                    match self
+                        .encrypt_bind(msg, body, plan, &params, &stmt_types, sealed)
+                        .await
+                    {
+                        Ok((m, k, r)) => (m, Some(k), r),
+                        Err(e) => return self.fail_batch(e).await,
+                    }
                 }
-            }
-            None => (msg.clone(), None),
-        };
+                None => (msg.clone(), None, None),
+            };
         // A FETCH's rows decrypt with its cursor's keys, in its region.
         let keys = match plan.and_then(|p| self.fetch_keys(p)) {
             Some(k) if keys.is_none() && k.region == region => Some(k),
@@ -572,6 +640,9 @@ impl Requests {
             None => None,
         };
         self.set_batch_region(&region).await?;
+        if let Some((parse, sealed)) = resealed {
+            self.replace_prepared(&region, name, parse, sealed);
+        }
         self.ensure_prepared(&region, name).await?;
         let text = self.statements.get(name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
@@ -599,8 +670,10 @@ impl Requests {
     }
 
     /// The Bind to send for a statement that touches classified columns
-    /// (its classified parameters encrypted), and the keys its rows are
-    /// decrypted with.
+    /// (its classified parameters encrypted), the keys its rows are
+    /// decrypted with, and — when a key rotation changed the live versions
+    /// its compared literals were sealed under — the statement's Parse
+    /// sealed again, to replace it before the Bind.
     async fn encrypt_bind(
         &mut self,
         msg: &Bytes,
@@ -608,12 +681,12 @@ impl Requests {
         plan: &StatementPlan,
         params: &Params<'_>,
         declared: &[u32],
-        (region, tenants, sealed_for): (&Arc<str>, &[String], Option<&[String]>),
-    ) -> Result<(Bytes, Arc<encrypt::StatementKeys>), PgError> {
+        (region, tenants, sealed): (&Arc<str>, &[String], Option<&Sealed>),
+    ) -> Result<(Bytes, Arc<encrypt::StatementKeys>, Option<Resealed>), PgError> {
         if let Some(e) = encrypt::refusal(&plan.crypto) {
             return Err(e);
         }
-        if sealed_for.is_some_and(|s| s != tenants) {
+        if sealed.is_some_and(|s| s.tenants != tenants) {
             return Err(route::refusal(
                 "the prepared statement's encrypted literals belong to another tenant than the one it now runs for",
                 "prepare the statement again after switching tenants, or pass the values as parameters",
@@ -628,13 +701,34 @@ impl Requests {
                     "statement keys missing",
                 )
             })?;
+        let resealed = match sealed.and_then(|s| s.lookups.as_ref().map(|l| (s, l))) {
+            Some((s, (versions, source))) if *versions != keys.lookup_versions() => {
+                let p = frontend_msg::parse(source.get(HEADER_LEN..).unwrap_or_default()).map_err(
+                    |_| {
+                        PgError::error(
+                            crate::protocol::error::sqlstate::INTERNAL_ERROR,
+                            "stored Parse unreadable",
+                        )
+                    },
+                )?;
+                let parse = self
+                    .sealed_parse(&p, plan, region, Some(keys.clone()))
+                    .await?;
+                let sealed = Sealed {
+                    tenants: s.tenants.clone(),
+                    lookups: Some((keys.lookup_versions(), source.clone())),
+                };
+                Some((parse, Arc::new(sealed)))
+            }
+            _ => None,
+        };
         let has_params = plan
             .crypto
             .targets
             .iter()
             .any(|t| matches!(t.value, crate::sql::ValueSource::Param(_)));
         if !has_params {
-            return Ok((msg.clone(), keys));
+            return Ok((msg.clone(), keys, resealed));
         }
         let format = self.format.lock().map(|f| f.clone()).unwrap_or_default();
         let rewritten = encrypt::rewrite_bind(
@@ -649,7 +743,7 @@ impl Requests {
                 metrics: &self.shared.metrics.crypto(),
             },
         )?;
-        Ok((Bytes::from(rewritten), keys))
+        Ok((Bytes::from(rewritten), keys, resealed))
     }
 
     /// A region that the batch or the transaction cannot use.

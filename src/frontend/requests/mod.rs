@@ -97,13 +97,24 @@ struct Stmt {
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
     local: bool,
-    /// The tenants whose keys encrypted the text's classified literals:
-    /// the statement may only run for them.
-    sealed_for: Option<Vec<String>>,
+    /// Set when the text's classified literals were encrypted.
+    sealed: Option<Arc<Sealed>>,
     /// A COPY whose rows the proxy sees (FROM STDIN into a tenant-scoped
     /// table, TO STDOUT of a classified table): where its tenants and
     /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+}
+
+/// How a prepared statement's classified literals were encrypted.
+struct Sealed {
+    /// The tenants whose keys encrypted them: the statement may only run
+    /// for them.
+    tenants: Vec<String>,
+    /// For a text that compares literals with deterministic columns: each
+    /// tenant's live key versions when its literals were sealed (one
+    /// envelope per version), and the Parse as the client sent it, so a
+    /// Bind after a key rotation seals the literals again.
+    lookups: Option<(Vec<Vec<u32>>, Bytes)>,
 }
 
 /// What a portal was bound from.
