@@ -17,7 +17,8 @@
 
 pub mod audit;
 pub mod client;
-mod commands;
+pub(crate) mod commands;
+mod jobs;
 
 use crate::server::state::Shared;
 use serde_json::{json, Map, Value};
@@ -54,7 +55,8 @@ pub mod codes {
     pub const KEY_STORE: &str = "key_store";
     /// The tenant's keys were destroyed.
     pub const TENANT_SHREDDED: &str = "tenant_shredded";
-    /// A concurrent change got in the way; retry.
+    /// A concurrent change got in the way (or a running job already covers
+    /// the request; a job that is not running cannot be cancelled); retry.
     pub const CONFLICT: &str = "conflict";
     /// `audit.verify` found an edited, inserted or removed line.
     pub const AUDIT_CHAIN_BROKEN: &str = "audit_chain_broken";
@@ -99,7 +101,9 @@ impl AdminServer {
 pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub started: Instant,
-    pub audit: Option<audit::AuditLog>,
+    pub audit: Option<Arc<audit::AuditLog>>,
+    /// Re-encryption jobs (`reencrypt`, `jobs`, `jobs cancel`).
+    pub jobs: Arc<crate::reencrypt::Jobs>,
 }
 
 /// Refuses a socket directory others could write to: group- or
@@ -139,25 +143,34 @@ pub fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
     peer_uid == own_uid || peer_uid == 0
 }
 
+/// Opens the audit log of `admin.audit_log`, when configured. One per
+/// proxy: the admin socket and the background jobs append to it.
+pub fn open_audit(shared: &Shared) -> Result<Option<Arc<audit::AuditLog>>, String> {
+    match &shared.config.admin.audit_log {
+        Some(p) => {
+            Ok(Some(Arc::new(audit::AuditLog::open(p).map_err(|e| {
+                format!("admin.audit_log: {}: {e}", p.display())
+            })?)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Binds the socket at `path` (mode 0600, replacing a stale socket file)
 /// and serves it in the background.
 pub async fn start(
     path: &Path,
     shared: Arc<Shared>,
     started: Instant,
+    audit: Option<Arc<audit::AuditLog>>,
+    jobs: Arc<crate::reencrypt::Jobs>,
 ) -> Result<AdminServer, String> {
-    let audit = match &shared.config.admin.audit_log {
-        Some(p) => Some(
-            audit::AuditLog::open(p)
-                .map_err(|e| format!("admin.audit_log: {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
     let listener = bind(path)?;
     let ctx = Arc::new(Ctx {
         shared,
         started,
         audit,
+        jobs,
     });
     let accept = tokio::spawn(accept_loop(listener, ctx));
     tracing::info!(socket = %path.display(), "admin socket listening");

@@ -1,7 +1,6 @@
 //! The column-encryption series, for the crypto module to feed.
 //!
-//! Nothing calls these yet: the encryption path does not report to them
-//! (docs/metrics.md says so). The crypto code gets a [`CryptoMetrics`]
+//! The crypto code gets a [`CryptoMetrics`]
 //! from `Shared::metrics.crypto()` when it is built and calls it per
 //! operation; on a proxy without a metrics endpoint every call is a no-op.
 //! Never pass values, tenant ids or key material: only the region name.
@@ -84,6 +83,26 @@ impl CryptoMetrics {
         if let Some(c) = self.region(region) {
             c.reencrypted_rows.inc_by(done);
             c.reencrypt_remaining_rows.set(remaining as i64);
+        }
+    }
+
+    /// A re-encryption job of `region` started running on this proxy; the
+    /// guard counts it until dropped (finished, stopped or aborted).
+    pub fn job_running(&self, region: &str) -> RunningJob {
+        RunningJob(self.region(region).map(|c| {
+            c.reencrypt_jobs_running.inc();
+            c.reencrypt_jobs_running.clone()
+        }))
+    }
+}
+
+/// A running re-encryption job, counted in the gauge until dropped.
+pub struct RunningJob(Option<prometheus::IntGauge>);
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
         }
     }
 }

@@ -102,6 +102,7 @@ pub struct Proxy {
     /// followers (when columns are classified).
     admin: Option<crate::admin::AdminServer>,
     followers: Vec<tokio::task::JoinHandle<()>>,
+    jobs: Arc<crate::reencrypt::Jobs>,
 }
 
 /// Why the proxy could not start.
@@ -220,10 +221,18 @@ impl Proxy {
             ),
             None => Vec::new(),
         };
+        let audit = crate::admin::open_audit(&shared).map_err(StartError::Admin)?;
+        // Re-encryption jobs left running by a stopped proxy resume here.
+        let jobs = crate::reencrypt::Jobs::start(
+            shared.clone(),
+            audit.clone(),
+            Duration::from_secs(shared.config.admin.key_recheck_secs.max(1)),
+        );
         let admin = match &shared.config.admin.socket {
             Some(path) => Some(
-                crate::admin::start(path, shared.clone(), started)
+                crate::admin::start(path, shared.clone(), started, audit, jobs.clone())
                     .await
+                    .inspect_err(|_| jobs.stop())
                     .map_err(StartError::Admin)?,
             ),
             None => None,
@@ -238,6 +247,7 @@ impl Proxy {
             metrics,
             admin,
             followers,
+            jobs,
         })
     }
 
@@ -269,6 +279,9 @@ impl Proxy {
         if let Some(admin) = self.admin {
             admin.shutdown();
         }
+        // Jobs stay `running` in the database: another proxy (or this one
+        // started again) resumes them.
+        self.jobs.stop();
         for f in &self.followers {
             f.abort();
         }
