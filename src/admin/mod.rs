@@ -19,6 +19,7 @@ pub mod audit;
 pub mod client;
 pub(crate) mod commands;
 mod jobs;
+mod progress;
 
 use crate::server::state::Shared;
 use serde_json::{json, Map, Value};
