@@ -56,6 +56,18 @@ struct Active {
     versions: Vec<i32>,
 }
 
+impl Active {
+    /// The active version of `tenant` when the pass started (`tenants` is
+    /// in byte order: `COLLATE "C"`).
+    fn version_of(&self, tenant: &str) -> Option<u32> {
+        let i = self
+            .tenants
+            .binary_search_by(|t| t.as_str().cmp(tenant))
+            .ok()?;
+        u32::try_from(*self.versions.get(i)?).ok()
+    }
+}
+
 /// A job being run by this proxy, holding its lock on `client`.
 pub(super) struct Run<'a> {
     pub shared: &'a Shared,
@@ -164,7 +176,8 @@ impl Run<'_> {
             .client
             .query(
                 "SELECT tenant, version FROM regionguard.data_keys \
-                 WHERE state = 'active' AND ($1::text IS NULL OR tenant = $1) ORDER BY tenant",
+                 WHERE state = 'active' AND ($1::text IS NULL OR tenant = $1) \
+                 ORDER BY tenant COLLATE \"C\"",
                 &[&tenant],
             )
             .await
@@ -226,7 +239,7 @@ impl Run<'_> {
                     .map_err(self.db())?;
                 let Some(last) = rows.last() else { break };
                 cursor = last.try_get(0).map_err(self.db())?;
-                let step = self.rewrite(target, &rows, &update).await?;
+                let step = self.rewrite(target, &rows, &update, active).await?;
                 total.done += step.done;
                 total.skipped += step.skipped;
                 total.failed += step.failed;
@@ -265,6 +278,7 @@ impl Run<'_> {
         target: &Target,
         rows: &[tokio_postgres::Row],
         update: &str,
+        active: &Active,
     ) -> Result<Step, Stop> {
         let region = self.region().to_string();
         let mut scratch = Zeroizing::new(Vec::new());
@@ -280,7 +294,8 @@ impl Run<'_> {
                 Storage::Text => row.try_get::<_, String>(2).map_err(self.db())?.into_bytes(),
             };
             if !keys.contains_key(&tenant) {
-                let k = self.keys_for(&tenant).await;
+                let want = active.version_of(&tenant);
+                let k = self.keys_for(&tenant, want).await;
                 keys.insert(tenant.clone(), k);
             }
             let Some(Some(k)) = keys.get(&tenant) else {
@@ -346,22 +361,13 @@ impl Run<'_> {
         Ok(step)
     }
 
-    /// The tenant's keys with the active version the table names (reloaded
-    /// once when the cache is older); `None` when they cannot be had.
-    async fn keys_for(&self, tenant: &str) -> Option<Arc<TenantKeys>> {
+    /// The tenant's keys, sealing under at least `want` (the active
+    /// version the pass started with; reloaded once when the cache is
+    /// older). `None` when they cannot be had.
+    async fn keys_for(&self, tenant: &str, want: Option<u32>) -> Option<Arc<TenantKeys>> {
         let region = self.region();
-        let table_active: Option<i32> = self
-            .client
-            .query_opt(
-                "SELECT version FROM regionguard.data_keys WHERE tenant = $1 AND state = 'active'",
-                &[&tenant],
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_get(0).ok());
-        let want = table_active.and_then(|v| u32::try_from(v).ok());
-        let fresh = |k: &TenantKeys| want.is_some() && k.active_version() == want;
+        let want = want?;
+        let fresh = |k: &TenantKeys| k.active_version().is_some_and(|v| v >= want);
         match self.keyring.for_read(region, tenant).await {
             Ok(k) if fresh(&k) => return Some(k),
             Ok(_) => self.keyring.invalidate(region, tenant),
@@ -444,5 +450,22 @@ impl Run<'_> {
             }
         }
         Ok(serde_json::Value::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_versions_by_tenant() {
+        let active = Active {
+            tenants: vec!["Zed".into(), "acme".into(), "umbrella".into()],
+            versions: vec![3, 2, 7],
+        };
+        assert_eq!(active.version_of("acme"), Some(2));
+        assert_eq!(active.version_of("Zed"), Some(3));
+        assert_eq!(active.version_of("umbrella"), Some(7));
+        assert_eq!(active.version_of("globex"), None);
     }
 }
