@@ -277,8 +277,7 @@ async fn rotation_under_load_then_reencryption_retires_the_old_version() {
                         1 => {
                             let prev = mine
                                 .keys()
-                                .filter(|(t, _)| t == tenant)
-                                .last()
+                                .rfind(|(t, _)| t == tenant)
                                 .cloned();
                             match prev {
                                 Some((t, id)) => client

@@ -487,7 +487,7 @@ impl Requests {
                             ))
                             .await;
                     }
-                    return self.bind_fanned(msg, &name, portal, Some(mode)).await;
+                    return self.bind_fanned(msg, name, portal, Some(mode)).await;
                 }
                 _ => {}
             }
@@ -516,7 +516,7 @@ impl Requests {
         };
         if self.batch.fan.is_some() {
             return self
-                .bind_in_fan_batch(msg, &name, portal, in_region, plan)
+                .bind_in_fan_batch(msg, name, portal, in_region, plan)
                 .await;
         }
         if let Some(err) = self.conflict(&region) {
