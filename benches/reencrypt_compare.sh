@@ -159,8 +159,9 @@ log "without a job: $base1 tps"
 ctl --json reencrypt --region eu > "$WORK/job2.json" || { cat "$WORK/job2.json" >&2; die "cannot start the job"; }
 JOB=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' "$WORK/job2.json")
 read -r withjob _ <<<"$(run)" || die "pgbench with a job failed"
+# Newest job first in the list: this one.
 state=$(ctl --json jobs | grep -o '"state":"[a-z]*"' | head -1)
-done2=$(ctl --json jobs | sed -n 's/.*"rows_done":\([0-9]*\).*/\1/p' | head -1)
+done2=$(ctl --json jobs | grep -o '"rows_done":[0-9]*' | head -1 | cut -d: -f2)
 log "with job $JOB at the default rate: $withjob tps ($done2 values re-encrypted meanwhile, $state)"
 [[ $state == '"state":"running"' ]] || log "warning: the job was no longer running at the end of the run"
 ctl jobs cancel "$JOB" >/dev/null || true

@@ -15,8 +15,10 @@
 use crate::catalog::Storage;
 
 /// Pages scanned per query: bounds each query's work on a large table while
-/// the cursor (a `ctid`) walks it once per pass. 1024 pages = 8 MiB.
-pub const WINDOW_PAGES: u32 = 1024;
+/// the cursor (a `ctid`) walks it once per pass. A batch query reads (and
+/// sorts by ctid) what is left of its window, so the window stays a few
+/// batches' worth of rows: 64 pages = 512 KiB, some thousands of rows.
+pub const WINDOW_PAGES: u32 = 64;
 
 /// A tenant id as the key table and the associated data spell it, computed
 /// from a tenant column's text form (the directory's normalisation: trimmed,
