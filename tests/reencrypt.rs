@@ -731,7 +731,21 @@ async fn jobs_cancel_stops_a_job_and_refusals_have_stable_codes() {
         "{out:?}"
     );
 
-    // A new job after the cancel finishes the work.
+    // A value that cannot be opened (acme's ciphertext copied into an
+    // umbrella row: bound to another tenant) is left as it is and counted;
+    // its version is not retired, while acme's is.
+    let copied = direct
+        .execute(
+            "UPDATE customers SET email = (SELECT email FROM customers c \
+                 WHERE c.tenant_id = 'acme' AND substring(c.email FROM 3 FOR 4) = int4send(1) \
+                 ORDER BY id DESC LIMIT 1) \
+             WHERE tenant_id = 'umbrella' AND id = 1 \
+               AND substring(email FROM 3 FOR 4) = int4send(1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(copied, 1, "umbrella's row 1 was already re-encrypted");
     let again = ok(ctl(
         &socket,
         "reencrypt.start",
@@ -739,7 +753,15 @@ async fn jobs_cancel_stops_a_job_and_refusals_have_stable_codes() {
     )
     .await);
     let again = again["job"]["id"].as_str().unwrap().to_string();
-    wait_state(&socket, &again, "done", 40).await;
-    assert_eq!(old_rows(&direct).await, (0, 0));
+    let finished = wait_state(&socket, &again, "done", 40).await;
+    assert!(finished["rows_failed"].as_i64().unwrap() >= 1, "{finished}");
+    assert_eq!(finished["rows_remaining"], json!(1), "{finished}");
+    assert!(
+        finished["error"].as_str().unwrap().contains("not retired"),
+        "{finished}"
+    );
+    assert_eq!(old_rows(&direct).await, (1, 0));
+    assert_eq!(key_states(&direct, "umbrella").await[0].1, "decrypt-only");
+    assert_eq!(key_states(&direct, "acme").await[0].1, "retired");
     proxy.shutdown().await;
 }
