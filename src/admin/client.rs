@@ -396,6 +396,9 @@ pub fn job_line(j: &Value) -> String {
         or_all(&j["table"]),
         match (&j["error"], &j["retired"]) {
             (Value::String(e), _) => e.clone(),
+            (_, Value::Array(r)) if r.len() > 3 => {
+                format!("retired old versions of {} tenants", r.len())
+            }
             (_, Value::Array(r)) if !r.is_empty() => format!(
                 "retired {}",
                 r.iter()

@@ -23,7 +23,7 @@ pub fn wait(socket: &Path, id: &str, as_json: bool) -> ExitCode {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta}) {msg}",
+                "{prefix} [{bar:40}] {human_pos}/{human_len} rows, eta {eta} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -61,7 +61,8 @@ pub fn wait(socket: &Path, id: &str, as_json: bool) -> ExitCode {
         let remaining = job["rows_remaining"].as_u64().unwrap_or(0);
         match &bar {
             Some(b) => {
-                b.set_length(done + remaining);
+                // Empty, not full, until the job has counted its rows.
+                b.set_length((done + remaining).max(1));
                 b.set_position(done);
                 b.set_message(state.clone());
             }
