@@ -247,7 +247,7 @@ async fn rotation_under_load_then_reencryption_retires_the_old_version() {
     // Rows written before the rotation: under version 1 for sure.
     populate(&proxy, &["acme", "umbrella"], 100_000, 150).await;
 
-    // Four writers, 1200 statements in all (inserts, updates, reads), while
+    // Four writers, 2000 statements in all (inserts, updates, reads), while
     // the region's data keys rotate. Each writer owns its ids and remembers
     // the last value it wrote.
     let expected = within(60, "rotation under a write workload", async {
@@ -257,7 +257,7 @@ async fn rotation_under_load_then_reencryption_retires_the_old_version() {
             writers.push(tokio::spawn(async move {
                 let mut failures = Vec::new();
                 let mut mine: BTreeMap<(String, i64), (String, String)> = BTreeMap::new();
-                for i in 0..300i64 {
+                for i in 0..500i64 {
                     let tenant = if i % 2 == 0 { "acme" } else { "umbrella" };
                     let id = w * 10_000 + i / 3;
                     let email = format!("w{w}-{id}@example.com");
