@@ -144,11 +144,6 @@ impl Jobs {
         }
     }
 
-    /// This proxy's id as recorded in `owner`.
-    pub fn owner(&self) -> &str {
-        &self.events.owner
-    }
-
     fn keyring(&self) -> Result<&Keyring, AdminError> {
         self.shared.keyring.as_deref().ok_or_else(|| {
             AdminError::new(
