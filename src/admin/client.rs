@@ -550,3 +550,51 @@ pub fn render(command: &str, r: &Value) -> String {
         _ => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_render_as_a_table_with_their_outcome() {
+        let job = |id: &str, state: &str, retired: Value, error: Value| {
+            json!({"id": id, "state": state, "rows_done": 120, "rows_remaining": 0,
+                "rows_skipped": 1, "rows_failed": 0, "rate": 500, "tenant": null,
+                "table": "customers", "retired": retired, "error": error})
+        };
+        let one = json!([{"tenant": "acme", "versions": [1]}]);
+        let many: Vec<Value> = (0..5)
+            .map(|i| json!({"tenant": format!("t{i}"), "versions": [1]}))
+            .collect();
+        let jobs = json!({"jobs": [
+            job("eu/3", "done", one, Value::Null),
+            job("eu/2", "done", Value::Array(many), Value::Null),
+            job("eu/1", "failed", json!([]), json!("permission denied for table customers")),
+        ]});
+        let out = render("jobs.list", &jobs);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("ID") && lines[0].contains("REMAINING"),
+            "{out}"
+        );
+        assert!(lines[1].contains("eu/3") && lines[1].contains("retired acme: [1]"));
+        assert!(lines[1].contains(" all ") && lines[1].contains("customers"));
+        assert!(
+            lines[2].contains("retired old versions of 5 tenants"),
+            "{out}"
+        );
+        assert!(lines[3].contains("failed") && lines[3].contains("permission denied"));
+        assert_eq!(
+            render("jobs.list", &json!({"jobs": []})),
+            "no re-encryption jobs\n"
+        );
+        let started = render(
+            "reencrypt.start",
+            &json!({"job": job("us/7", "running", json!([]), Value::Null)}),
+        );
+        assert!(
+            started.contains("us/7") && started.contains("tenant all"),
+            "{started}"
+        );
+    }
+}
