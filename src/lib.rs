@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod reencrypt;
 pub mod routing;
 pub mod server;
 pub mod sql;

@@ -56,6 +56,40 @@ pub enum CtlCommand {
     /// Re-read the config file and apply what can change online (as
     /// SIGHUP does); a bad file is refused and the old config stays.
     Reload,
+    /// Start a background job rewriting rows still encrypted under older
+    /// data key versions (after `keys rotate`); versions no row uses any
+    /// more are then retired.
+    Reencrypt {
+        #[arg(long)]
+        region: String,
+        /// Only this tenant's rows.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this classified table (as configured).
+        #[arg(long)]
+        table: Option<String>,
+        /// Rows per second at most (default 500).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Wait for the job to end, with a progress bar on a terminal
+        /// (plain lines otherwise); exit 0 only when it is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-encryption jobs with their progress (`jobs cancel ID` stops one).
+    Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
+        /// Only this region's jobs.
+        #[arg(long)]
+        region: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Stop a running job (ID as `jobs` shows it, e.g. eu/3).
+    Cancel { id: String },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -186,7 +220,26 @@ pub fn main(args: CtlArgs) -> ExitCode {
             return verify_file(file, args.json)
         }
         CtlCommand::Audit(AuditCommand::Verify { file: None }) => ("audit.verify", json!({})),
+        CtlCommand::Reencrypt {
+            region,
+            tenant,
+            table,
+            rate,
+            ..
+        } => (
+            "reencrypt.start",
+            json!({"region": region, "tenant": tenant, "table": table, "rate": rate}),
+        ),
+        CtlCommand::Jobs {
+            command: None,
+            region,
+        } => ("jobs.list", json!({ "region": region })),
+        CtlCommand::Jobs {
+            command: Some(JobsCommand::Cancel { id }),
+            ..
+        } => ("jobs.cancel", json!({ "id": id })),
     };
+    let wait = matches!(args.command, CtlCommand::Reencrypt { wait: true, .. });
     let socket = match socket_path(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -202,6 +255,14 @@ pub fn main(args: CtlArgs) -> ExitCode {
         }
     };
     let ok = reply.get("ok").and_then(Value::as_bool) == Some(true);
+    if ok && wait {
+        let id = reply
+            .pointer("/result/job/id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        return super::progress::wait(&socket, &id, args.json);
+    }
     if args.json {
         println!("{reply}");
     } else if ok {
@@ -313,6 +374,58 @@ fn key_table(keys: &[Value], with_tenant: bool) -> String {
                 age(&k["age_secs"])
             ));
         }
+    }
+    out
+}
+
+fn or_all(v: &Value) -> String {
+    match v {
+        Value::Null => "all".into(),
+        other => s(other),
+    }
+}
+
+/// One line of a job: counts, state and who runs it.
+pub fn job_line(j: &Value) -> String {
+    format!(
+        "{:<10} {:<9} {:>9} {:>9} {:>7} {:>6} {:>7}  {:<12} {:<12} {}",
+        s(&j["id"]),
+        s(&j["state"]),
+        s(&j["rows_done"]),
+        s(&j["rows_remaining"]),
+        s(&j["rows_skipped"]),
+        s(&j["rows_failed"]),
+        s(&j["rate"]),
+        or_all(&j["tenant"]),
+        or_all(&j["table"]),
+        match (&j["error"], &j["retired"]) {
+            (Value::String(e), _) => e.clone(),
+            (_, Value::Array(r)) if r.len() > 3 => {
+                format!("retired old versions of {} tenants", r.len())
+            }
+            (_, Value::Array(r)) if !r.is_empty() => format!(
+                "retired {}",
+                r.iter()
+                    .map(|t| format!("{}: {}", s(&t["tenant"]), s(&t["versions"])))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            _ => String::new(),
+        }
+    )
+}
+
+fn job_table(jobs: &[Value]) -> String {
+    if jobs.is_empty() {
+        return "no re-encryption jobs\n".into();
+    }
+    let mut out = format!(
+        "{:<10} {:<9} {:>9} {:>9} {:>7} {:>6} {:>7}  {:<12} {:<12} {}\n",
+        "ID", "STATE", "DONE", "REMAINING", "SKIPPED", "FAILED", "RATE", "TENANT", "TABLE", "NOTE"
+    );
+    for j in jobs {
+        out.push_str(&job_line(j));
+        out.push('\n');
     }
     out
 }
@@ -446,6 +559,20 @@ pub fn render(command: &str, r: &Value) -> String {
             }
             out
         }
+        "reencrypt.start" => format!(
+            "started re-encryption job {} in region {} (tenant {}, table {}, {} rows/s); follow it with `regionguard ctl jobs`\n",
+            s(&r["job"]["id"]),
+            s(&r["job"]["region"]),
+            or_all(&r["job"]["tenant"]),
+            or_all(&r["job"]["table"]),
+            s(&r["job"]["rate"]),
+        ),
+        "jobs.list" => job_table(r["jobs"].as_array().unwrap_or(&empty)),
+        "jobs.cancel" => format!(
+            "job {} cancelled after {} rows; its runner stops within a batch\n",
+            s(&r["job"]["id"]),
+            s(&r["job"]["rows_done"])
+        ),
         "audit.verify" => format!(
             "{}: chain intact, {} lines; head sha256 {}\n",
             s(&r["path"]),
@@ -453,5 +580,53 @@ pub fn render(command: &str, r: &Value) -> String {
             s(&r["head"])
         ),
         _ => format!("{}\n", serde_json::to_string_pretty(r).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_render_as_a_table_with_their_outcome() {
+        let job = |id: &str, state: &str, retired: Value, error: Value| {
+            json!({"id": id, "state": state, "rows_done": 120, "rows_remaining": 0,
+                "rows_skipped": 1, "rows_failed": 0, "rate": 500, "tenant": null,
+                "table": "customers", "retired": retired, "error": error})
+        };
+        let one = json!([{"tenant": "acme", "versions": [1]}]);
+        let many: Vec<Value> = (0..5)
+            .map(|i| json!({"tenant": format!("t{i}"), "versions": [1]}))
+            .collect();
+        let jobs = json!({"jobs": [
+            job("eu/3", "done", one, Value::Null),
+            job("eu/2", "done", Value::Array(many), Value::Null),
+            job("eu/1", "failed", json!([]), json!("permission denied for table customers")),
+        ]});
+        let out = render("jobs.list", &jobs);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("ID") && lines[0].contains("REMAINING"),
+            "{out}"
+        );
+        assert!(lines[1].contains("eu/3") && lines[1].contains("retired acme: [1]"));
+        assert!(lines[1].contains(" all ") && lines[1].contains("customers"));
+        assert!(
+            lines[2].contains("retired old versions of 5 tenants"),
+            "{out}"
+        );
+        assert!(lines[3].contains("failed") && lines[3].contains("permission denied"));
+        assert_eq!(
+            render("jobs.list", &json!({"jobs": []})),
+            "no re-encryption jobs\n"
+        );
+        let started = render(
+            "reencrypt.start",
+            &json!({"job": job("us/7", "running", json!([]), Value::Null)}),
+        );
+        assert!(
+            started.contains("us/7") && started.contains("tenant all"),
+            "{started}"
+        );
     }
 }

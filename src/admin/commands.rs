@@ -23,14 +23,17 @@ pub(crate) async fn run(ctx: &Ctx, command: &str, args: &Value) -> Outcome {
         "tenant.shred" => tenant_shred(ctx, args).await,
         "audit.verify" => audit_verify(ctx).map(|v| (v, None)),
         "reload" => reload(ctx).await,
+        "reencrypt.start" => super::jobs::start(ctx, args).await,
+        "jobs.list" => super::jobs::list(ctx, args).await.map(|v| (v, None)),
+        "jobs.cancel" => super::jobs::cancel(ctx, args).await,
         other => Err(AdminError::new(
             codes::UNKNOWN_COMMAND,
-            format!("unknown command `{other}` (status, keys.list, keys.rotate, keys.rotate-root, tenant.where, tenant.shred, audit.verify)"),
+            format!("unknown command `{other}` (status, keys.list, keys.rotate, keys.rotate-root, tenant.where, tenant.shred, audit.verify, reload, reencrypt.start, jobs.list, jobs.cancel)"),
         )),
     }
 }
 
-fn arg<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, AdminError> {
+pub(crate) fn arg<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, AdminError> {
     match args.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
@@ -41,7 +44,7 @@ fn arg<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, AdminError> {
     }
 }
 
-fn required<'a>(args: &'a Value, name: &str) -> Result<&'a str, AdminError> {
+pub(crate) fn required<'a>(args: &'a Value, name: &str) -> Result<&'a str, AdminError> {
     arg(args, name)?
         .ok_or_else(|| AdminError::new(codes::BAD_ARGS, format!("`{name}` is required")))
 }

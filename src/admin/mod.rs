@@ -17,7 +17,9 @@
 
 pub mod audit;
 pub mod client;
-mod commands;
+pub(crate) mod commands;
+mod jobs;
+mod progress;
 
 use crate::server::state::Shared;
 use serde_json::{json, Map, Value};
@@ -54,7 +56,8 @@ pub mod codes {
     pub const KEY_STORE: &str = "key_store";
     /// The tenant's keys were destroyed.
     pub const TENANT_SHREDDED: &str = "tenant_shredded";
-    /// A concurrent change got in the way; retry.
+    /// A concurrent change got in the way (or a running job already covers
+    /// the request; a job that is not running cannot be cancelled); retry.
     pub const CONFLICT: &str = "conflict";
     /// `audit.verify` found an edited, inserted or removed line.
     pub const AUDIT_CHAIN_BROKEN: &str = "audit_chain_broken";
@@ -104,6 +107,8 @@ pub(crate) struct Ctx {
     pub shared: Arc<Shared>,
     pub started: Instant,
     pub audit: Option<Arc<audit::AuditLog>>,
+    /// Re-encryption jobs (`reencrypt`, `jobs`, `jobs cancel`).
+    pub jobs: Arc<crate::reencrypt::Jobs>,
 }
 
 /// Refuses a socket directory others could write to: group- or
@@ -149,13 +154,15 @@ pub async fn start(
     path: &Path,
     shared: Arc<Shared>,
     started: Instant,
+    audit: Option<Arc<audit::AuditLog>>,
+    jobs: Arc<crate::reencrypt::Jobs>,
 ) -> Result<AdminServer, String> {
-    let audit = shared.audit.clone();
     let listener = bind(path)?;
     let ctx = Arc::new(Ctx {
         shared,
         started,
         audit,
+        jobs,
     });
     let accept = tokio::spawn(accept_loop(listener, ctx));
     tracing::info!(socket = %path.display(), "admin socket listening");

@@ -92,6 +92,12 @@ impl RegionCatalog {
             .unwrap_or(Storage::Bytea)
     }
 
+    /// Every classified column: (table OID, column number) and its field,
+    /// for background work that walks whole tables (re-encryption).
+    pub fn fields(&self) -> impl Iterator<Item = ((u32, i16), &Field)> {
+        self.fields.iter().map(|(k, f)| (*k, f))
+    }
+
     /// Classified columns whose storage type is wrong, described.
     pub fn problems(&self) -> &[String] {
         &self.problems

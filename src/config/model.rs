@@ -309,7 +309,9 @@ pub struct Admin {
     /// Hash-chained JSON-lines audit log of admin commands and key events.
     pub audit_log: Option<PathBuf>,
     /// Backstop for missed key-change notifications: how often cached
-    /// tenant keys are compared with the key table, in seconds.
+    /// tenant keys are compared with the key table, in seconds. Also how
+    /// often running re-encryption jobs whose proxy went quiet are looked
+    /// for, to take over.
     pub key_recheck_secs: u64,
     /// A data key rotation stages the new version, waits this long for
     /// every proxy to learn it, then makes it active.

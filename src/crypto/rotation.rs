@@ -1,5 +1,6 @@
 //! Key administration in a region's key table (issue 5): listing, data key
-//! rotation, re-wrapping under a new root key, crypto-shredding; announcing
+//! rotation, re-wrapping under a new root key, retiring versions no row
+//! uses any more, crypto-shredding; announcing
 //! each change to the other proxies of the region (NOTIFY on
 //! [`CHANNEL`]) and following theirs ([`spawn_followers`]: LISTEN plus a
 //! periodic re-check as backstop).
@@ -462,6 +463,55 @@ pub async fn rotate_root(keyring: &Keyring, region: &str) -> Result<RootRotated,
         rewrapped,
         live_keys: rows.len() as u64,
     })
+}
+
+/// Marks data key versions of `tenant` that no row uses any more as
+/// `retired` (after a re-encryption job rewrote their rows), announces it
+/// and returns the versions this call retired. Only `decrypt-only` versions
+/// older than the active one qualify: never the active version, nor one
+/// staged by a rotation in progress (above the active one). Retired keys
+/// still unwrap, so a value written under one by a proxy that had not yet
+/// heard of the rotation stays readable.
+pub async fn retire(
+    keyring: &Keyring,
+    region: &str,
+    tenant: &str,
+    versions: &[u32],
+) -> Result<Vec<u32>, KeyAdminError> {
+    if versions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenant = canonical_tenant(tenant).into_owned();
+    let wanted: Vec<i32> = versions
+        .iter()
+        .map(|v| i32_of(region, *v))
+        .collect::<Result<_, _>>()?;
+    let mut client = admin_client(keyring, region).await?;
+    let tx = client.transaction().await.map_err(db(region))?;
+    lock_tenant(&tx, region, &tenant).await?;
+    let rows = tx
+        .query(
+            "UPDATE regionguard.data_keys SET state = 'retired' \
+             WHERE tenant = $1 AND version = ANY($2) AND state = 'decrypt-only' \
+               AND version < (SELECT version FROM regionguard.data_keys \
+                              WHERE tenant = $1 AND state = 'active') \
+             RETURNING version",
+            &[&tenant, &wanted],
+        )
+        .await
+        .map_err(db(region))?;
+    let mut retired = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let v: i32 = r.try_get(0).map_err(db(region))?;
+        retired.push(v.max(0) as u32);
+    }
+    retired.sort_unstable();
+    if !retired.is_empty() {
+        notify(&tx, region, "retire", Some(&tenant)).await?;
+    }
+    tx.commit().await.map_err(db(region))?;
+    keyring.invalidate(region, &tenant);
+    Ok(retired)
 }
 
 /// Crypto-shreds a tenant in `region`: every data key version destroyed

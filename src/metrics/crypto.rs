@@ -87,6 +87,26 @@ impl CryptoMetrics {
             c.reencrypt_remaining_rows.set(remaining as i64);
         }
     }
+
+    /// A re-encryption job of `region` started running on this proxy; the
+    /// guard counts it until dropped (finished, stopped or aborted).
+    pub fn job_running(&self, region: &str) -> RunningJob {
+        RunningJob(self.region(region).map(|c| {
+            c.reencrypt_jobs_running.inc();
+            c.reencrypt_jobs_running.clone()
+        }))
+    }
+}
+
+/// A running re-encryption job, counted in the gauge until dropped.
+pub struct RunningJob(Option<prometheus::IntGauge>);
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
 }
 
 /// Sets the key-age gauges from the creation times; called per scrape so

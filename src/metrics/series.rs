@@ -53,6 +53,7 @@ pub struct CryptoSeries {
     pub key_created: std::sync::atomic::AtomicI64,
     pub reencrypted_rows: IntCounter,
     pub reencrypt_remaining_rows: IntGauge,
+    pub reencrypt_jobs_running: IntGauge,
 }
 
 /// All series of one proxy.
@@ -315,6 +316,12 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
         "Rows still encrypted under an older key version (0 when no re-encryption runs)",
         &["region"],
     )?;
+    let jobs_running = gauge_vec(
+        reg,
+        "regionguard_crypto_reencrypt_jobs_running",
+        "Re-encryption jobs this proxy is running",
+        &["region"],
+    )?;
 
     let mut out = Vec::new();
     for (name, region) in &config.regions {
@@ -362,6 +369,7 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
                 key_created: std::sync::atomic::AtomicI64::new(0),
                 reencrypted_rows: reencrypted.get_metric_with_label_values(&[n])?,
                 reencrypt_remaining_rows: remaining.get_metric_with_label_values(&[n])?,
+                reencrypt_jobs_running: jobs_running.get_metric_with_label_values(&[n])?,
             },
         }));
     }

@@ -91,6 +91,7 @@ pub struct Proxy {
     /// followers (when columns are classified).
     admin: Option<crate::admin::AdminServer>,
     followers: Vec<tokio::task::JoinHandle<()>>,
+    jobs: Arc<crate::reencrypt::Jobs>,
 }
 
 /// Why the proxy could not start.
@@ -216,10 +217,20 @@ impl Proxy {
             ),
             None => Vec::new(),
         };
+        // One audit log per process: two handles on one file would fork
+        // its hash chain.
+        let audit = shared.audit.clone();
+        // Re-encryption jobs left running by a stopped proxy resume here.
+        let jobs = crate::reencrypt::Jobs::start(
+            shared.clone(),
+            audit.clone(),
+            Duration::from_secs(shared.config.admin.key_recheck_secs.max(1)),
+        );
         let admin = match &shared.config.admin.socket {
             Some(path) => Some(
-                crate::admin::start(path, shared.clone(), started)
+                crate::admin::start(path, shared.clone(), started, audit, jobs.clone())
                     .await
+                    .inspect_err(|_| jobs.stop())
                     .map_err(StartError::Admin)?,
             ),
             None => None,
@@ -234,6 +245,7 @@ impl Proxy {
             metrics,
             admin,
             followers,
+            jobs,
         })
     }
 
@@ -291,6 +303,9 @@ impl Proxy {
         if let Some(admin) = self.admin {
             admin.shutdown();
         }
+        // Jobs stay `running` in the database: another proxy (or this one
+        // started again) resumes them.
+        self.jobs.stop();
         for f in &self.followers {
             f.abort();
         }
