@@ -100,7 +100,19 @@ async fn reload_applies_a_good_file_and_refuses_a_bad_one() {
         let sha_before = before["result"]["config"]["sha256"].clone();
 
         // A good file: a new tenant mapping takes effect for the session
-        // that is already open.
+        // that is already open. Work in flight during the reload is
+        // unaffected: a running statement, and an open transaction of acme
+        // that goes on writing after the swap and commits.
+        let busy = tenant_client(&proxy, None).await;
+        let running = tokio::spawn(async move {
+            busy.query_one("SELECT pg_sleep(1.5)::text, 7", &[])
+                .await
+                .map(|row| row.get::<_, i32>(1))
+        });
+        let mut in_txn = tenant_client(&proxy, None).await;
+        let txn = in_txn.transaction().await.unwrap();
+        txn.execute(insert, &[&"acme", &10i64]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         write(
             &f.config,
             &config_text(&f, &[("acme", "eu"), ("globex", "us")], ""),
@@ -108,6 +120,13 @@ async fn reload_applies_a_good_file_and_refuses_a_bad_one() {
         let r = ctl(&f.socket, "reload").await;
         assert_eq!(r["ok"], json!(true), "{r}");
         assert_eq!(r["result"]["changed"], json!(["tenants"]), "{r}");
+        txn.execute(insert, &[&"acme", &11i64]).await.unwrap();
+        txn.commit().await.unwrap();
+        assert_eq!(running.await.unwrap().unwrap(), 7, "the running statement");
+        assert_eq!(
+            regions.regions_holding("customers", "acme", 11).await,
+            ["eu"]
+        );
         client.execute(insert, &[&"globex", &2i64]).await.unwrap();
         assert_eq!(
             regions.regions_holding("customers", "globex", 2).await,
