@@ -787,6 +787,27 @@ async fn jobs_cancel_stops_a_job_and_refusals_have_stable_codes() {
         "{finished}"
     );
     assert_eq!(old_rows(&direct).await, (1, 0));
+    // A script following such a job with --wait gets exit code 1.
+    let bin = env!("CARGO_BIN_EXE_regionguard");
+    let sock = socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["ctl", "--json", "--socket"])
+            .arg(&sock)
+            .args(["reencrypt", "--region", "eu", "--rate", "5000", "--wait"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    assert_eq!(reply["result"]["job"]["state"], json!("done"), "{reply}");
+    assert!(
+        reply["result"]["job"]["rows_failed"].as_i64().unwrap() >= 1,
+        "{reply}"
+    );
     assert_eq!(key_states(&direct, "umbrella").await[0].1, "decrypt-only");
     assert_eq!(key_states(&direct, "acme").await[0].1, "retired");
     proxy.shutdown().await;

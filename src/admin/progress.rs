@@ -17,7 +17,9 @@ const POLL: Duration = Duration::from_millis(500);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 /// Polls job `id` until it is no longer running. Exit code 0 when it ended
-/// `done`, 1 when cancelled or failed, 3 when the proxy went away.
+/// `done` with every value re-encrypted; 1 when cancelled, failed, or done
+/// with values it could not open (a script must not retire keys on that);
+/// 3 when the proxy went away.
 pub fn wait(socket: &Path, id: &str, as_json: bool) -> ExitCode {
     let bar = (!as_json && std::io::stdout().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
@@ -77,10 +79,16 @@ pub fn wait(socket: &Path, id: &str, as_json: bool) -> ExitCode {
                 b.finish_with_message(state.clone());
                 println!("{}", job_line(&job));
             }
+            let failed = job["rows_failed"].as_u64().unwrap_or(0);
+            let complete = state == "done" && failed == 0;
             if as_json {
-                println!("{}", json!({"ok": state == "done", "result": {"job": job}}));
+                println!("{}", json!({"ok": complete, "result": {"job": job}}));
+            } else if state == "done" && failed > 0 {
+                eprintln!(
+                    "regionguard ctl: job {id} is done, but {failed} value(s) could not be re-encrypted (see `regionguard ctl jobs`)"
+                );
             }
-            return if state == "done" {
+            return if complete {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_FAILED)
