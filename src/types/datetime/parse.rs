@@ -831,9 +831,11 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
     }
     d.finish()?;
     if time_only && d.fmask & DATE_M != DATE_M {
-        // A zone with daylight saving time needs a date to mean anything.
+        // A zone whose offset ever changes needs a date to mean anything
+        // (Postgres's pg_get_timezone_offset); a POSIX zone without
+        // daylight saving time, `abc12:34`, does not.
         if let Some(ZoneGiven::Named(tz)) = &d.tm.zone {
-            if tz.to_fixed_offset().is_err() {
+            if !zone::has_one_offset(tz) {
                 return Err(d.bad());
             }
         }
@@ -925,5 +927,19 @@ mod tests {
             decode(" -infinity ", "timestamp", DateOrder::Mdy).unwrap(),
             Decoded::Early
         ));
+    }
+
+    #[test]
+    fn a_time_takes_a_zone_without_a_date_only_when_its_offset_never_changes() {
+        let time = |t: &str| decode(t, "time without time zone", DateOrder::Mdy);
+        // POSIX zones without daylight saving time, as pg_tzset reads them.
+        assert!(time("23:59:59.999999 pmCET12:34:56").is_ok());
+        assert!(time("12:00 abc-3").is_ok());
+        assert!(time("12:00 UTC").is_ok());
+        // Zones whose offset changes need a date (22007, as Postgres).
+        for t in ["12:00 EST5EDT", "12:00 America/New_York"] {
+            let e = time(t).err().unwrap_or_else(|| panic!("{t} accepted"));
+            assert_eq!(e.sqlstate(), "22007", "{t}");
+        }
     }
 }

@@ -236,6 +236,24 @@ pub(crate) fn is_dynamic_abbreviation(word: &str) -> bool {
 
 /// A zone name as `pg_tzset` resolves it: an IANA name (case-insensitive),
 /// else a POSIX TZ string such as `UTC+3` (3 hours west of UTC).
+/// Whether `tz` has the same UTC offset at every instant, as Postgres's
+/// `pg_get_timezone_offset` asks of a zone given with a time but no date.
+/// Transitions that keep the offset (a new abbreviation) do not count; the
+/// walk is bounded, and a zone still undecided after it counts as varying.
+pub(crate) fn has_one_offset(tz: &TimeZone) -> bool {
+    if tz.to_fixed_offset().is_ok() {
+        return true;
+    }
+    let first = tz.to_offset(jiff::Timestamp::MIN);
+    let mut transitions = tz.following(jiff::Timestamp::MIN).take(10_000);
+    let mut seen = 0;
+    let same = transitions.all(|t| {
+        seen += 1;
+        t.offset() == first
+    });
+    same && seen < 10_000
+}
+
 pub(crate) fn named_zone(name: &str) -> Option<TimeZone> {
     TimeZone::get(name)
         .ok()
