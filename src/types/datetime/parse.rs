@@ -672,8 +672,22 @@ pub(crate) fn decode(text: &str, type_name: &str, order: DateOrder) -> Result<De
     let mut special = None;
     let mut iso_time_next = false;
     for (index, (ftype, field)) in fields.iter().enumerate() {
-        if iso_time_next && !matches!(ftype, FieldType::Number | FieldType::Time) {
+        if iso_time_next && !matches!(ftype, FieldType::Number | FieldType::Time | FieldType::Date)
+        {
             return Err(d.bad());
+        }
+        if iso_time_next && *ftype == FieldType::Date {
+            // After "t" Postgres reads such a field as a run-together time
+            // with a zone, `hhmmss-zz` (DecodeDateTime and DecodeTimeOnly
+            // alike): without a time yet and with the `-`, one this proxy
+            // does not reproduce.
+            if d.fmask & TIME_M == TIME_M || !field.contains('-') {
+                return Err(d.bad());
+            }
+            return Err(unsupported(
+                type_name,
+                "a run-together time with a time zone",
+            ));
         }
         iso_time_next = false;
         match ftype {
@@ -941,5 +955,22 @@ mod tests {
             let e = time(t).err().unwrap_or_else(|| panic!("{t} accepted"));
             assert_eq!(e.sqlstate(), "22007", "{t}");
         }
+    }
+
+    #[test]
+    fn a_date_shaped_field_after_t_is_a_run_together_time_with_a_zone() {
+        // Postgres reads "T 2024-8" as 20:24 at UTC-8; not reproduced: 0A000.
+        let e = decode("T 2024-8 /", "time without time zone", DateOrder::Dmy)
+            .err()
+            .expect("refused");
+        assert_eq!(e.sqlstate(), "0A000");
+        let e = decode(
+            "2024-01-02 T 2024/8",
+            "timestamp without time zone",
+            DateOrder::Mdy,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.sqlstate(), "22007");
     }
 }
