@@ -185,12 +185,12 @@ impl Catalogs {
         };
         let mut tenant_columns = HashMap::new();
         for row in rows {
-            let oid: i64 = row.get(0);
-            let schema: String = row.get(1);
-            let table: String = row.get(2);
-            let attnum: i16 = row.get(3);
-            let column: String = row.get(4);
-            let type_oid: i64 = row.get(5);
+            let oid: i64 = row.try_get(0)?;
+            let schema: String = row.try_get(1)?;
+            let table: String = row.try_get(2)?;
+            let attnum: i16 = row.try_get(3)?;
+            let column: String = row.try_get(4)?;
+            let type_oid: i64 = row.try_get(5)?;
             let Some(columns) = classification.table_parts(Some(&schema), &table) else {
                 continue;
             };
@@ -425,8 +425,8 @@ async fn map_views(
 ) -> Result<(), tokio_postgres::Error> {
     let mut found = HashMap::new();
     for row in client.query(VIEWS, &[]).await? {
-        let oid = row.get::<_, i64>(0) as u32;
-        let action: String = row.get(3);
+        let oid = row.try_get::<_, i64>(0)? as u32;
+        let action: String = row.try_get(3)?;
         let query = views::read(&action, oid);
         if let Err(e) = &query {
             tracing::warn!(region, view = oid, error = %e, "cannot read a view's stored query; its columns are treated as computed from everything it reads");
@@ -434,8 +434,8 @@ async fn map_views(
         found.insert(
             oid,
             View {
-                schema: row.get(1),
-                name: row.get(2),
+                schema: row.try_get(1)?,
+                name: row.try_get(2)?,
                 query,
             },
         );
@@ -452,13 +452,15 @@ async fn map_views(
     wanted.dedup();
     let mut relations: HashMap<u32, Relation> = HashMap::new();
     for row in client.query(RELATIONS, &[&wanted]).await? {
-        let oid = row.get::<_, i64>(0) as u32;
+        let oid = row.try_get::<_, i64>(0)? as u32;
+        let schema = row.try_get::<_, String>(1)?.to_lowercase();
+        let name = row.try_get::<_, String>(2)?.to_lowercase();
         let rel = relations.entry(oid).or_insert_with(|| Relation {
-            schema: row.get::<_, String>(1).to_lowercase(),
-            name: row.get::<_, String>(2).to_lowercase(),
+            schema,
+            name,
             columns: HashMap::new(),
         });
-        rel.columns.insert(row.get(3), row.get(4));
+        rel.columns.insert(row.try_get(3)?, row.try_get(4)?);
     }
     let mut r = Resolver {
         catalog,

@@ -47,9 +47,14 @@ pub async fn discover(shared: &Shared) {
         match rows {
             Ok(rows) => {
                 for row in rows {
-                    let schema: String = row.get(0);
-                    let table: String = row.get(1);
-                    found.add(&schema.to_lowercase(), &table.to_lowercase(), row.get(2));
+                    let fields = (row.try_get(0), row.try_get(1), row.try_get(2));
+                    let (Ok(schema), Ok(table), Ok(scoped)) = fields else {
+                        // Unreadable: the table stays unknown, so scoped.
+                        tracing::warn!(region = %name, "tenancy discovery: unexpected catalog row");
+                        continue;
+                    };
+                    let (schema, table): (String, String) = (schema, table);
+                    found.add(&schema.to_lowercase(), &table.to_lowercase(), scoped);
                 }
             }
             Err(e) => {

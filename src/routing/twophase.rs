@@ -450,7 +450,11 @@ impl TwoPhase {
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string());
         match rows {
-            Ok(rows) => Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
+            Ok(rows) => rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(|e| e.to_string()),
             Err(e) => {
                 self.drop_client(region).await;
                 Err(e)
@@ -536,7 +540,7 @@ async fn record(client: &Client, gid: &str, decision: Decision) -> Result<Decisi
         .await
         .map_err(|_| Failure::Connection("timed out".into()))?
         .map_err(fail)?;
-    let value: Option<String> = row.map(|r| r.get(0));
+    let value: Option<String> = row.map(|r| r.try_get(0)).transpose().map_err(fail)?;
     value
         .as_deref()
         .and_then(Decision::parse)
@@ -551,7 +555,7 @@ async fn ensure_log(client: &Client) -> Result<(), String> {
         )
         .await
     {
-        Ok(row) => row.get(0),
+        Ok(row) => row.try_get(0).map_err(|e| e.to_string())?,
         Err(e) => return Err(e.to_string()),
     };
     if present {
