@@ -258,6 +258,9 @@ async fn reload_checks_the_storage_of_newly_classified_columns() {
             )
             .await
             .unwrap();
+        // Prepared now, while full_name is still plaintext.
+        let insert = "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', $1, 'c@x', $2)";
+        let early = client.prepare(insert).await.unwrap();
         // orders.amount is numeric: it cannot hold ciphertext.
         let wrong = format!(
             "{CLASSES}[classified.orders.amount]\nclass = \"contact\"\ntype = \"numeric\"\n"
@@ -276,6 +279,20 @@ async fn reload_checks_the_storage_of_newly_classified_columns() {
         let r = ctl(&f.socket, "reload").await;
         assert_eq!(r["ok"], json!(true), "{r}");
         assert_eq!(r["result"]["changed"], json!(["classified"]), "{r}");
+        // The statement prepared before the reload would store full_name
+        // in plaintext: refused until prepared again, then encrypted.
+        let err = client.execute(&early, &[&3i64, &"Early Canary"]).await;
+        assert_eq!(expect_sqlstate(err, "stale prepared statement"), "0A000");
+        let again = client.prepare(insert).await.unwrap();
+        client.execute(&again, &[&3i64, &"Early Canary"]).await.unwrap();
+        let stored: String = regions
+            .client("eu")
+            .await
+            .query_one("SELECT full_name FROM customers WHERE id = 3", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(stored.starts_with("rg1:"), "stored in plaintext: {stored}");
         client
             .execute(
                 "INSERT INTO customers (tenant_id, id, email, full_name) VALUES ('acme', 2, 'b@x', 'Bob Canary')",

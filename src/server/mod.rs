@@ -184,6 +184,7 @@ impl Proxy {
             twophase,
             audit,
             reload_lock: tokio::sync::Mutex::new(()),
+            rules_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         check_catalogs(&shared).await?;
         // In the background: a region that is down must not delay the start.

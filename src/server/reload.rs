@@ -130,6 +130,14 @@ async fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     tenancy.set_views(shared.catalogs.views());
     shared.tenancy.store(Arc::new(tenancy));
     shared.analysis.invalidate();
+    if changed
+        .iter()
+        .any(|c| matches!(*c, "tenancy" | "classes" | "classified"))
+    {
+        shared
+            .rules_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
     shared.current.store(Arc::new(new));
     Ok(Reloaded {
         path,

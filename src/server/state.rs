@@ -77,6 +77,11 @@ pub struct Shared {
     pub audit: Option<Arc<crate::admin::audit::AuditLog>>,
     /// Serialises config reloads (`server::reload`).
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Bumped by each reload that changes tenancy or classified columns:
+    /// a statement prepared before it was planned under the old rules (it
+    /// might store plaintext in a newly classified column), so its Bind is
+    /// refused until it is prepared again.
+    pub rules_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -87,6 +87,10 @@ impl Requests {
         self.refresh_if_stale().await;
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let generation = self.shared.analysis.generation();
+        let epoch = self
+            .shared
+            .rules_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
         let analysis = match self.statements.get(p.name) {
             // The Parse the statement it replaces was prepared with, sent
             // unchanged (drivers send the unnamed statement's Parse again
@@ -95,6 +99,7 @@ impl Requests {
             Some(s)
                 if s.parse == *msg
                     && s.generation == generation
+                    && s.epoch == epoch
                     && s.copy.is_none()
                     && s.analysis.statements.iter().all(|p| p.crypto.is_empty()) =>
             {
@@ -164,6 +169,7 @@ impl Requests {
                 parse: parse.clone(),
                 analysis,
                 generation,
+                epoch,
                 types: p.param_types.clone(),
                 local,
                 sealed,
@@ -446,6 +452,23 @@ impl Requests {
         self.batch.executes = true;
         let name = bind.statement;
         let portal = bind.portal.to_string();
+        let epoch = self
+            .shared
+            .rules_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        if self.statements.get(name).is_some_and(|s| s.epoch != epoch) {
+            // Fail closed: planned before a reload changed which tables are
+            // tenant-scoped or which columns are encrypted.
+            return self
+                .fail_batch(
+                    PgError::error(
+                        crate::protocol::error::sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("prepared statement \"{name}\" was planned before a config reload changed tenancy or classified columns"),
+                    )
+                    .with_hint("prepare the statement again (drivers do so after this error when their statement cache is reset)"),
+                )
+                .await;
+        }
         let Some((analysis, stmt_types, sealed, copy_plan)) = self.statements.get(name).map(|s| {
             (
                 s.analysis.clone(),

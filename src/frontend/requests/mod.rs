@@ -93,6 +93,8 @@ struct Stmt {
     /// The analysis cache's generation when `analysis` was looked up: a
     /// Parse sent again unchanged reuses `analysis` while it is current.
     generation: u64,
+    /// `Shared::rules_epoch` when it was prepared.
+    epoch: u64,
     /// Parameter types as the client declared them.
     types: Vec<u32>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
