@@ -69,6 +69,16 @@ pub fn parse(body: &[u8]) -> Result<Parse<'_>, Malformed> {
     })
 }
 
+/// The statement name of a Parse, read without decoding the rest: for a
+/// Parse the proxy has already decoded once, byte for byte the same.
+pub fn parse_name(body: &[u8]) -> Result<&str, Malformed> {
+    let mut pos = 0;
+    utf8(
+        read_cstr(body, &mut pos).ok_or(Malformed("Parse"))?,
+        "Parse",
+    )
+}
+
 /// 'B': a portal from a statement and parameter values.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Bind<'a> {

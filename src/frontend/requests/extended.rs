@@ -85,67 +85,60 @@ impl Requests {
             return Ok(());
         }
         self.refresh_if_stale().await;
-        let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let generation = self.shared.analysis.generation();
         let epoch = self
             .shared
             .rules_epoch
             .load(std::sync::atomic::Ordering::Acquire);
-        let analysis = match self.statements.get(p.name) {
-            // The Parse the statement it replaces was prepared with, sent
-            // unchanged (drivers send the unnamed statement's Parse again
-            // for each execution): same text, same analysis, unless the
-            // tenancy changed since (discovery invalidates the cache).
-            Some(s)
-                if s.parse == *msg
+        let name = frontend_msg::parse_name(body).map_err(|e| self.malformed(e))?;
+        // The Parse the statement it replaces was prepared with, sent
+        // unchanged (drivers send the unnamed statement's Parse again for
+        // each execution): same text, same analysis, unless the tenancy
+        // changed since (discovery invalidates the cache).
+        let reused = self
+            .statements
+            .get(name)
+            .filter(|s| {
+                s.parse == *msg
                     && s.generation == generation
                     && s.epoch == epoch
                     && s.copy.is_none()
-                    && s.analysis.statements.iter().all(|p| p.crypto.is_empty()) =>
-            {
-                s.analysis.clone()
-            }
-            _ => self
-                .shared
-                .analysis
-                .get_or_analyze(p.query, &self.shared.tenancy()),
-        };
-        let name = p.name.to_string();
+                    && s.analysis.statements.iter().all(|p| p.crypto.is_empty())
+            })
+            .map(|s| (s.analysis.clone(), s.local));
+        let name = name.to_string();
         for (_, b) in self.backends.iter_mut() {
             b.prepared.remove(&name);
             b.shared.forget_statement(&name);
         }
-        let local = self.batch_is_local() && self.is_local_statement(&analysis);
-        let mut placed = None;
-        if !local {
-            // Place what the text alone decides now, so a statement is
-            // refused before it reaches any region and its literals only
-            // ever reach their own tenant's region.
-            if let Some(plan) = single(&analysis).filter(|p| !route::needs_params(p)) {
-                match route::place(&self.shared, plan, None, self.tenant.effective()).await {
-                    Ok((Placement::Region(r), tenants)) => {
-                        if self.batch.fan.is_some() {
-                            // Its text would reach every region of the batch.
-                            return self
-                                .fail_batch(route::refusal(
-                                    "a pipeline batch that changes the schema or a global table in every region may not also touch tenant data",
-                                    "send statements on tenant data in a pipeline batch of their own",
-                                ))
-                                .await;
-                        }
-                        if let Some(err) = self.conflict(&r) {
-                            return self.fail_batch(err).await;
-                        }
-                        if self.batch.hint.is_none() {
-                            self.batch.hint = Some(r.clone());
-                        }
-                        placed = Some((r, tenants));
-                    }
-                    Ok((Placement::Neutral, _)) => {}
-                    Err(e) => return self.fail_batch(e).await,
+        if let Some((analysis, was_local)) = &reused {
+            let local = self.batch_is_local() && self.is_local_statement(analysis);
+            if !local && !was_local {
+                // Nothing to decode, analyse or record again: the entry
+                // stands as it is.
+                if let Err(e) = self.place_text(analysis).await {
+                    return self.fail_batch(e).await;
                 }
+                return self.send_or_hold(msg.clone(), Some(name), None).await;
             }
         }
+        let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
+        let analysis = match reused {
+            Some((analysis, _)) => analysis,
+            None => self
+                .shared
+                .analysis
+                .get_or_analyze(p.query, &self.shared.tenancy()),
+        };
+        let local = self.batch_is_local() && self.is_local_statement(&analysis);
+        let placed = if local {
+            None
+        } else {
+            match self.place_text(&analysis).await {
+                Ok(placed) => placed,
+                Err(e) => return self.fail_batch(e).await,
+            }
+        };
         let (parse, sealed) = match single(&analysis).filter(|p| !p.crypto.is_empty()) {
             Some(plan) => match self.encrypt_parse(msg, &p, plan, placed).await {
                 Ok(done) => done,
@@ -170,7 +163,7 @@ impl Requests {
                 analysis,
                 generation,
                 epoch,
-                types: p.param_types.clone(),
+                types: p.param_types.as_slice().into(),
                 local,
                 sealed,
                 copy,
@@ -183,6 +176,38 @@ impl Requests {
             return Ok(());
         }
         self.send_or_hold(parse, Some(name), None).await
+    }
+
+    /// Places what a prepared statement's text alone decides, so a
+    /// statement is refused before it reaches any region and its literals
+    /// only ever reach their own tenant's region: the region and tenants,
+    /// or `None` when its parameters (or nothing) decide.
+    async fn place_text(
+        &mut self,
+        analysis: &Analysis,
+    ) -> Result<Option<(Arc<str>, Vec<String>)>, PgError> {
+        let Some(plan) = single(analysis).filter(|p| !route::needs_params(p)) else {
+            return Ok(None);
+        };
+        match route::place(&self.shared, plan, None, self.tenant.effective()).await? {
+            (Placement::Region(r), tenants) => {
+                if self.batch.fan.is_some() {
+                    // Its text would reach every region of the batch.
+                    return Err(route::refusal(
+                        "a pipeline batch that changes the schema or a global table in every region may not also touch tenant data",
+                        "send statements on tenant data in a pipeline batch of their own",
+                    ));
+                }
+                if let Some(err) = self.conflict(&r) {
+                    return Err(err);
+                }
+                if self.batch.hint.is_none() {
+                    self.batch.hint = Some(r.clone());
+                }
+                Ok(Some((r, tenants)))
+            }
+            (Placement::Neutral, _) => Ok(None),
+        }
     }
 
     /// The Parse to send for a statement that touches classified columns:
@@ -366,6 +391,13 @@ impl Requests {
         region: &Arc<str>,
         name: &str,
     ) -> Result<(), Quit> {
+        if self
+            .backends
+            .live(region)
+            .is_some_and(|b| b.prepared.contains(name))
+        {
+            return Ok(());
+        }
         let Some(parse) = self.statements.get(name).map(|s| s.parse.clone()) else {
             return Ok(());
         };
@@ -456,7 +488,17 @@ impl Requests {
             .shared
             .rules_epoch
             .load(std::sync::atomic::Ordering::Acquire);
-        if self.statements.get(name).is_some_and(|s| s.epoch != epoch) {
+        let stmt = self.statements.get(name).map(|s| {
+            (
+                s.epoch,
+                s.analysis.clone(),
+                s.types.clone(),
+                s.sealed.clone(),
+                s.copy.clone(),
+                s.parse.clone(),
+            )
+        });
+        if stmt.as_ref().is_some_and(|s| s.0 != epoch) {
             // Fail closed: planned before a reload changed which tables are
             // tenant-scoped or which columns are encrypted.
             return self
@@ -469,14 +511,7 @@ impl Requests {
                 )
                 .await;
         }
-        let Some((analysis, stmt_types, sealed, copy_plan)) = self.statements.get(name).map(|s| {
-            (
-                s.analysis.clone(),
-                s.types.clone(),
-                s.sealed.clone(),
-                s.copy.clone(),
-            )
-        }) else {
+        let Some((_, analysis, stmt_types, sealed, copy_plan, parse)) = stmt else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
             return self
@@ -663,15 +698,16 @@ impl Requests {
             None => None,
         };
         self.set_batch_region(&region).await?;
-        if let Some((parse, sealed)) = resealed {
-            self.replace_prepared(&region, name, parse, sealed);
-        }
+        let text = match resealed {
+            Some((parse, sealed)) => {
+                self.replace_prepared(&region, name, parse.clone(), sealed);
+                parse
+            }
+            None => parse,
+        };
         self.ensure_prepared(&region, name).await?;
-        let text = self.statements.get(name).map(|s| s.parse.clone());
         let b = self.backend(&region).await?;
-        if let Some(text) = &text {
-            b.shared.stats.note_statement(b.batches, text);
-        }
+        b.shared.stats.note_statement(b.batches, &text);
         b.push(&msg);
         let copy_in = matches!(
             plan.map(|p| &p.kind),

@@ -95,8 +95,9 @@ struct Stmt {
     generation: u64,
     /// `Shared::rules_epoch` when it was prepared.
     epoch: u64,
-    /// Parameter types as the client declared them.
-    types: Vec<u32>,
+    /// Parameter types as the client declared them (shared: every Bind
+    /// and Describe reads them).
+    types: Arc<[u32]>,
     /// Answered by the proxy (BEGIN while idle, regionguard.tenant).
     local: bool,
     /// Set when the text's classified literals were encrypted.
