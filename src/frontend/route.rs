@@ -57,9 +57,8 @@ pub async fn place(
         (Some(c), _) => Some(c),
         (None, s) => s,
     };
-    let tenancy = shared.tenancy();
     let table_hint = |table: &str| {
-        match tenancy.column_of(table) {
+        match shared.tenancy().column_of(table) {
             // A view that does not show its tenant column.
             Some(c) if c.is_empty() => format!(
                 "{table} does not show its tenant column: SET regionguard.tenant, or add a /* regionguard.tenant = '…' */ comment"

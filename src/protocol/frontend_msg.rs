@@ -101,44 +101,82 @@ impl<'a> Bind<'a> {
 }
 
 pub fn bind(body: &[u8]) -> Result<Bind<'_>, Malformed> {
-    const W: &str = "Bind";
-    let mut pos = 0;
-    let portal = utf8(read_cstr(body, &mut pos).ok_or(Malformed(W))?, W)?;
-    let statement = utf8(read_cstr(body, &mut pos).ok_or(Malformed(W))?, W)?;
-    let nf =
-        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
-    let mut param_formats = Vec::with_capacity(nf);
-    for _ in 0..nf {
-        param_formats.push(read_i16(body, &mut pos).ok_or(Malformed(W))?);
-    }
-    let np =
-        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
-    if nf > 1 && nf != np {
-        return Err(Malformed(W));
-    }
-    let mut params = Vec::with_capacity(np);
-    for _ in 0..np {
-        let len = read_i32(body, &mut pos).ok_or(Malformed(W))?;
-        if len == -1 {
-            params.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| Malformed(W))?;
-        let v = body.get(pos..pos + len).ok_or(Malformed(W))?;
-        pos += len;
-        params.push(Some(v));
-    }
-    let nr =
-        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
-    if body.len() - pos != nr * 2 {
-        return Err(Malformed(W));
-    }
+    let mut param_formats = Vec::new();
+    let mut params = Vec::new();
+    let (portal, statement) = walk_bind(body, Some((&mut param_formats, &mut params)))?;
     Ok(Bind {
         portal,
         statement,
         param_formats,
         params,
     })
+}
+
+/// A Bind checked whole like [`bind`] but with its parameters left
+/// undecoded (nothing allocated): for statements whose parameters the
+/// proxy never reads, which are most of them.
+pub fn bind_names(body: &[u8]) -> Result<Bind<'_>, Malformed> {
+    let (portal, statement) = walk_bind(body, None)?;
+    Ok(Bind {
+        portal,
+        statement,
+        param_formats: Vec::new(),
+        params: Vec::new(),
+    })
+}
+
+/// The decoded parameter formats and values of a Bind.
+type BindParams<'v, 'a> = (&'v mut Vec<i16>, &'v mut Vec<Option<&'a [u8]>>);
+
+/// Reads and checks a whole Bind body, collecting its parameter formats
+/// and values into `out` when given; returns the portal and statement.
+fn walk_bind<'a>(
+    body: &'a [u8],
+    mut out: Option<BindParams<'_, 'a>>,
+) -> Result<(&'a str, &'a str), Malformed> {
+    const W: &str = "Bind";
+    let mut pos = 0;
+    let portal = utf8(read_cstr(body, &mut pos).ok_or(Malformed(W))?, W)?;
+    let statement = utf8(read_cstr(body, &mut pos).ok_or(Malformed(W))?, W)?;
+    let nf =
+        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
+    if let Some((formats, _)) = out.as_mut() {
+        formats.reserve_exact(nf);
+    }
+    for _ in 0..nf {
+        let f = read_i16(body, &mut pos).ok_or(Malformed(W))?;
+        if let Some((formats, _)) = out.as_mut() {
+            formats.push(f);
+        }
+    }
+    let np =
+        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
+    if nf > 1 && nf != np {
+        return Err(Malformed(W));
+    }
+    if let Some((_, params)) = out.as_mut() {
+        params.reserve_exact(np);
+    }
+    for _ in 0..np {
+        let len = read_i32(body, &mut pos).ok_or(Malformed(W))?;
+        let value = if len == -1 {
+            None
+        } else {
+            let len = usize::try_from(len).map_err(|_| Malformed(W))?;
+            let v = body.get(pos..pos + len).ok_or(Malformed(W))?;
+            pos += len;
+            Some(v)
+        };
+        if let Some((_, params)) = out.as_mut() {
+            params.push(value);
+        }
+    }
+    let nr =
+        usize::try_from(read_i16(body, &mut pos).ok_or(Malformed(W))?).map_err(|_| Malformed(W))?;
+    if body.len() - pos != nr * 2 {
+        return Err(Malformed(W));
+    }
+    Ok((portal, statement))
 }
 
 /// 'D' and 'C': a kind byte ('S' statement, 'P' portal) and a name.
@@ -230,5 +268,42 @@ mod tests {
         assert!(target(b"X\0", "Describe").is_err());
         assert!(execute(b"p\0\0\0").is_err());
         assert!(parse(b"s\0\xff\0\0\0").is_err());
+    }
+
+    proptest::proptest! {
+        /// Checking a Bind without decoding its parameters accepts and
+        /// refuses exactly what decoding it does.
+        #[test]
+        fn bind_names_checks_like_bind(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let full = bind(&bytes);
+            let names = bind_names(&bytes);
+            proptest::prop_assert_eq!(full.is_ok(), names.is_ok());
+            if let (Ok(f), Ok(n)) = (full, names) {
+                proptest::prop_assert_eq!((f.portal, f.statement), (n.portal, n.statement));
+                proptest::prop_assert!(n.params.is_empty() && n.param_formats.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn bind_names_accepts_a_real_bind() {
+        let mut b = BytesMut::new();
+        frontend::bind(
+            "p",
+            "s1",
+            [0i16],
+            [Some(&b"42"[..])],
+            |v, out| {
+                out.extend_from_slice(v.unwrap_or_default());
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(IsNull::No)
+            },
+            [0i16],
+            &mut b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        let n = bind_names(body(&b)).unwrap();
+        assert_eq!((n.portal, n.statement), ("p", "s1"));
+        assert_eq!(bind(body(&b)).unwrap().params, vec![Some(&b"42"[..])]);
     }
 }

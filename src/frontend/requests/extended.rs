@@ -1,9 +1,7 @@
 //! The extended query protocol: Parse, Bind, Describe, Execute, Close,
 //! Flush and Sync, in batches that each run in one region.
 
-use super::{
-    aborted, apply_set, Batch, PortalTarget, Quit, Requests, Sealed, Stmt, Txn, FAIL_PORTAL,
-};
+use super::{aborted, apply_set, PortalTarget, Quit, Requests, Sealed, Stmt, Txn, FAIL_PORTAL};
 use crate::frontend::encrypt;
 use crate::frontend::expect::{Expect, RowUse};
 use crate::frontend::route::{self, Params, Placement};
@@ -347,13 +345,13 @@ impl Requests {
         if self.batch.region.is_some() {
             return Ok(());
         }
-        self.backend(region).await?;
         if self.batch.executes {
             self.pin_held(region).await?;
         }
-        let held = std::mem::take(&mut self.batch.held);
-        let b = self.backend(region).await?;
-        for (msg, parse, describe) in held {
+        self.backend(region).await?;
+        let b = self.backends.existing(region).ok_or(Quit)?;
+        // Drained in place: the batch keeps the allocation for the next one.
+        for (msg, parse, describe) in self.batch.held.drain(..) {
             note_sent(b, &msg, parse.as_deref(), describe.as_ref());
             b.push(&msg);
         }
@@ -480,10 +478,10 @@ impl Requests {
         if self.batch.skipping {
             return Ok(());
         }
-        let bind = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
+        let names = frontend_msg::bind_names(body).map_err(|e| self.malformed(e))?;
         self.batch.executes = true;
-        let name = bind.statement;
-        let portal = bind.portal.to_string();
+        let name = names.statement;
+        let portal = names.portal.to_string();
         let epoch = self
             .shared
             .rules_epoch
@@ -532,15 +530,19 @@ impl Requests {
                 .await;
         }
         // Only statements that read a parameter (a tenant, a value to
-        // encrypt) need its type; finding inferred types costs a lookup in
-        // every backend of the session per parameter.
-        let types = if single(&analysis).is_some_and(reads_params) {
-            self.param_types(name, &stmt_types, bind.params.len())
+        // encrypt) need the parameters decoded and their types; finding
+        // inferred types costs a lookup in every backend of the session per
+        // parameter.
+        let decoded;
+        let (bind, types) = if single(&analysis).is_some_and(reads_params) {
+            decoded = frontend_msg::bind(body).map_err(|e| self.malformed(e))?;
+            let types = self.param_types(name, &stmt_types, decoded.params.len());
+            (&decoded, types)
         } else {
-            Vec::new()
+            (&names, Vec::new())
         };
         let params = Params {
-            bind: &bind,
+            bind,
             types: &types,
         };
         if self.txn == Txn::FailedHeld && !self.is_local_statement(&analysis) {
@@ -1175,7 +1177,7 @@ impl Requests {
 
     pub(super) async fn sync(&mut self, msg: &Bytes) -> Result<(), Quit> {
         if let Some(fan) = self.batch.fan.take() {
-            self.batch = Batch::default();
+            self.batch.reset();
             self.sync_fanned(msg, fan).await?;
             if self.txn == Txn::Idle {
                 self.tenant.local = None;
@@ -1207,7 +1209,7 @@ impl Requests {
                 self.local(out);
             }
         }
-        self.batch = Batch::default();
+        self.batch.reset();
         if self.txn == Txn::Idle {
             self.tenant.local = None;
         }

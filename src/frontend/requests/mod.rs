@@ -160,6 +160,18 @@ struct Batch {
     hint: Option<Arc<str>>,
 }
 
+impl Batch {
+    /// Starts the next batch, keeping the held-message buffer's allocation.
+    fn reset(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        held.clear();
+        *self = Batch {
+            held,
+            ..Batch::default()
+        };
+    }
+}
+
 /// A Describe of a statement: its name and the logical types of its
 /// classified parameters (1-based number, type OID).
 type Described = (String, Vec<(usize, u32)>);
