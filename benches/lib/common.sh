@@ -213,7 +213,9 @@ psql_at() { # port, sql
 
 # Starts PgBouncer on BOUNCER_PORT in front of PGDB (transaction pooling,
 # pool 20, SCRAM towards clients).
-bench_start_pgbouncer() {
+# Writes $WORK/pgbouncer.ini (and its auth file) for BOUNCER_PORT: the
+# configuration every benchmark's PgBouncer runs with.
+bench_pgbouncer_config() {
     cat > "$WORK/userlist.txt" <<EOF
 "$PGUSER_NAME" "$PASSWORD"
 EOF
@@ -237,6 +239,10 @@ log_disconnections = 0
 EOF
     if [[ $EUID -eq 0 ]]; then chown postgres: "$WORK/userlist.txt" "$WORK/pgbouncer.ini"; fi
     chmod 600 "$WORK/userlist.txt"
+}
+
+bench_start_pgbouncer() {
+    bench_pgbouncer_config
     log "starting PgBouncer (port $BOUNCER_PORT, transaction pooling, pool 20)"
     timeout 30 "${AS_PG[@]}" "$PGBOUNCER" -d "$WORK/pgbouncer.ini" \
         || { cat "$WORK/pgbouncer.log" >&2 2>/dev/null; die "pgbouncer did not start"; }
