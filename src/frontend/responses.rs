@@ -632,6 +632,9 @@ impl Responses {
                         .command_complete(f.body(&reader.buf), copy_in);
                 }
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
+                    // A standby backend decrypts with its region's catalog
+                    // and counts under its region.
+                    let region = crate::backend::standby::region_of(region);
                     if crypto.copying(f.tag) {
                         crypto
                             .copy_out_message(f.tag, f.body(&reader.buf), region, &mut self.out)

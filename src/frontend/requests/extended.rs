@@ -156,6 +156,10 @@ impl Requests {
                 Err(e) => return self.fail_batch(e).await,
             }
         };
+        let standby_safe = self.standby_reads
+            && !local
+            && copy.is_none()
+            && crate::sql::standby_safe(p.query, &analysis.statements);
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -167,6 +171,7 @@ impl Requests {
                 local,
                 sealed,
                 copy,
+                standby_safe,
             },
         );
         if local {
@@ -371,6 +376,26 @@ impl Requests {
         }
     }
 
+    /// Where the batch of the Bind being handled goes: a standby of
+    /// `region` when the statement is a read a standby may run (`safe`),
+    /// nothing before it in the batch was sent or executes, and the rest of
+    /// the batch, already read, executes nothing else (see
+    /// [`Requests::read_target`]); else `region`.
+    async fn batch_read_target(&mut self, region: Arc<str>, safe: bool) -> Arc<str> {
+        let alone = safe
+            && self.batch_in_read
+            && self.batch.region.is_none()
+            && self
+                .batch
+                .held
+                .iter()
+                .all(|(m, ..)| matches!(m.first(), Some(b'P' | b'D' | b'C')));
+        if !alone {
+            return region;
+        }
+        self.read_target(region, || true).await
+    }
+
     /// Tells the response side to relay the batch's region up to its
     /// ReadyForQuery. Deferred until the client waits for answers (Flush,
     /// Sync) so that a COPY FROM STDIN can be recognised first.
@@ -496,6 +521,7 @@ impl Requests {
                 s.sealed.clone(),
                 s.copy.clone(),
                 s.parse.clone(),
+                s.standby_safe,
             )
         });
         if stmt.as_ref().is_some_and(|s| s.0 != epoch) {
@@ -511,7 +537,7 @@ impl Requests {
                 )
                 .await;
         }
-        let Some((_, analysis, stmt_types, sealed, copy_plan, parse)) = stmt else {
+        let Some((_, analysis, stmt_types, sealed, copy_plan, parse, standby_safe)) = stmt else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
             return self
@@ -697,6 +723,9 @@ impl Requests {
             Some(p) => Some(super::copy::PortalCopy::In(p)),
             None => None,
         };
+        let region = self
+            .batch_read_target(region, standby_safe && copy.is_none())
+            .await;
         self.set_batch_region(&region).await?;
         let text = match resealed {
             Some((parse, sealed)) => {

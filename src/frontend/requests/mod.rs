@@ -106,6 +106,9 @@ struct Stmt {
     /// table, TO STDOUT of a classified table): where its tenants and
     /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+    /// A standby may run it (`sql::standby_safe`); only worked out when
+    /// some region reads from standbys.
+    standby_safe: bool,
 }
 
 /// How a prepared statement's classified literals were encrypted.
@@ -193,6 +196,16 @@ pub struct Requests {
     catalog_stale: bool,
     /// Cursors declared over classified columns, by name.
     cursors: HashMap<String, cursors::Cursor>,
+    /// Some region reads from its standbys: reads are checked for a
+    /// standby (the check costs nothing when this is off).
+    standby_reads: bool,
+    /// The session sent DDL: temporary objects it may have created exist
+    /// only on the primary, so its reads stay there.
+    ddl_sent: bool,
+    /// The Bind being handled is followed, in the bytes read with it, by
+    /// nothing but Describe/Execute/Close/Flush up to its batch's Sync: the
+    /// whole batch is known, so it may go to a standby.
+    batch_in_read: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -209,6 +222,7 @@ impl Requests {
         format: Arc<std::sync::Mutex<SessionFormat>>,
     ) -> Self {
         let max_message = shared.config.listen.max_message_bytes;
+        let standby_reads = shared.regions.values().any(|r| r.standbys.is_some());
         Requests {
             shared,
             expect,
@@ -227,6 +241,9 @@ impl Requests {
             begin_sql: "BEGIN".into(),
             catalog_stale: false,
             cursors: HashMap::new(),
+            standby_reads,
+            ddl_sent: false,
+            batch_in_read: false,
         }
     }
 
@@ -235,6 +252,7 @@ impl Requests {
     /// sessions, shortly after (when it has likely committed).
     fn note_ddl(&mut self) {
         self.catalog_stale = true;
+        self.ddl_sent = true;
         let shared = Arc::downgrade(&self.shared);
         if self.shared.tenancy.load().discovers() {
             crate::routing::discovery::after_ddl(shared.clone());
@@ -276,7 +294,10 @@ impl Requests {
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
-            for f in &frames {
+            for (i, f) in frames.iter().enumerate() {
+                if self.standby_reads && f.tag == b'B' {
+                    self.batch_in_read = batch_ends_plainly(&frames[i + 1..]);
+                }
                 let msg = chunk.slice(f.start..f.end);
                 if self.handle(f.tag, msg).await.is_err() {
                     tracing::trace!("request pump quits");
@@ -485,6 +506,9 @@ impl Requests {
                     }
                     None => msg.clone(),
                 };
+                let region = self
+                    .read_target(region, || crate::sql::standby_safe(sql, &analysis.statements))
+                    .await;
                 self.send_query(region, &msg, after, keys).await
             }
             Err(err) => self.refuse_query(err).await,
@@ -675,6 +699,49 @@ impl Requests {
         }
         self.last_region = region;
         Ok(())
+    }
+
+    /// Where a read goes: the session's standby backend of `region` when
+    /// the region reads from standbys, the session is outside any
+    /// transaction (a held BEGIN included) and has sent no DDL, `safe`
+    /// says a standby may run the read, and a standby can be reached;
+    /// else `region` itself, its primary. Never another region.
+    async fn read_target(&mut self, region: Arc<str>, safe: impl FnOnce() -> bool) -> Arc<str> {
+        if !self.standby_reads || self.txn != Txn::Idle || self.ddl_sent || !safe() {
+            return region;
+        }
+        match self.standby(&region).await {
+            Some(key) => {
+                self.shared.metrics.standby_read(&region);
+                key
+            }
+            None => region,
+        }
+    }
+
+    /// The key of the session's standby backend of `region`, opened now if
+    /// needed; `None` when the region does not read from standbys or no
+    /// standby can be reached (then none is tried again for a while).
+    async fn standby(&mut self, region: &Arc<str>) -> Option<Arc<str>> {
+        let shared = Arc::clone(&self.shared);
+        let standbys = shared.region(region)?.standbys.as_ref()?;
+        if self.backends.live(&standbys.key).is_some() {
+            return Some(standbys.key.clone());
+        }
+        if !standbys.may_try() {
+            return None;
+        }
+        match self.backends.get(&standbys.key, &shared, &self.expect).await {
+            Ok(_) => {
+                standbys.reached();
+                Some(standbys.key.clone())
+            }
+            Err(e) => {
+                tracing::warn!(region = %region, reason = %e.message, "no standby reachable; reads go to the primary");
+                standbys.failed();
+                None
+            }
+        }
     }
 
     /// Sends session state (SET, LISTEN, PREPARE…) to the session's other
@@ -883,6 +950,20 @@ impl Requests {
         }
         Ok(())
     }
+}
+
+/// Whether `rest`, the messages read after a Bind, hold its batch's Sync
+/// with only Describe, Execute, Close or Flush before it: the batch runs
+/// nothing else, so it may go to a standby.
+fn batch_ends_plainly(rest: &[Frame]) -> bool {
+    for f in rest {
+        match f.tag {
+            b'S' => return true,
+            b'D' | b'E' | b'C' | b'H' => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// After a fatal protocol error: reads and drops what the client is still
