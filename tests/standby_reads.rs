@@ -138,7 +138,9 @@ async fn pipelined_batch(s: &mut tokio::net::TcpStream, statements: &[&str]) -> 
     s.write_all(&out).await.expect("send the batch");
     let mut got = Vec::new();
     loop {
-        let m = raw::read_message(s).await.expect("answer before ReadyForQuery");
+        let m = raw::read_message(s)
+            .await
+            .expect("answer before ReadyForQuery");
         let done = m.0 == b'Z';
         got.push(m);
         if done {
@@ -308,7 +310,10 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     standby.stop().await.expect("stop the standby");
     let after = tenant_client(&proxy, Some("acme")).await;
     for _ in 0..3 {
-        assert!(!simple_bool(&after, IN_RECOVERY).await, "no standby: simple");
+        assert!(
+            !simple_bool(&after, IN_RECOVERY).await,
+            "no standby: simple"
+        );
         assert!(
             !extended_bool(&after, "SELECT pg_is_in_recovery() AND $1::int = 1").await,
             "no standby: extended"

@@ -6,5 +6,6 @@ pub mod standby;
 mod tls;
 
 pub use connect::{
-    connect, connect_standby, send_cancel, BackendConn, CancelTarget, ConnectError, Primary, RegionTls,
+    connect, connect_standby, send_cancel, BackendConn, CancelTarget, ConnectError, Primary,
+    RegionTls,
 };

@@ -48,9 +48,9 @@ const PRIMARY_PREFIXES: &[&str] = &[
 /// caller's to check.
 pub fn standby_safe(text: &str, plans: &[StatementPlan]) -> bool {
     !plans.is_empty()
-        && plans.iter().all(|p| {
-            p.kind == StatementKind::Read && p.cursor.is_none() && !p.writes_global
-        })
+        && plans
+            .iter()
+            .all(|p| p.kind == StatementKind::Read && p.cursor.is_none() && !p.writes_global)
         && !lexer::mentions_word(text, needs_primary)
 }
 

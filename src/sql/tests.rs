@@ -1215,7 +1215,6 @@ fn plain_reads_may_run_on_a_standby() {
         "SELECT c.name FROM countries c JOIN plans p ON p.id = c.id",
         "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
         "VALUES (1), (2)",
-        "TABLE countries",
         "EXPLAIN SELECT * FROM countries",
         "SELECT 1; SELECT 2",
     ] {

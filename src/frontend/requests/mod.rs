@@ -507,7 +507,9 @@ impl Requests {
                     None => msg.clone(),
                 };
                 let region = self
-                    .read_target(region, || crate::sql::standby_safe(sql, &analysis.statements))
+                    .read_target(region, || {
+                        crate::sql::standby_safe(sql, &analysis.statements)
+                    })
                     .await;
                 self.send_query(region, &msg, after, keys).await
             }
@@ -731,7 +733,11 @@ impl Requests {
         if !standbys.may_try() {
             return None;
         }
-        match self.backends.get(&standbys.key, &shared, &self.expect).await {
+        match self
+            .backends
+            .get(&standbys.key, &shared, &self.expect)
+            .await
+        {
             Ok(_) => {
                 standbys.reached();
                 Some(standbys.key.clone())
