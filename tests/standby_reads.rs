@@ -5,6 +5,7 @@
 //! on the primary, a dead standby sends reads to the primary, and with the
 //! setting off nothing reaches the standby.
 
+mod metrics_support;
 mod support;
 
 use regionguard::config::{
@@ -106,19 +107,19 @@ async fn extended_bool(client: &tokio_postgres::Client, sql: &str) -> bool {
         .get(0)
 }
 
-/// Waits until the standby has replayed acme's customer `id`.
-async fn replicated(standby: &tokio_postgres::Client, id: i64) {
+/// Waits until the standby has replayed the update of acme's customer 1.
+async fn replicated(standby: &tokio_postgres::Client) {
     let seen = wait_until(20, || async {
         standby
             .query_one(
-                "SELECT count(*) FROM customers WHERE tenant_id = 'acme' AND id = $1",
-                &[&id],
+                "SELECT count(*) FROM customers WHERE tenant_id = 'acme' AND id = 1 AND full_name = 'Ann'",
+                &[],
             )
             .await
             .is_ok_and(|r| r.get::<_, i64>(0) == 1)
     })
     .await;
-    assert!(seen, "the standby replays customer {id}");
+    assert!(seen, "the standby replays the insert and the update");
 }
 
 /// One extended-protocol batch (one Sync) that reads and writes: Parse,
@@ -171,7 +172,10 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
         .await
         .expect("connect to the standby");
     let keys = key_files();
-    let proxy = start_proxy(config(&regions, &keys, &standby, true)).await;
+    let mut on = config(&regions, &keys, &standby, true);
+    on.metrics.address = Some("127.0.0.1:0".into());
+    let proxy = start_proxy(on).await;
+    let metrics = proxy.metrics_addr().expect("metrics endpoint on");
     let client = tenant_client(&proxy, Some("acme")).await;
 
     // Reads outside transactions: the standby, in both protocols.
@@ -221,7 +225,7 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert_eq!(on_primary.get::<_, String>(1), "Ann");
 
     // A tenant-scoped read on the standby returns the rows, decrypted.
-    replicated(&standby_direct, 1).await;
+    replicated(&standby_direct).await;
     let row = client
         .query_one(
             "SELECT email, full_name, pg_is_in_recovery() FROM customers WHERE tenant_id = 'acme' AND id = $1",
@@ -295,6 +299,20 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert_eq!(row.get::<_, i32>(0), 7);
     assert!(!row.get::<_, bool>(1), "after DDL, the primary");
     assert!(!simple_bool(&temp, IN_RECOVERY).await);
+
+    // Each read sent to the standby was counted under its region, and
+    // nothing else was.
+    let (_, scrape) = metrics_support::get(metrics, "/metrics").await;
+    let counted = |region| {
+        metrics_support::must(
+            &scrape,
+            "regionguard_standby_reads_total",
+            &[("region", region)],
+        )
+    };
+    // Five reads through the driver (simple and extended) and the raw batch.
+    assert_eq!(counted("eu"), 6.0, "standby reads of eu");
+    assert_eq!(counted("us"), 0.0);
 
     // With the setting off (the default), reads stay on the primary.
     let off = start_proxy(config(&regions, &keys, &standby, false)).await;
