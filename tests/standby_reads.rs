@@ -326,6 +326,10 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
 
     // The standby stops: reads go to the primary, without errors.
     standby.stop().await.expect("stop the standby");
+    assert!(
+        !simple_bool(&client, IN_RECOVERY).await,
+        "a session whose standby backend closed"
+    );
     let after = tenant_client(&proxy, Some("acme")).await;
     for _ in 0..3 {
         assert!(

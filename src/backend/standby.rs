@@ -1,6 +1,7 @@
 //! Reads from a region's hot standbys (`regions.<name>.read_from_standbys`):
 //! how a session's standby backend is named, and how long a standby that
-//! could not be reached is left alone.
+//! could not be reached (or is being tried by another session) is left
+//! alone.
 //!
 //! A session's standby backend is a second backend session of its region.
 //! Backends and their readers are keyed by name, so the standby one is
@@ -36,42 +37,53 @@ pub fn is_standby(key: &str) -> bool {
 }
 
 /// A region's standbys as the proxy's sessions share them: the key their
-/// backends use (one allocation, so map lookups compare pointers) and when
-/// no standby could last be reached.
+/// backends use (one allocation, so map lookups compare pointers) and until
+/// when sessions leave them alone.
 #[derive(Debug)]
 pub struct Standbys {
     pub key: std::sync::Arc<str>,
-    failed_at: Mutex<Option<Instant>>,
+    /// Set while a session tries to connect (so a burst of new sessions
+    /// does not all wait on a dead host) and after a failure; a session
+    /// whose attempt never finishes (its client left) holds it for at most
+    /// [`RETRY_AFTER`].
+    blocked_until: Mutex<Option<Instant>>,
 }
 
 impl Standbys {
     pub fn new(region: &str) -> Self {
         Standbys {
             key: key(region).into(),
-            failed_at: Mutex::new(None),
+            blocked_until: Mutex::new(None),
         }
     }
 
-    /// Whether a standby may be tried now: none failed in the last
-    /// [`RETRY_AFTER`].
-    pub fn may_try(&self) -> bool {
-        self.failed_at
-            .lock()
-            .map(|f| f.is_none_or(|at| at.elapsed() >= RETRY_AFTER))
-            .unwrap_or(true)
+    /// Claims the next connection attempt: false while another session is
+    /// trying or within [`RETRY_AFTER`] of a failure (the read goes to the
+    /// primary then). The claimant reports [`Standbys::reached`] or
+    /// [`Standbys::failed`].
+    pub fn claim(&self) -> bool {
+        let Ok(mut blocked) = self.blocked_until.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if blocked.is_some_and(|until| now < until) {
+            return false;
+        }
+        *blocked = Some(now + RETRY_AFTER);
+        true
     }
 
     /// No standby could be reached: leave them alone for a while.
     pub fn failed(&self) {
-        if let Ok(mut f) = self.failed_at.lock() {
-            *f = Some(Instant::now());
+        if let Ok(mut blocked) = self.blocked_until.lock() {
+            *blocked = Some(Instant::now() + RETRY_AFTER);
         }
     }
 
-    /// A standby answered: the next failure starts a new window.
+    /// A standby answered: other sessions may connect at once.
     pub fn reached(&self) {
-        if let Ok(mut f) = self.failed_at.lock() {
-            *f = None;
+        if let Ok(mut blocked) = self.blocked_until.lock() {
+            *blocked = None;
         }
     }
 }
@@ -89,12 +101,15 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_remembered_for_a_while() {
+    fn one_attempt_at_a_time_and_failures_are_remembered_for_a_while() {
         let s = Standbys::new("eu");
-        assert!(s.may_try());
-        s.failed();
-        assert!(!s.may_try());
+        assert!(s.claim());
+        assert!(!s.claim(), "another session is trying");
         s.reached();
-        assert!(s.may_try());
+        assert!(s.claim());
+        s.failed();
+        assert!(!s.claim(), "failed less than RETRY_AFTER ago");
+        s.reached();
+        assert!(s.claim());
     }
 }

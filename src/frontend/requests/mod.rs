@@ -722,15 +722,16 @@ impl Requests {
     }
 
     /// The key of the session's standby backend of `region`, opened now if
-    /// needed; `None` when the region does not read from standbys or no
-    /// standby can be reached (then none is tried again for a while).
+    /// needed; `None` when the region does not read from standbys, another
+    /// session is connecting to one, or none can be reached (then none is
+    /// tried again for a while).
     async fn standby(&mut self, region: &Arc<str>) -> Option<Arc<str>> {
         let shared = Arc::clone(&self.shared);
         let standbys = shared.region(region)?.standbys.as_ref()?;
         if self.backends.live(&standbys.key).is_some() {
             return Some(standbys.key.clone());
         }
-        if !standbys.may_try() {
+        if !standbys.claim() {
             return None;
         }
         match self
