@@ -300,6 +300,32 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert!(!row.get::<_, bool>(1), "after DDL, the primary");
     assert!(!simple_bool(&temp, IN_RECOVERY).await);
 
+    // Session state the standby backend would not share keeps the
+    // session's reads on the primary: SET through the extended protocol,
+    // set_config().
+    let extended_set = tenant_client(&proxy, Some("acme")).await;
+    assert!(simple_bool(&extended_set, IN_RECOVERY).await);
+    extended_set
+        .execute("SET search_path TO public", &[])
+        .await
+        .expect("SET through the extended protocol");
+    assert!(
+        !simple_bool(&extended_set, IN_RECOVERY).await,
+        "after an extended SET"
+    );
+    let set_config = tenant_client(&proxy, Some("acme")).await;
+    assert!(
+        !simple_bool(
+            &set_config,
+            "SELECT set_config('search_path', 'public', false) IS NULL"
+        )
+        .await
+    );
+    assert!(
+        !simple_bool(&set_config, IN_RECOVERY).await,
+        "after set_config"
+    );
+
     // Each read sent to the standby was counted under its region, and
     // nothing else was.
     let (_, scrape) = metrics_support::get(metrics, "/metrics").await;
@@ -310,8 +336,9 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
             &[("region", region)],
         )
     };
-    // Five reads through the driver (simple and extended) and the raw batch.
-    assert_eq!(counted("eu"), 6.0, "standby reads of eu");
+    // Five reads through the driver (simple and extended), the raw batch,
+    // and the first read of the session that then ran an extended SET.
+    assert_eq!(counted("eu"), 7.0, "standby reads of eu");
     assert_eq!(counted("us"), 0.0);
 
     // With the setting off (the default), reads stay on the primary.

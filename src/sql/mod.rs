@@ -38,7 +38,7 @@ pub use crypto_plan::{
     ValueSource,
 };
 pub use ddl::{ddl_forms, DdlForm};
-pub use standby::standby_safe;
+pub use standby::{sets_config, standby_safe};
 pub use tenancy::{Discovered, Tenancy, ViewInfo};
 
 use comment::CommentTenant;

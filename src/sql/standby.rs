@@ -57,3 +57,10 @@ pub fn standby_safe(text: &str, plans: &[StatementPlan]) -> bool {
 fn needs_primary(word: &str) -> bool {
     PRIMARY_WORDS.contains(&word) || PRIMARY_PREFIXES.iter().any(|p| word.starts_with(p))
 }
+
+/// Whether `text` may change a setting of the session with `set_config`
+/// (in any statement, read or not). The change stays on the backend that
+/// ran it, so once it ran on the primary the session's reads stay there.
+pub fn sets_config(text: &str) -> bool {
+    lexer::mentions_word(text, |w| w == "set_config")
+}

@@ -1277,3 +1277,12 @@ fn plain_fast_path_reads_are_judged_by_their_text() {
     assert!(!plain("SELECT nextval('ids')"));
     assert!(!plain("SELECT * FROM items FOR UPDATE"));
 }
+
+#[test]
+fn set_config_is_found_in_any_statement() {
+    assert!(sets_config(
+        "SELECT set_config('search_path', 'app', false)"
+    ));
+    assert!(sets_config("UPDATE t SET a = SET_CONFIG('x', 'y', true)"));
+    assert!(!sets_config("SELECT current_setting('search_path')"));
+}

@@ -160,6 +160,7 @@ impl Requests {
             && !local
             && copy.is_none()
             && crate::sql::standby_safe(p.query, &analysis.statements);
+        let sets_config = self.standby_reads && crate::sql::sets_config(p.query);
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -172,6 +173,7 @@ impl Requests {
                 sealed,
                 copy,
                 standby_safe,
+                sets_config,
             },
         );
         if local {
@@ -521,7 +523,7 @@ impl Requests {
                 s.sealed.clone(),
                 s.copy.clone(),
                 s.parse.clone(),
-                s.standby_safe,
+                (s.standby_safe, s.sets_config),
             )
         });
         if stmt.as_ref().is_some_and(|s| s.0 != epoch) {
@@ -537,7 +539,9 @@ impl Requests {
                 )
                 .await;
         }
-        let Some((_, analysis, stmt_types, sealed, copy_plan, parse, standby_safe)) = stmt else {
+        let Some((_, analysis, stmt_types, sealed, copy_plan, parse, (standby_safe, sets_config))) =
+            stmt
+        else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
             return self
@@ -682,6 +686,7 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
+        self.primary_only |= sets_config;
         // A planned COPY's classified fields are handled row by row.
         let (msg, keys, resealed) =
             match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
@@ -886,11 +891,14 @@ impl Requests {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
             }
-            StatementKind::SessionState {
-                resets_tenant: true,
-            } => {
-                self.tenant.session = None;
-                self.tenant.local = None;
+            StatementKind::SessionState { resets_tenant } => {
+                // Not replayed on the session's other backends: its reads
+                // stay on the primary, which has this state.
+                self.primary_only = true;
+                if *resets_tenant {
+                    self.tenant.session = None;
+                    self.tenant.local = None;
+                }
             }
             _ => {}
         }

@@ -109,6 +109,10 @@ struct Stmt {
     /// A standby may run it (`sql::standby_safe`); only worked out when
     /// some region reads from standbys.
     standby_safe: bool,
+    /// Running it leaves state only the primary holds (`set_config`), so
+    /// the session's reads stay on the primary afterwards; only worked out
+    /// when some region reads from standbys.
+    sets_config: bool,
 }
 
 /// How a prepared statement's classified literals were encrypted.
@@ -199,9 +203,11 @@ pub struct Requests {
     /// Some region reads from its standbys: reads are checked for a
     /// standby (the check costs nothing when this is off).
     standby_reads: bool,
-    /// The session sent DDL: temporary objects it may have created exist
-    /// only on the primary, so its reads stay there.
-    ddl_sent: bool,
+    /// The session has state only its primary holds, so its reads stay
+    /// there: it sent DDL (temporary objects exist only on the primary),
+    /// session state through the extended protocol (not replayed on other
+    /// backends), or a `set_config` call.
+    primary_only: bool,
     /// The Bind being handled is followed, in the bytes read with it, by
     /// nothing but Describe/Execute/Close/Flush up to its batch's Sync: the
     /// whole batch is known, so it may go to a standby.
@@ -242,7 +248,7 @@ impl Requests {
             catalog_stale: false,
             cursors: HashMap::new(),
             standby_reads,
-            ddl_sent: false,
+            primary_only: false,
             batch_in_read: false,
         }
     }
@@ -252,7 +258,7 @@ impl Requests {
     /// sessions, shortly after (when it has likely committed).
     fn note_ddl(&mut self) {
         self.catalog_stale = true;
-        self.ddl_sent = true;
+        self.primary_only = true;
         let shared = Arc::downgrade(&self.shared);
         if self.shared.tenancy.load().discovers() {
             crate::routing::discovery::after_ddl(shared.clone());
@@ -452,6 +458,9 @@ impl Requests {
             }
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
+        }
+        if self.standby_reads && crate::sql::sets_config(sql) {
+            self.primary_only = true;
         }
         if self.fan_query(msg, sql, &analysis.statements).await? {
             return Ok(());
@@ -705,11 +714,12 @@ impl Requests {
 
     /// Where a read goes: the session's standby backend of `region` when
     /// the region reads from standbys, the session is outside any
-    /// transaction (a held BEGIN included) and has sent no DDL, `safe`
+    /// transaction (a held BEGIN included) and holds no state only its
+    /// primary has (`primary_only`), `safe`
     /// says a standby may run the read, and a standby can be reached;
     /// else `region` itself, its primary. Never another region.
     async fn read_target(&mut self, region: Arc<str>, safe: impl FnOnce() -> bool) -> Arc<str> {
-        if !self.standby_reads || self.txn != Txn::Idle || self.ddl_sent || !safe() {
+        if !self.standby_reads || self.txn != Txn::Idle || self.primary_only || !safe() {
             return region;
         }
         match self.standby(&region).await {
