@@ -715,9 +715,9 @@ impl Requests {
     /// Where a read goes: the session's standby backend of `region` when
     /// the region reads from standbys, the session is outside any
     /// transaction (a held BEGIN included) and holds no state only its
-    /// primary has (`primary_only`), `safe`
-    /// says a standby may run the read, and a standby can be reached;
-    /// else `region` itself, its primary. Never another region.
+    /// primary has (`primary_only`), `safe` says a standby may run the
+    /// read, and a standby can be reached; else `region` itself, its
+    /// primary. Never another region.
     async fn read_target(&mut self, region: Arc<str>, safe: impl FnOnce() -> bool) -> Arc<str> {
         if !self.standby_reads || self.txn != Txn::Idle || self.primary_only || !safe() {
             return region;
