@@ -341,6 +341,22 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert_eq!(counted("eu"), 7.0, "standby reads of eu");
     assert_eq!(counted("us"), 0.0);
 
+    // Pipelined reads (a batch each, several batches per read) keep their
+    // order and answers, wherever each batch runs.
+    let pipelined = (1..=8i32).map(|i| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one("SELECT $1::int + 0", &[&i])
+                .await
+                .expect("pipelined read");
+            (i, row.get::<_, i32>(0))
+        }
+    });
+    for (sent, got) in futures_util::future::join_all(pipelined).await {
+        assert_eq!(sent, got, "answers stay in order");
+    }
+
     // With the setting off (the default), reads stay on the primary.
     let off = start_proxy(config(&regions, &keys, &standby, false)).await;
     let plain = tenant_client(&off, Some("acme")).await;

@@ -1051,3 +1051,36 @@ fn frame_error(e: framing::FrameError) -> PgError {
         framing::FrameError::BadLength { .. } => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(tags: &[u8]) -> Vec<Frame> {
+        tags.iter()
+            .map(|&tag| Frame {
+                tag,
+                start: 0,
+                end: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_ends_plainly_when_only_describe_execute_close_or_flush_precede_its_sync() {
+        assert!(batch_ends_plainly(&frames(b"ES")));
+        assert!(batch_ends_plainly(&frames(b"DEHCS")));
+        assert!(
+            batch_ends_plainly(&frames(b"ESPBES")),
+            "the next batch is its own"
+        );
+        assert!(!batch_ends_plainly(&frames(b"E")), "Sync not read yet");
+        assert!(
+            !batch_ends_plainly(&frames(b"EPBES")),
+            "another statement runs"
+        );
+        assert!(!batch_ends_plainly(&frames(b"EBES")), "another portal runs");
+        assert!(!batch_ends_plainly(&frames(b"EQ")));
+        assert!(!batch_ends_plainly(&frames(b"EF")));
+    }
+}
