@@ -114,7 +114,8 @@ pub async fn connect(
     for i in (0..n).map(|k| (first + k) % n) {
         let host = &region.hosts[i];
         let addr = format!("{}:{}", host.host, host.port);
-        match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params)).await {
+        let attempt = connect_host(region_name, host, tls, params, Role::Primary);
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(conn)) => {
                 let failed_over = primary.0.swap(i, Ordering::Relaxed) != i;
                 if failed_over {
@@ -127,7 +128,7 @@ pub async fn connect(
                     ..conn
                 });
             }
-            Ok(Err(HostError::Standby)) => reasons.push(format!("{addr}: a read-only standby")),
+            Ok(Err(HostError::WrongRole)) => reasons.push(format!("{addr}: a read-only standby")),
             Ok(Err(HostError::Refused(error_response))) => {
                 return Err(ConnectError::Refused {
                     region: region_name.to_string(),
@@ -151,11 +152,61 @@ pub async fn connect(
     })
 }
 
+/// Connects to a hot standby of the region (a host reporting
+/// `in_hot_standby = on`) for reads that may lag the primary. Only the
+/// region's own hosts are tried, the last primary last (it is the least
+/// likely to be a standby), so a read never leaves the residency zone.
+/// The caller falls back to the primary on any error.
+pub async fn connect_standby(
+    region_name: &str,
+    region: &Region,
+    tls: &RegionTls,
+    primary: &Primary,
+    params: &[(String, String)],
+) -> Result<BackendConn, ConnectError> {
+    let timeout = Duration::from_secs(region.connect_timeout_secs);
+    let mut reasons = Vec::new();
+    let n = region.hosts.len();
+    let last = primary.index() % n.max(1);
+    for i in (1..=n).map(|k| (last + k) % n) {
+        let host = &region.hosts[i];
+        let addr = format!("{}:{}", host.host, host.port);
+        let attempt = connect_host(region_name, host, tls, params, Role::Standby);
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(conn)) => {
+                return Ok(BackendConn {
+                    host_index: i,
+                    ..conn
+                })
+            }
+            Ok(Err(HostError::WrongRole)) => reasons.push(format!("{addr}: not a hot standby")),
+            Ok(Err(HostError::Refused(_))) => reasons.push(format!("{addr}: refused the session")),
+            Ok(Err(HostError::Failed(reason))) => reasons.push(format!("{addr}: {reason}")),
+            Err(_) => reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs())),
+        }
+    }
+    Err(ConnectError::Unavailable {
+        region: region_name.to_string(),
+        reason: reasons.join("; "),
+        failed_hosts: Vec::new(),
+    })
+}
+
+/// Which kind of server a connection needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Accepts writes: not a hot standby.
+    Primary,
+    /// A hot standby, for reads only.
+    Standby,
+}
+
 enum HostError {
     Failed(String),
     Refused(BytesMut),
-    /// The server is a hot standby: sessions need the primary.
-    Standby,
+    /// The server is not of the role asked for (a hot standby when the
+    /// primary is needed, or the reverse).
+    WrongRole,
 }
 
 impl From<std::io::Error> for HostError {
@@ -169,6 +220,7 @@ async fn connect_host(
     host: &Host,
     tls: &RegionTls,
     params: &[(String, String)],
+    role: Role,
 ) -> Result<BackendConn, HostError> {
     let tcp = TcpStream::connect((host.host.as_str(), host.port)).await?;
     tcp.set_nodelay(true)?;
@@ -246,11 +298,11 @@ async fn connect_host(
                 return Err(HostError::Failed(error_text(&body)));
             }
             Message::ReadyForQuery(body) => {
-                if params_out
+                let standby = params_out
                     .iter()
-                    .any(|(k, v)| k == "in_hot_standby" && v == "on")
-                {
-                    return Err(HostError::Standby);
+                    .any(|(k, v)| k == "in_hot_standby" && v == "on");
+                if standby != (role == Role::Standby) {
+                    return Err(HostError::WrongRole);
                 }
                 let (pid, secret) =
                     key.ok_or_else(|| HostError::Failed("server sent no BackendKeyData".into()))?;

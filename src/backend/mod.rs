@@ -2,8 +2,10 @@
 
 mod connect;
 pub mod control;
+pub mod standby;
 mod tls;
 
 pub use connect::{
-    connect, send_cancel, BackendConn, CancelTarget, ConnectError, Primary, RegionTls,
+    connect, connect_standby, send_cancel, BackendConn, CancelTarget, ConnectError, Primary,
+    RegionTls,
 };

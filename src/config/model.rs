@@ -179,6 +179,12 @@ pub struct Region {
     /// The primary and its standbys: sessions go to the host that is not a
     /// hot standby, the last primary tried first.
     pub hosts: Vec<Host>,
+    /// Send reads that may see slightly stale data (outside transactions,
+    /// no locks or writing functions) to a hot standby of this region, to
+    /// take load off the primary. Off by default: a standby lags the
+    /// primary by the replication delay.
+    #[serde(default)]
+    pub read_from_standbys: bool,
     /// Where this region's root key (KEK) comes from. Required when any
     /// column is classified; a proxy only loads the keys of its own regions.
     #[serde(default)]

@@ -131,6 +131,8 @@ impl Backends {
     }
 
     /// The backend of `region`, opened now if the session has none there.
+    /// `region` may be a region's standby key (see `backend::standby`):
+    /// then a hot standby of that region is opened.
     pub async fn get(
         &mut self,
         region: &Arc<str>,
@@ -155,17 +157,22 @@ impl Backends {
         shared: &Shared,
         expect: &mpsc::UnboundedSender<Expect>,
     ) -> Result<Backend, PgError> {
-        let rt = shared.region(region).ok_or_else(|| {
+        let name = backend::standby::region_of(region);
+        let rt = shared.region(name).ok_or_else(|| {
             PgError::error(
                 sqlstate::INTERNAL_ERROR,
-                format!("region {region} is not configured"),
+                format!("region {name} is not configured"),
             )
         })?;
-        let conn = backend::connect(region, &rt.config, &rt.tls, &rt.primary, &self.params)
-            .await
+        let connected = if backend::standby::is_standby(region) {
+            backend::connect_standby(name, &rt.config, &rt.tls, &rt.primary, &self.params).await
+        } else {
+            backend::connect(name, &rt.config, &rt.tls, &rt.primary, &self.params).await
+        };
+        let conn = connected
             .map_err(|e| match e {
                 ConnectError::Unavailable { .. } => {
-                    shared.metrics.connect_failed(region, &e);
+                    shared.metrics.connect_failed(name, &e);
                     PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
                     .with_hint("the region's Postgres servers are down or unreachable; other regions keep working")
                 }
@@ -180,7 +187,7 @@ impl Backends {
             entry.targets.push(conn.cancel.clone());
         }
         let stats = shared.metrics.backend_connected(
-            region,
+            name,
             conn.host_index,
             &conn.failed_hosts,
             conn.failed_over,
@@ -194,7 +201,16 @@ impl Backends {
             shared: bshared.clone(),
         });
         let mut b = new_backend(writer, bshared);
-        if !self.replay.is_empty() {
+        if backend::standby::is_standby(region) {
+            // One query each: a standby refuses some session state (LISTEN),
+            // and one refusal must not undo the settings after it.
+            for sql in &self.replay {
+                b.push_query(sql);
+                let _ = expect.send(Expect::Discard {
+                    region: region.clone(),
+                });
+            }
+        } else if !self.replay.is_empty() {
             b.push_query(&self.replay.join(";\n"));
             let _ = expect.send(Expect::Discard {
                 region: region.clone(),

@@ -602,6 +602,9 @@ impl Responses {
         query: Option<Arc<StatementKeys>>,
     ) -> Result<(), SessionEnd> {
         let discard = mode == Mode::Discard;
+        // A standby backend's rows decrypt with its region's catalog and
+        // count under its region.
+        let named = crate::backend::standby::region_of(region);
         if let Some(r) = self.readers.get_mut(region) {
             r.parked = false;
         }
@@ -634,14 +637,14 @@ impl Responses {
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
                     if crypto.copying(f.tag) {
                         crypto
-                            .copy_out_message(f.tag, f.body(&reader.buf), region, &mut self.out)
+                            .copy_out_message(f.tag, f.body(&reader.buf), named, &mut self.out)
                             .await;
                         continue;
                     }
                     if crypto.message(
                         f.tag,
                         f.body(&reader.buf),
-                        region,
+                        named,
                         reader,
                         &query,
                         &mut self.out,

@@ -143,6 +143,14 @@ impl Metrics {
         BackendStats::new(live, slow)
     }
 
+    /// A read (a simple query or an extended-protocol batch) went to a
+    /// hot standby of `region`.
+    pub fn standby_read(&self, region: &str) {
+        if let Some(r) = self.series.as_ref().and_then(|s| s.region(region)) {
+            r.standby_reads.inc();
+        }
+    }
+
     /// No backend session could be opened in `region`.
     pub fn connect_failed(&self, region: &str, err: &crate::backend::ConnectError) {
         let crate::backend::ConnectError::Unavailable { failed_hosts, .. } = err else {

@@ -37,6 +37,8 @@ pub struct RegionSeries {
     pub sent_bytes: IntCounter,
     pub received_bytes: IntCounter,
     pub failovers: IntCounter,
+    /// Statements and batches sent to a hot standby (`read_from_standbys`).
+    pub standby_reads: IntCounter,
     pub up: IntGauge,
     pub hosts: Vec<HostSeries>,
     pub crypto: CryptoSeries,
@@ -250,6 +252,12 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
         "Times the region's primary moved to another of its hosts",
         &["region"],
     )?;
+    let standby_reads = counter_vec(
+        reg,
+        "regionguard_standby_reads_total",
+        "Reads (simple queries or extended-protocol batches) sent to a hot standby of the region",
+        &["region"],
+    )?;
     let region_up = gauge_vec(
         reg,
         "regionguard_region_up",
@@ -355,6 +363,7 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
             sent_bytes: sent.get_metric_with_label_values(&[n])?,
             received_bytes: received.get_metric_with_label_values(&[n])?,
             failovers: failovers.get_metric_with_label_values(&[n])?,
+            standby_reads: standby_reads.get_metric_with_label_values(&[n])?,
             up: region_up.get_metric_with_label_values(&[n])?,
             hosts,
             crypto: CryptoSeries {

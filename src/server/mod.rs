@@ -134,6 +134,9 @@ impl Proxy {
                     config: region.clone(),
                     tls: rt,
                     primary: crate::backend::Primary::default(),
+                    standbys: region
+                        .read_from_standbys
+                        .then(|| crate::backend::standby::Standbys::new(name)),
                 },
             );
         }

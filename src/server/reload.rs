@@ -16,7 +16,8 @@
 //! Reloadable: `auth.users`, `[tenants]`, `tenancy.tables`/`columns`/
 //! `global_tables`, `[classes]`, `[classified]`, `[key_rotation]`,
 //! `admin.rotation_grace_ms`. Everything else needs a restart (listening
-//! sockets, region hosts and keys, TLS, the directory connection, …).
+//! sockets, region hosts, keys and `read_from_standbys`, TLS, the directory
+//! connection, …).
 
 use super::state::Shared;
 use crate::config::{Config, ConfigError};
@@ -283,6 +284,16 @@ mod tests {
             .replace("port = 5432", "port = 5433");
         let b = Config::from_toml_str(&text, "test").unwrap();
         assert_eq!(needs_restart(&a, &b), vec!["listen", "regions.eu"]);
+    }
+
+    #[test]
+    fn reading_from_standbys_changes_only_with_a_restart() {
+        let a = config("");
+        let mut b = config("");
+        if let Some(eu) = b.regions.get_mut("eu") {
+            eu.read_from_standbys = true;
+        }
+        assert_eq!(needs_restart(&a, &b), vec!["regions.eu"]);
     }
 
     #[test]

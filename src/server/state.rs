@@ -33,6 +33,9 @@ pub struct RegionRuntime {
     pub tls: RegionTls,
     /// The host that accepted writes last.
     pub primary: crate::backend::Primary,
+    /// Set when the region sends reads to its standbys
+    /// (`read_from_standbys`).
+    pub standbys: Option<crate::backend::standby::Standbys>,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.

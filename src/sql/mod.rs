@@ -22,6 +22,7 @@ mod lexer;
 pub mod normalize;
 mod predicates;
 mod session;
+mod standby;
 mod tenancy;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub use crypto_plan::{
     ValueSource,
 };
 pub use ddl::{ddl_forms, DdlForm};
+pub use standby::{sets_config, standby_safe};
 pub use tenancy::{Discovered, Tenancy, ViewInfo};
 
 use comment::CommentTenant;

@@ -1199,3 +1199,90 @@ fn plain_statements_without_tenancy_still_see_regionguard_names() {
     d.enable_discovery();
     assert_eq!(analyze_plain("SELECT * FROM customers", &d), None);
 }
+
+// ----- reads a standby may answer (read_from_standbys) ---------------------
+
+fn on_standby(sql: &str) -> bool {
+    standby_safe(sql, &analyze(sql, &tenancy()).statements)
+}
+
+#[test]
+fn plain_reads_may_run_on_a_standby() {
+    for sql in [
+        "SELECT pg_is_in_recovery()",
+        "SELECT * FROM customers WHERE tenant_id = 'acme'",
+        "SELECT id FROM orders WHERE tenant_id = $1 ORDER BY id",
+        "SELECT c.name FROM countries c JOIN plans p ON p.id = c.id",
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+        "VALUES (1), (2)",
+        "EXPLAIN SELECT * FROM countries",
+        "SELECT 1; SELECT 2",
+    ] {
+        assert!(on_standby(sql), "{sql}");
+    }
+}
+
+#[test]
+fn locking_writing_and_session_reads_need_the_primary() {
+    for sql in [
+        "SELECT * FROM customers WHERE tenant_id = 'acme' FOR UPDATE",
+        "SELECT * FROM customers WHERE tenant_id = 'acme' FOR NO KEY UPDATE",
+        "SELECT * FROM customers WHERE tenant_id = 'acme' FOR SHARE",
+        "SELECT * FROM customers WHERE tenant_id = 'acme' FOR KEY SHARE",
+        "SELECT * INTO copy_of FROM countries",
+        "WITH d AS (DELETE FROM countries RETURNING *) SELECT * FROM d",
+        "DECLARE c CURSOR FOR SELECT * FROM countries",
+        "SELECT nextval('ids')",
+        "SELECT setval('ids', 5)",
+        "SELECT currval('ids')",
+        "SELECT lastval()",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT pg_try_advisory_xact_lock(1)",
+        "SELECT pg_notify('ch', 'x')",
+        "SELECT set_config('search_path', 'app', false)",
+        "SELECT txid_current()",
+        "SELECT pg_current_xact_id()",
+        "SELECT lo_create(0)",
+        "SELECT 1; SELECT nextval('ids')",
+        "SELECT 1; INSERT INTO countries VALUES (1)",
+    ] {
+        assert!(!on_standby(sql), "{sql}");
+    }
+}
+
+#[test]
+fn statements_other_than_reads_need_the_primary() {
+    for sql in [
+        "INSERT INTO customers (tenant_id, id) VALUES ('acme', 1)",
+        "UPDATE customers SET name = 'x' WHERE tenant_id = 'acme'",
+        "BEGIN",
+        "SET search_path = app",
+        "SHOW search_path",
+        "CREATE TABLE t (id int)",
+        "EXPLAIN ANALYZE DELETE FROM countries",
+        "",
+    ] {
+        assert!(!on_standby(sql), "{sql}");
+    }
+}
+
+#[test]
+fn plain_fast_path_reads_are_judged_by_their_text() {
+    let t = tenancy();
+    let plain = |sql: &str| {
+        let a = analyze_plain(sql, &t).expect("takes the fast path");
+        standby_safe(sql, &a.statements)
+    };
+    assert!(plain("SELECT pg_is_in_recovery()"));
+    assert!(!plain("SELECT nextval('ids')"));
+    assert!(!plain("SELECT * FROM items FOR UPDATE"));
+}
+
+#[test]
+fn set_config_is_found_in_any_statement() {
+    assert!(sets_config(
+        "SELECT set_config('search_path', 'app', false)"
+    ));
+    assert!(sets_config("UPDATE t SET a = SET_CONFIG('x', 'y', true)"));
+    assert!(!sets_config("SELECT current_setting('search_path')"));
+}

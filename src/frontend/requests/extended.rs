@@ -154,6 +154,11 @@ impl Requests {
                 Err(e) => return self.fail_batch(e).await,
             }
         };
+        let standby_safe = self.standby_reads
+            && !local
+            && copy.is_none()
+            && crate::sql::standby_safe(p.query, &analysis.statements);
+        let sets_config = self.standby_reads && crate::sql::sets_config(p.query);
         self.statements.insert(
             name.clone(),
             Stmt {
@@ -165,6 +170,8 @@ impl Requests {
                 local,
                 sealed,
                 copy,
+                standby_safe,
+                sets_config,
             },
         );
         if local {
@@ -369,6 +376,26 @@ impl Requests {
         }
     }
 
+    /// Where the batch of the Bind being handled goes: a standby of
+    /// `region` when the statement is a read a standby may run (`safe`),
+    /// nothing before it in the batch was sent or executes, and the rest of
+    /// the batch, already read, executes nothing else (see
+    /// [`Requests::read_target`]); else `region`.
+    async fn batch_read_target(&mut self, region: Arc<str>, safe: bool) -> Arc<str> {
+        let alone = safe
+            && self.batch_in_read
+            && self.batch.region.is_none()
+            && self
+                .batch
+                .held
+                .iter()
+                .all(|(m, ..)| matches!(m.first(), Some(b'P' | b'D' | b'C')));
+        if !alone {
+            return region;
+        }
+        self.read_target(region, || true).await
+    }
+
     /// Tells the response side to relay the batch's region up to its
     /// ReadyForQuery. Deferred until the client waits for answers (Flush,
     /// Sync) so that a COPY FROM STDIN can be recognised first.
@@ -494,6 +521,7 @@ impl Requests {
                 s.sealed.clone(),
                 s.copy.clone(),
                 s.parse.clone(),
+                (s.standby_safe, s.sets_config),
             )
         });
         if stmt.as_ref().is_some_and(|s| s.0 != epoch) {
@@ -509,7 +537,9 @@ impl Requests {
                 )
                 .await;
         }
-        let Some((_, analysis, stmt_types, sealed, copy_plan, parse)) = stmt else {
+        let Some((_, analysis, stmt_types, sealed, copy_plan, parse, (standby_safe, sets_config))) =
+            stmt
+        else {
             // Not prepared through Parse (SQL PREPARE, or no such
             // statement): its text was never placed, so it is not run.
             return self
@@ -658,6 +688,7 @@ impl Requests {
                 return self.fail_batch(e).await;
             }
         }
+        self.primary_only |= sets_config;
         // A planned COPY's classified fields are handled row by row.
         let (msg, keys, resealed) =
             match plan.filter(|p| !p.crypto.is_empty() && copy_plan.is_none()) {
@@ -699,6 +730,9 @@ impl Requests {
             Some(p) => Some(super::copy::PortalCopy::In(p)),
             None => None,
         };
+        let region = self
+            .batch_read_target(region, standby_safe && copy.is_none())
+            .await;
         self.set_batch_region(&region).await?;
         let text = match resealed {
             Some((parse, sealed)) => {
@@ -859,11 +893,14 @@ impl Requests {
                 self.txn = Txn::Idle;
                 self.tenant.local = None;
             }
-            StatementKind::SessionState {
-                resets_tenant: true,
-            } => {
-                self.tenant.session = None;
-                self.tenant.local = None;
+            StatementKind::SessionState { resets_tenant } => {
+                // Not replayed on the session's other backends: its reads
+                // stay on the primary, which has this state.
+                self.primary_only = true;
+                if *resets_tenant {
+                    self.tenant.session = None;
+                    self.tenant.local = None;
+                }
             }
             _ => {}
         }

@@ -106,6 +106,13 @@ struct Stmt {
     /// table, TO STDOUT of a classified table): where its tenants and
     /// classified columns are.
     copy: Option<Arc<crate::frontend::copy_in::CopyPlan>>,
+    /// A standby may run it (`sql::standby_safe`); only worked out when
+    /// some region reads from standbys.
+    standby_safe: bool,
+    /// Running it leaves state only the primary holds (`set_config`), so
+    /// the session's reads stay on the primary afterwards; only worked out
+    /// when some region reads from standbys.
+    sets_config: bool,
 }
 
 /// How a prepared statement's classified literals were encrypted.
@@ -205,6 +212,18 @@ pub struct Requests {
     catalog_stale: bool,
     /// Cursors declared over classified columns, by name.
     cursors: HashMap<String, cursors::Cursor>,
+    /// Some region reads from its standbys: reads are checked for a
+    /// standby (the check costs nothing when this is off).
+    standby_reads: bool,
+    /// The session has state only its primary holds, so its reads stay
+    /// there: it sent DDL (temporary objects exist only on the primary),
+    /// session state through the extended protocol (not replayed on other
+    /// backends), or a `set_config` call.
+    primary_only: bool,
+    /// The Bind being handled is followed, in the bytes read with it, by
+    /// nothing but Describe/Execute/Close/Flush up to its batch's Sync: the
+    /// whole batch is known, so it may go to a standby.
+    batch_in_read: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -221,6 +240,7 @@ impl Requests {
         format: Arc<std::sync::Mutex<SessionFormat>>,
     ) -> Self {
         let max_message = shared.config.listen.max_message_bytes;
+        let standby_reads = shared.regions.values().any(|r| r.standbys.is_some());
         Requests {
             shared,
             expect,
@@ -239,6 +259,9 @@ impl Requests {
             begin_sql: "BEGIN".into(),
             catalog_stale: false,
             cursors: HashMap::new(),
+            standby_reads,
+            primary_only: false,
+            batch_in_read: false,
         }
     }
 
@@ -247,6 +270,7 @@ impl Requests {
     /// sessions, shortly after (when it has likely committed).
     fn note_ddl(&mut self) {
         self.catalog_stale = true;
+        self.primary_only = true;
         let shared = Arc::downgrade(&self.shared);
         if self.shared.tenancy.load().discovers() {
             crate::routing::discovery::after_ddl(shared.clone());
@@ -288,7 +312,10 @@ impl Requests {
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
-            for f in &frames {
+            for (i, f) in frames.iter().enumerate() {
+                if self.standby_reads && f.tag == b'B' {
+                    self.batch_in_read = batch_ends_plainly(&frames[i + 1..]);
+                }
                 let msg = chunk.slice(f.start..f.end);
                 if self.handle(f.tag, msg).await.is_err() {
                     tracing::trace!("request pump quits");
@@ -444,6 +471,9 @@ impl Requests {
             Ok(None) => {}
             Err(err) => return self.refuse_query(err).await,
         }
+        if self.standby_reads && crate::sql::sets_config(sql) {
+            self.primary_only = true;
+        }
         if self.fan_query(msg, sql, &analysis.statements).await? {
             return Ok(());
         }
@@ -497,6 +527,11 @@ impl Requests {
                     }
                     None => msg.clone(),
                 };
+                let region = self
+                    .read_target(region, || {
+                        crate::sql::standby_safe(sql, &analysis.statements)
+                    })
+                    .await;
                 self.send_query(region, &msg, after, keys).await
             }
             Err(err) => self.refuse_query(err).await,
@@ -687,6 +722,55 @@ impl Requests {
         }
         self.last_region = region;
         Ok(())
+    }
+
+    /// Where a read goes: the session's standby backend of `region` when
+    /// the region reads from standbys, the session is outside any
+    /// transaction (a held BEGIN included) and holds no state only its
+    /// primary has (`primary_only`), `safe` says a standby may run the
+    /// read, and a standby can be reached; else `region` itself, its
+    /// primary. Never another region.
+    async fn read_target(&mut self, region: Arc<str>, safe: impl FnOnce() -> bool) -> Arc<str> {
+        if !self.standby_reads || self.txn != Txn::Idle || self.primary_only || !safe() {
+            return region;
+        }
+        match self.standby(&region).await {
+            Some(key) => {
+                self.shared.metrics.standby_read(&region);
+                key
+            }
+            None => region,
+        }
+    }
+
+    /// The key of the session's standby backend of `region`, opened now if
+    /// needed; `None` when the region does not read from standbys, another
+    /// session is connecting to one, or none can be reached (then none is
+    /// tried again for a while).
+    async fn standby(&mut self, region: &Arc<str>) -> Option<Arc<str>> {
+        let shared = Arc::clone(&self.shared);
+        let standbys = shared.region(region)?.standbys.as_ref()?;
+        if self.backends.live(&standbys.key).is_some() {
+            return Some(standbys.key.clone());
+        }
+        if !standbys.claim() {
+            return None;
+        }
+        match self
+            .backends
+            .get(&standbys.key, &shared, &self.expect)
+            .await
+        {
+            Ok(_) => {
+                standbys.reached();
+                Some(standbys.key.clone())
+            }
+            Err(e) => {
+                tracing::warn!(region = %region, reason = %e.message, "no standby reachable; reads go to the primary");
+                standbys.failed();
+                None
+            }
+        }
     }
 
     /// Sends session state (SET, LISTEN, PREPARE…) to the session's other
@@ -897,6 +981,20 @@ impl Requests {
     }
 }
 
+/// Whether `rest`, the messages read after a Bind, hold its batch's Sync
+/// with only Describe, Execute, Close or Flush before it: the batch runs
+/// nothing else, so it may go to a standby.
+fn batch_ends_plainly(rest: &[Frame]) -> bool {
+    for f in rest {
+        match f.tag {
+            b'S' => return true,
+            b'D' | b'E' | b'C' | b'H' => {}
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// After a fatal protocol error: reads and drops what the client is still
 /// sending (a large message, say) for a moment, so that closing the socket
 /// does not reset the connection before the client has read the error.
@@ -963,5 +1061,38 @@ fn frame_error(e: framing::FrameError) -> PgError {
         framing::FrameError::TooLarge { .. } => PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string())
             .with_hint("raise listen.max_message_bytes in the RegionGuard config if such messages are expected"),
         framing::FrameError::BadLength { .. } => PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(tags: &[u8]) -> Vec<Frame> {
+        tags.iter()
+            .map(|&tag| Frame {
+                tag,
+                start: 0,
+                end: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_ends_plainly_when_only_describe_execute_close_or_flush_precede_its_sync() {
+        assert!(batch_ends_plainly(&frames(b"ES")));
+        assert!(batch_ends_plainly(&frames(b"DEHCS")));
+        assert!(
+            batch_ends_plainly(&frames(b"ESPBES")),
+            "the next batch is its own"
+        );
+        assert!(!batch_ends_plainly(&frames(b"E")), "Sync not read yet");
+        assert!(
+            !batch_ends_plainly(&frames(b"EPBES")),
+            "another statement runs"
+        );
+        assert!(!batch_ends_plainly(&frames(b"EBES")), "another portal runs");
+        assert!(!batch_ends_plainly(&frames(b"EQ")));
+        assert!(!batch_ends_plainly(&frames(b"EF")));
     }
 }
