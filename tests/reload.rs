@@ -403,6 +403,10 @@ async fn keys_older_than_the_maximum_age_are_rotated_and_their_age_reported() {
     proxy.shutdown().await;
 }
 
+/// The binary itself, with `listen.threads = 1` (tokio's single-threaded
+/// scheduler: sessions, the admin socket and signals share one thread):
+/// it serves SQL and its admin socket, reloads on SIGHUP, and stops cleanly
+/// on SIGTERM.
 #[test]
 fn sighup_reloads_the_running_binary() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -417,7 +421,7 @@ fn sighup_reloads_the_running_binary() {
     let text = |tenants: &[(&str, &str)]| {
         config_text(&f, tenants, "").replace(
             "address = \"127.0.0.1:0\"\nshutdown",
-            &format!("address = \"127.0.0.1:{port}\"\nshutdown"),
+            &format!("address = \"127.0.0.1:{port}\"\nthreads = 1\nshutdown"),
         )
     };
     write(&f.config, &text(&[("acme", "eu")]));
@@ -428,7 +432,7 @@ fn sighup_reloads_the_running_binary() {
         .spawn()
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _stop = Stop(child);
+    let mut stop = Stop(Some(child));
     rt.block_on(within(60, "SIGHUP", async {
         assert!(
             wait_until(20, || async { f.socket.exists() }).await,
@@ -457,16 +461,54 @@ fn sighup_reloads_the_running_binary() {
         assert!(refused, "the refused SIGHUP reload is not in the audit log");
         let status = ctl(&f.socket, "status").await;
         assert_eq!(status["ok"], json!(true), "{status}");
+        // SQL through the binary, on its one thread, in both protocols.
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user(PROXY_USER)
+            .password(PROXY_PASSWORD)
+            .dbname(DATABASE)
+            .options("-c regionguard.tenant=globex");
+        let client = connect(&config).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM customers WHERE tenant_id = $1",
+                &[&"globex"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 0);
+        let rows = client.simple_query("SELECT 1").await.unwrap();
+        assert!(!rows.is_empty());
     }));
+    // SIGTERM: the process drains and exits by itself, successfully.
+    let mut child = stop.0.take().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the binary"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-/// Stops the binary when the test ends, passed or not.
-struct Stop(std::process::Child);
+/// Stops the binary when the test ends, passed or not (unless the test
+/// took it to stop it itself).
+struct Stop(Option<std::process::Child>);
 
 impl Drop for Stop {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
+        if let Some(child) = self.0.as_mut() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
     }
 }
