@@ -9,10 +9,9 @@ mod support;
 
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
-use regionguard::config::{ClassifiedColumn, DataClass, KeySource, Protection};
+use regionguard::config::{ClassifiedColumn, DataClass, Protection};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use support::*;
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
@@ -47,34 +46,6 @@ const TYPED_COLUMNS: [(&str, &str); 12] = [
     ("arr", "int4[]"),
 ];
 
-/// Root key files, one per region, mode 0600; kept alive for the test.
-struct Keys {
-    _dir: tempfile::TempDir,
-    paths: BTreeMap<String, std::path::PathBuf>,
-}
-
-fn key_files() -> Keys {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut paths = BTreeMap::new();
-    for (i, region) in REGIONS.iter().enumerate() {
-        let path = dir.path().join(format!("{region}.key"));
-        let mut f = std::fs::File::create(&path).expect("create key file");
-        let key: Vec<u8> = (0..32)
-            .map(|b| (b as u8).wrapping_mul(13).wrapping_add(i as u8))
-            .collect();
-        use base64::Engine;
-        writeln!(
-            f,
-            "1:{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        )
-        .expect("write key");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        paths.insert(region.to_string(), path);
-    }
-    Keys { _dir: dir, paths }
-}
-
 fn column(class: &str, ty: &str, searchable: bool) -> ClassifiedColumn {
     ClassifiedColumn {
         class: class.into(),
@@ -84,17 +55,13 @@ fn column(class: &str, ty: &str, searchable: bool) -> ClassifiedColumn {
     }
 }
 
-async fn setup() -> (TestRegions, Keys, regionguard::server::Proxy) {
+async fn setup() -> (TestRegions, RootKeys, regionguard::server::Proxy) {
     let regions = TestRegions::start().await;
     regions.batch_everywhere(SCHEMA).await;
-    let keys = key_files();
+    let keys = RootKeys::write(13);
     let mut config = regions.routing_config(&ROUTING_TENANTS);
     config.tenancy.tables = vec!["customers".into(), "typed".into()];
-    for (name, region) in config.regions.iter_mut() {
-        region.key = Some(KeySource::File {
-            path: keys.paths[name].clone(),
-        });
-    }
+    keys.apply(&mut config);
     config.classes.insert(
         "pii".into(),
         DataClass {

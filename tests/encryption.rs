@@ -7,10 +7,9 @@
 
 mod support;
 
-use regionguard::config::{ClassifiedColumn, DataClass, KeySource, Protection};
+use regionguard::config::{ClassifiedColumn, DataClass, Protection};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use support::*;
 
 /// The encrypted tables: customers' email (searchable) and full name
@@ -27,34 +26,6 @@ const SCHEMA: &str = "\
         d bytea, tm bytea, ts bytea, tz bytea, u bytea, j bytea, jb bytea, by bytea, \
         arr bytea, PRIMARY KEY (tenant_id, id));\n";
 
-/// Root key files, one per region, mode 0600; kept alive for the test.
-struct Keys {
-    _dir: tempfile::TempDir,
-    paths: BTreeMap<String, std::path::PathBuf>,
-}
-
-fn key_files() -> Keys {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut paths = BTreeMap::new();
-    for (i, region) in ["eu", "us", "apac"].iter().enumerate() {
-        let path = dir.path().join(format!("{region}.key"));
-        let mut f = std::fs::File::create(&path).expect("create key file");
-        let key: Vec<u8> = (0..32)
-            .map(|b| (b as u8).wrapping_mul(7).wrapping_add(i as u8))
-            .collect();
-        use base64::Engine;
-        writeln!(
-            f,
-            "1:{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        )
-        .expect("write key");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        paths.insert(region.to_string(), path);
-    }
-    Keys { _dir: dir, paths }
-}
-
 fn column(class: &str, ty: &str, searchable: bool, group: Option<&str>) -> ClassifiedColumn {
     ClassifiedColumn {
         class: class.into(),
@@ -64,15 +35,11 @@ fn column(class: &str, ty: &str, searchable: bool, group: Option<&str>) -> Class
     }
 }
 
-fn encrypted_config(regions: &TestRegions, keys: &Keys) -> regionguard::config::Config {
+fn encrypted_config(regions: &TestRegions, keys: &RootKeys) -> regionguard::config::Config {
     let mut config = regions.routing_config(&ROUTING_TENANTS);
     config.tenancy.tables.push("leads".into());
     config.tenancy.tables.push("typed".into());
-    for (name, region) in config.regions.iter_mut() {
-        region.key = Some(KeySource::File {
-            path: keys.paths[name].clone(),
-        });
-    }
+    keys.apply(&mut config);
     config.classes.insert(
         "pii".into(),
         DataClass {
@@ -124,10 +91,10 @@ fn encrypted_config(regions: &TestRegions, keys: &Keys) -> regionguard::config::
     config
 }
 
-async fn setup() -> (TestRegions, Keys, regionguard::server::Proxy) {
+async fn setup() -> (TestRegions, RootKeys, regionguard::server::Proxy) {
     let regions = TestRegions::start().await;
     regions.batch_everywhere(SCHEMA).await;
-    let keys = key_files();
+    let keys = RootKeys::write(7);
     let proxy = start_proxy(encrypted_config(&regions, &keys)).await;
     (regions, keys, proxy)
 }
@@ -521,7 +488,7 @@ async fn a_wrong_storage_type_refuses_the_start_naming_the_column() {
              CREATE TABLE leads (tenant_id text, id bigint, email bytea);",
         )
         .await;
-    let keys = key_files();
+    let keys = RootKeys::write(7);
     let err = regionguard::server::Proxy::start(encrypted_config(&regions, &keys))
         .await
         .err()

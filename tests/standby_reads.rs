@@ -8,51 +8,21 @@
 mod metrics_support;
 mod support;
 
-use regionguard::config::{
-    AuthMethod, ClassifiedColumn, Config, DataClass, Host, KeySource, Protection,
-};
+use regionguard::config::{AuthMethod, ClassifiedColumn, Config, DataClass, Host, Protection};
 use regionguard::localpg::Cluster;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use support::raw;
 use support::*;
 
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 
-/// Root key files, one per region, mode 0600; kept alive for the test.
-struct Keys {
-    _dir: tempfile::TempDir,
-    paths: BTreeMap<String, std::path::PathBuf>,
-}
-
-fn key_files() -> Keys {
-    use base64::Engine;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut paths = BTreeMap::new();
-    for (i, region) in REGIONS.iter().enumerate() {
-        let path = dir.path().join(format!("{region}.key"));
-        let mut f = std::fs::File::create(&path).expect("create key file");
-        let key: Vec<u8> = (0..32u8).map(|b| b.wrapping_mul(11) ^ i as u8).collect();
-        let encoded = base64::engine::general_purpose::STANDARD.encode(key);
-        writeln!(f, "1:{encoded}").expect("write key");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        paths.insert(region.to_string(), path);
-    }
-    Keys { _dir: dir, paths }
-}
-
 /// The routing config with `customers.email` encrypted, trust auth (for
 /// the raw-protocol session), and eu served by `primary` and `standby`
 /// (the standby listed first), reading from standbys when `on`.
-fn config(regions: &TestRegions, keys: &Keys, standby: &Cluster, on: bool) -> Config {
+fn config(regions: &TestRegions, keys: &RootKeys, standby: &Cluster, on: bool) -> Config {
     let mut config = regions.routing_config(&ROUTING_TENANTS);
     config.auth.method = AuthMethod::Trust;
-    for (name, region) in config.regions.iter_mut() {
-        region.key = Some(KeySource::File {
-            path: keys.paths[name].clone(),
-        });
-    }
+    keys.apply(&mut config);
     config.classes.insert(
         "contact".into(),
         DataClass {
@@ -171,7 +141,7 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
         .connect(ROLE, ROLE_PASSWORD, DATABASE)
         .await
         .expect("connect to the standby");
-    let keys = key_files();
+    let keys = RootKeys::write(11);
     let mut on = config(&regions, &keys, &standby, true);
     on.metrics.address = Some("127.0.0.1:0".into());
     let proxy = start_proxy(on).await;

@@ -719,3 +719,47 @@ pub mod raw {
         }
     }
 }
+
+/// Root key files, one per region (mode 0600, one key version each), for
+/// tests that classify columns; the files live as long as this value.
+pub struct RootKeys {
+    _dir: TempDir,
+    pub paths: std::collections::BTreeMap<String, std::path::PathBuf>,
+}
+
+impl RootKeys {
+    /// Writes a key per region, derived from `seed` so that tests which
+    /// want different keys get them.
+    pub fn write(seed: u8) -> RootKeys {
+        use base64::Engine;
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut paths = std::collections::BTreeMap::new();
+        for (i, region) in REGIONS.iter().enumerate() {
+            let path = dir.path().join(format!("{region}.key"));
+            let key: Vec<u8> = (0..32u8)
+                .map(|b| b.wrapping_mul(seed).wrapping_add(i as u8))
+                .collect();
+            let mut f = std::fs::File::create(&path).expect("create key file");
+            writeln!(
+                f,
+                "1:{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )
+            .expect("write key");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            paths.insert(region.to_string(), path);
+        }
+        RootKeys { _dir: dir, paths }
+    }
+
+    /// Points every region of `config` at its key file.
+    pub fn apply(&self, config: &mut Config) {
+        for (name, region) in config.regions.iter_mut() {
+            region.key = Some(regionguard::config::KeySource::File {
+                path: self.paths[name].clone(),
+            });
+        }
+    }
+}
