@@ -34,23 +34,17 @@ MODES=${MODES:-"simple extended prepared"}
 TX=${TX:-3000}
 WARM_TX=300
 BASE=""
-OUT=""
-
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --base) BASE=${2:?--base needs a binary}; shift 2 ;;
-        --base=*) BASE=${1#--base=}; shift ;;
-        --out) OUT=${2:?--out needs a file}; shift 2 ;;
-        --out=*) OUT=${1#--out=}; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
 BENCH_NAME=instructions
 # shellcheck source=benches/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+bench_option() {
+    case "$1" in
+        --base) BASE=${2:?--base needs a binary}; BENCH_SHIFT=2 ;;
+        --base=*) BASE=${1#--base=}; BENCH_SHIFT=1 ;;
+        *) return 1 ;;
+    esac
+}
+bench_args "$@"
 bench_check_uint TX "$TX"
 (( TX > WARM_TX )) || die "TX must be more than $WARM_TX"
 for m in $MODES; do
@@ -58,7 +52,6 @@ for m in $MODES; do
 done
 command -v valgrind >/dev/null || die "valgrind not installed (apt-get install -y valgrind)"
 command -v callgrind_control >/dev/null || die "callgrind_control not found (part of valgrind)"
-if [[ -n "$OUT" ]]; then OUT=$(bench_abs_out "$OUT"); fi
 if [[ -n "$BASE" ]]; then
     BASE=$(cd "$(dirname "$BASE")" && pwd)/$(basename "$BASE")
     [[ -x "$BASE" ]] || die "--base $BASE is not an executable"

@@ -35,27 +35,15 @@ SCRAPE_SECS=${SCRAPE_SECS:-1}
 WARMUP=${WARMUP:-3}
 THREADS=2
 SCALE=10
-OUT=""
-
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --out) OUT=${2:?--out needs a file}; shift 2 ;;
-        --out=*) OUT=${1#--out=}; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
 BENCH_NAME=metrics_compare
 # shellcheck source=benches/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+bench_args "$@"
 REPO=$BENCH_REPO
 bench_check_uint DURATION "$DURATION"
 bench_check_uint ROUNDS "$ROUNDS"
 bench_check_uint CLIENTS "$CLIENTS"
 bench_check_uint SCRAPE_SECS "$SCRAPE_SECS"
-if [[ -n "$OUT" ]]; then OUT=$(bench_abs_out "$OUT"); fi
 
 bench_find_pg_tools
 bench_find_regionguard

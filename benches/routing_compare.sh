@@ -44,29 +44,16 @@ SCALE=10
 TENANTS=60
 ROWS_PER_TENANT=2000
 REGIONS=(eu us apac)
-OUT=""
-
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --out) OUT=${2:?--out needs a file}; shift 2 ;;
-        --out=*) OUT=${1#--out=}; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
 BENCH_NAME=routing_compare
 # shellcheck source=benches/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+bench_args "$@"
 REPO=$BENCH_REPO
 bench_check_uint DURATION "$DURATION"
 bench_check_uint ROUNDS "$ROUNDS"
 for m in $MODES; do
     [[ $m == simple || $m == extended || $m == prepared ]] || { echo "unknown mode $m" >&2; exit 2; }
 done
-# Resolve now: the script changes directory later.
-if [[ -n "$OUT" ]]; then OUT=$(bench_abs_out "$OUT"); fi
 
 bench_find_pg_tools
 bench_find_regionguard

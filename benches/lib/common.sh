@@ -24,6 +24,35 @@ bench_abs_out() { # file
     echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 }
 
+# Prints the calling script's header comment: its usage.
+bench_usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; }
+
+# Reads the options every benchmark takes — `--out FILE` (made absolute
+# now: the scripts change directory later) and `-h`/`--help` — into OUT. A
+# script with options of its own defines `bench_option`: called with the
+# remaining arguments, it returns 0 and sets BENCH_SHIFT to the number it
+# consumed, or returns 1 for an argument it does not know.
+bench_args() {
+    OUT=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --out) OUT=${2:?--out needs a file}; shift 2 ;;
+            --out=*) OUT=${1#--out=}; shift ;;
+            -h|--help) bench_usage; exit 0 ;;
+            *)
+                if declare -F bench_option >/dev/null && bench_option "$@"; then
+                    shift "$BENCH_SHIFT"
+                else
+                    echo "unknown argument: $1" >&2
+                    bench_usage >&2
+                    exit 2
+                fi
+                ;;
+        esac
+    done
+    if [[ -n "$OUT" ]]; then OUT=$(bench_abs_out "$OUT"); fi
+}
+
 bench_check_uint() { # name value
     [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "$1 must be a positive integer" >&2; exit 2; }
 }
