@@ -154,19 +154,7 @@ impl BackendShared {
 
     /// The use of the RowDescription or NoData just received in `batch`.
     pub fn take_rows(&self, batch: u64) -> Option<RowUse> {
-        let mut guard = self.queues()?;
-        let q = &mut guard.rows;
-        while let Some((b, _)) = q.front() {
-            if *b < batch {
-                q.pop_front();
-            } else {
-                break;
-            }
-        }
-        if q.front().is_some_and(|(b, _)| *b == batch) {
-            return q.pop_front().map(|(_, u)| u);
-        }
-        None
+        take_for(&mut self.queues()?.rows, batch)
     }
 
     /// A COPY TO STDOUT whose rows need decrypting runs in `batch`.
@@ -179,15 +167,7 @@ impl BackendShared {
     /// The decryption of the COPY whose CopyOutResponse just arrived in
     /// `batch`, if it needs one.
     pub fn take_copy_out(&self, batch: u64) -> Option<Arc<CopyOutRun>> {
-        let mut guard = self.queues()?;
-        let q = &mut guard.copy_outs;
-        while q.front().is_some_and(|(b, _)| *b < batch) {
-            q.pop_front();
-        }
-        if q.front().is_some_and(|(b, _)| *b == batch) {
-            return q.pop_front().map(|(_, r)| r);
-        }
-        None
+        take_for(&mut self.queues()?.copy_outs, batch)
     }
 
     /// Records a Parse or Close sent in `batch`; `forward` is false for the
@@ -224,19 +204,7 @@ impl BackendShared {
 
     /// The replacement for the first ErrorResponse of `batch`, if any.
     pub fn take_override(&self, batch: u64) -> Option<PgError> {
-        let mut guard = self.queues()?;
-        let q = &mut guard.overrides;
-        while let Some((b, _)) = q.front() {
-            if *b < batch {
-                q.pop_front();
-            } else {
-                break;
-            }
-        }
-        if q.front().is_some_and(|(b, _)| *b == batch) {
-            return q.pop_front().map(|(_, e)| e);
-        }
-        None
+        take_for(&mut self.queues()?.overrides, batch)
     }
 
     /// A Describe of statement `name` was sent in `batch`; `overrides` are
@@ -314,6 +282,18 @@ impl BackendShared {
             q.copy_outs.pop_front();
         }
     }
+}
+
+/// The first entry of `batch` in a queue tagged by batch, dropping the
+/// entries of earlier batches (they failed before reaching them).
+fn take_for<T>(q: &mut VecDeque<(u64, T)>, batch: u64) -> Option<T> {
+    while q.front().is_some_and(|(b, _)| *b < batch) {
+        q.pop_front();
+    }
+    if q.front().is_some_and(|(b, _)| *b == batch) {
+        return q.pop_front().map(|(_, t)| t);
+    }
+    None
 }
 
 #[cfg(test)]
