@@ -149,18 +149,6 @@ impl Catalogs {
             .collect()
     }
 
-    /// Reads `region`'s catalog through `client` and installs it.
-    pub async fn refresh(
-        &self,
-        region: &str,
-        client: &tokio_postgres::Client,
-        tenancy: &Tenancy,
-    ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
-        let catalog = Arc::new(Self::read(region, client, tenancy).await?);
-        self.install(region, Arc::clone(&catalog));
-        Ok(catalog)
-    }
-
     /// Installs a catalog read with [`Catalogs::read`].
     pub fn install(&self, region: &str, catalog: Arc<RegionCatalog>) {
         if let Some(slot) = self.regions.get(region) {

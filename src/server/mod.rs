@@ -188,6 +188,7 @@ impl Proxy {
             audit,
             reload_lock: tokio::sync::Mutex::new(()),
             rules_epoch: std::sync::atomic::AtomicU64::new(0),
+            rules_install: std::sync::Mutex::new(()),
         });
         check_catalogs(&shared).await?;
         // In the background: a region that is down must not delay the start.

@@ -123,13 +123,21 @@ async fn apply(shared: &Shared) -> Result<Reloaded, ReloadError> {
     let changed = changed_settings(&current, &new);
     shared.users.store(Arc::new(users));
     shared.directory.set_fixed(&new);
-    for (region, catalog) in catalogs {
-        shared.catalogs.install(&region, catalog);
+    {
+        // A catalog refresh running now read under the old rules: it sees
+        // the swap once this ends and reads again (Shared::refresh_catalog).
+        let _installing = shared
+            .rules_install
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (region, catalog) in catalogs {
+            shared.catalogs.install(&region, catalog);
+        }
+        // Views are read with the classification: install what the new
+        // catalogs say before the new rules serve a statement.
+        tenancy.set_views(shared.catalogs.views());
+        shared.tenancy.store(Arc::new(tenancy));
     }
-    // Views are read with the classification: install what the new
-    // catalogs say before the new rules serve a statement.
-    tenancy.set_views(shared.catalogs.views());
-    shared.tenancy.store(Arc::new(tenancy));
     shared.analysis.invalidate();
     if changed
         .iter()

@@ -85,6 +85,10 @@ pub struct Shared {
     /// might store plaintext in a newly classified column), so its Bind is
     /// refused until it is prepared again.
     pub rules_epoch: std::sync::atomic::AtomicU64,
+    /// Held while catalogs and the tenancy rules they were read under are
+    /// installed together (by a reload, or a catalog refresh), so a refresh
+    /// that read under the old rules never installs over the new ones.
+    pub rules_install: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -185,17 +189,34 @@ impl Shared {
     /// Reads `region`'s catalog again and installs it; when the views it
     /// reports change what statements mean (a view's tenancy or its
     /// classified columns), cached analyses are dropped.
+    ///
+    /// The catalog is read under the tenancy rules in force when the read
+    /// starts; a reload that swaps the rules meanwhile makes it read again,
+    /// so what it installs always matches the rules that serve statements.
     pub async fn refresh_catalog(
         &self,
         region: &str,
         client: &tokio_postgres::Client,
     ) -> Result<Arc<RegionCatalog>, tokio_postgres::Error> {
-        let tenancy = self.tenancy();
-        let catalog = self.catalogs.refresh(region, client, &tenancy).await?;
-        if tenancy.set_views(self.catalogs.views()) {
-            self.analysis.invalidate();
+        loop {
+            let tenancy = self.tenancy();
+            let catalog = Arc::new(Catalogs::read(region, client, &tenancy).await?);
+            let views_changed = {
+                let _installing = self
+                    .rules_install
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !Arc::ptr_eq(&tenancy, &self.tenancy.load()) {
+                    continue;
+                }
+                self.catalogs.install(region, Arc::clone(&catalog));
+                tenancy.set_views(self.catalogs.views())
+            };
+            if views_changed {
+                self.analysis.invalidate();
+            }
+            return Ok(catalog);
         }
-        Ok(catalog)
     }
 
     /// Reads every region's catalog again (after DDL: views may have been
