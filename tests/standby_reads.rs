@@ -311,6 +311,36 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert_eq!(counted("eu"), 7.0, "standby reads of eu");
     assert_eq!(counted("us"), 0.0);
 
+    // Health: the standby host is up as a standby; eu is up through its
+    // primary, and the proxy is ready.
+    let standby_host = format!("127.0.0.1:{}", standby.port());
+    let primary_host = format!("127.0.0.1:{}", regions.port("eu"));
+    let checked = wait_until(10, || async {
+        metrics_support::readyz(metrics).await.1["regions"]["eu"]["hosts"][&standby_host]
+            == "standby"
+    })
+    .await;
+    let (status, body) = metrics_support::readyz(metrics).await;
+    assert!(checked, "standby host health: {body}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["regions"]["eu"]["status"], "up", "{body}");
+    assert_eq!(
+        body["regions"]["eu"]["hosts"][&primary_host], "up",
+        "{body}"
+    );
+    let (_, scrape) = metrics_support::get(metrics, "/metrics").await;
+    for host in [&standby_host, &primary_host] {
+        assert_eq!(
+            metrics_support::must(
+                &scrape,
+                "regionguard_backend_host_up",
+                &[("region", "eu"), ("host", host)]
+            ),
+            1.0,
+            "{host}"
+        );
+    }
+
     // Pipelined reads (a batch each, several batches per read) keep their
     // order and answers, wherever each batch runs.
     let pipelined = (1..=8i32).map(|i| {

@@ -137,12 +137,16 @@ async fn status(ctx: &Ctx) -> Result<Value, AdminError> {
             .map(|h| format!("{}:{}", h.host, h.port))
             .collect();
         let probes = crate::metrics::health::probe_region(name, rt).await;
-        let up = probes.iter().any(Result::is_ok);
+        // Up: a host accepts writes; a hot standby alone cannot serve.
+        let up = probes
+            .iter()
+            .any(|p| matches!(p, Ok(crate::backend::HostRole::Primary)));
         let health: Vec<Value> = hosts
             .iter()
             .zip(&probes)
             .map(|(h, p)| match p {
-                Ok(()) => json!({"host": h, "state": "up"}),
+                Ok(crate::backend::HostRole::Primary) => json!({"host": h, "state": "up"}),
+                Ok(crate::backend::HostRole::Standby) => json!({"host": h, "state": "standby"}),
                 Err(reason) => json!({"host": h, "state": "down", "reason": reason}),
             })
             .collect();

@@ -192,6 +192,45 @@ pub async fn connect_standby(
     })
 }
 
+/// Logs in to one host of a region whatever its role, as a health check,
+/// and ends the session cleanly: what the host serves as, or why it cannot
+/// serve.
+pub async fn probe_host(
+    region_name: &str,
+    host: &Host,
+    tls: &RegionTls,
+    params: &[(String, String)],
+) -> Result<HostRole, String> {
+    match connect_host(region_name, host, tls, params, Role::Any).await {
+        Ok(mut conn) => {
+            let standby = conn
+                .params
+                .iter()
+                .any(|(k, v)| k == "in_hot_standby" && v == "on");
+            // Terminate: a clean goodbye instead of an EOF in the server log.
+            let _ = conn.stream.write_all(&[b'X', 0, 0, 0, 4]).await;
+            let _ = conn.stream.shutdown().await;
+            Ok(if standby {
+                HostRole::Standby
+            } else {
+                HostRole::Primary
+            })
+        }
+        Err(HostError::Refused(_)) => Err("the server refused the session after login".into()),
+        Err(HostError::Failed(reason)) => Err(reason),
+        Err(HostError::WrongRole) => Err("unexpected server role".into()),
+    }
+}
+
+/// What a host serves as, seen at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRole {
+    /// Accepts writes.
+    Primary,
+    /// A hot standby (`in_hot_standby = on`): reads, and a failover target.
+    Standby,
+}
+
 /// Which kind of server a connection needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -199,6 +238,8 @@ enum Role {
     Primary,
     /// A hot standby, for reads only.
     Standby,
+    /// Either (health checks).
+    Any,
 }
 
 enum HostError {
@@ -301,7 +342,7 @@ async fn connect_host(
                 let standby = params_out
                     .iter()
                     .any(|(k, v)| k == "in_hot_standby" && v == "on");
-                if standby != (role == Role::Standby) {
+                if role != Role::Any && standby != (role == Role::Standby) {
                     return Err(HostError::WrongRole);
                 }
                 let (pid, secret) =

@@ -6,6 +6,6 @@ pub mod standby;
 mod tls;
 
 pub use connect::{
-    connect, connect_standby, send_cancel, BackendConn, CancelTarget, ConnectError, Primary,
-    RegionTls,
+    connect, connect_standby, probe_host, send_cancel, BackendConn, CancelTarget, ConnectError,
+    HostRole, Primary, RegionTls,
 };

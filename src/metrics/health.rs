@@ -3,6 +3,10 @@
 //! feeds `/readyz` and the `regionguard_region_up` / `_backend_host_up`
 //! gauges.
 //!
+//! A host that logs in as a hot standby is up (it serves standby reads and
+//! is a failover target) but does not make its region up: a region is up
+//! when one of its hosts accepts writes.
+//!
 //! A full login rather than a bare TCP connect, because a server that
 //! accepts connections but refuses logins (starting up, out of slots,
 //! wrong password) cannot serve sessions either. It costs one SCRAM
@@ -14,11 +18,13 @@ use crate::server::state::{RegionRuntime, Shared};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 const UNKNOWN: u8 = 0;
+/// Up, accepting writes.
 const UP: u8 = 1;
 const DOWN: u8 = 2;
+/// Up as a hot standby.
+const STANDBY: u8 = 3;
 
 /// The last check's result for every host of every region.
 pub struct Health {
@@ -62,7 +68,8 @@ impl Health {
         self.regions.iter().all(RegionHealth::up)
     }
 
-    /// Per region and host: `"up"`, `"down"` or `"unknown"` (not checked yet).
+    /// Per region and host: `"up"`, `"standby"` (up as a hot standby),
+    /// `"down"` or `"unknown"` (not checked yet).
     pub fn to_json(&self) -> serde_json::Value {
         let mut regions = serde_json::Map::new();
         for r in &self.regions {
@@ -109,6 +116,7 @@ impl RegionHealth {
 fn state_name(s: u8) -> &'static str {
     match s {
         UP => "up",
+        STANDBY => "standby",
         DOWN => "down",
         _ => "unknown",
     }
@@ -148,10 +156,14 @@ async fn check_all(health: &Health, shared: &Shared, series: Option<&Series>) {
         .await;
         let mut reasons = Vec::new();
         for (i, result) in results.into_iter().enumerate() {
-            let state = if result.is_ok() { UP } else { DOWN };
+            let state = match result {
+                Ok(backend::HostRole::Primary) => UP,
+                Ok(backend::HostRole::Standby) => STANDBY,
+                Err(_) => DOWN,
+            };
             r.hosts[i].state.store(state, Ordering::Relaxed);
             if let Some(h) = series.and_then(|s| s.region(&r.name)?.hosts.get(i)) {
-                h.up.set(i64::from(state == UP));
+                h.up.set(i64::from(state != DOWN));
             }
             if let Err(reason) = result {
                 reasons.push(format!("{}: {reason}", r.hosts[i].label));
@@ -172,39 +184,33 @@ async fn check_all(health: &Health, shared: &Shared, series: Option<&Series>) {
 
 /// Checks every host of `rt` now (concurrently, a login each): for
 /// `ctl status`, which must show health whether or not the metrics
-/// endpoint (and its periodic checker) is on. Per host `Ok(())` or the
-/// reason it failed.
-pub async fn probe_region(region: &str, rt: &RegionRuntime) -> Vec<Result<(), String>> {
+/// endpoint (and its periodic checker) is on. Per host what it serves as,
+/// or the reason it failed.
+pub async fn probe_region(
+    region: &str,
+    rt: &RegionRuntime,
+) -> Vec<Result<backend::HostRole, String>> {
     futures_util::future::join_all((0..rt.config.hosts.len()).map(|i| check_host(region, rt, i)))
         .await
 }
 
 /// One login on host `index` of the region, then Terminate.
-async fn check_host(region: &str, rt: &RegionRuntime, index: usize) -> Result<(), String> {
+async fn check_host(
+    region: &str,
+    rt: &RegionRuntime,
+    index: usize,
+) -> Result<backend::HostRole, String> {
     let Some(host) = rt.config.hosts.get(index) else {
         return Err("no such host".into());
     };
-    let mut single = rt.config.clone();
-    single.hosts = vec![host.clone()];
     let params = [(
         "application_name".to_string(),
         "regionguard-health".to_string(),
     )];
-    let limit = Duration::from_secs(single.connect_timeout_secs.max(1));
-    // A primary of its own: the check must not move the region's primary.
-    let primary = backend::Primary::default();
-    let connect = backend::connect(region, &single, &rt.tls, &primary, &params);
-    match tokio::time::timeout(limit, connect).await {
-        Ok(Ok(mut conn)) => {
-            // Terminate: a clean goodbye instead of an EOF in the server log.
-            let _ = conn.stream.write_all(&[b'X', 0, 0, 0, 4]).await;
-            let _ = conn.stream.shutdown().await;
-            Ok(())
-        }
-        Ok(Err(backend::ConnectError::Refused { .. })) => {
-            Err("the server refused the session after login".into())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
+    let limit = Duration::from_secs(rt.config.connect_timeout_secs.max(1));
+    let probe = backend::probe_host(region, host, &rt.tls, &params);
+    match tokio::time::timeout(limit, probe).await {
+        Ok(result) => result,
         Err(_) => Err(format!("timed out after {}s", limit.as_secs())),
     }
 }
