@@ -38,7 +38,8 @@
 //! serves `COPY … TO STDOUT` of a table with classified columns, whose rows
 //! [`super::copy_out`] decrypts on the way back.
 
-use super::encrypt::{self, crypto_error};
+use super::encrypt::{self, crypto_error, type_error};
+use super::tenant_value::{self, oid};
 use crate::backend;
 use crate::catalog::Storage;
 use crate::copy::{
@@ -72,18 +73,6 @@ pub const REFUSED_ROW: &str = "RegionGuard refused a row of this COPY";
 /// The CopyFail message when the client sent another message in the
 /// middle of a COPY.
 pub const INTERRUPTED: &str = "the COPY data was interrupted by another message";
-
-/// Type OIDs a tenant column may have in binary COPY data.
-mod oid {
-    pub const INT2: u32 = 21;
-    pub const INT4: u32 = 23;
-    pub const INT8: u32 = 20;
-    pub const TEXT: u32 = 25;
-    pub const VARCHAR: u32 = 1043;
-    pub const BPCHAR: u32 = 1042;
-    pub const NAME: u32 = 19;
-    pub const UUID: u32 = 2950;
-}
 
 /// A classified column among a COPY's columns.
 #[derive(Debug, Clone)]
@@ -549,23 +538,6 @@ pub(crate) fn copy_data_messages(bytes: Option<Bytes>) -> BytesMut {
     out
 }
 
-/// A value that does not convert to its column's logical type: the type's
-/// SQLSTATE, naming the column, never the value.
-fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
-    PgError::error(
-        e.sqlstate(),
-        format!(
-            "invalid value for encrypted column {}: {}",
-            class.qualified(),
-            e.message()
-        ),
-    )
-    .with_hint(format!(
-        "the column's logical type is {}",
-        class.logical.name()
-    ))
-}
-
 /// A sealed envelope as a COPY field of a column with `storage`: bytea's
 /// binary form is the envelope itself and its text form `\x` and hex
 /// (the COPY encoder escapes the backslash); text storage holds the
@@ -613,7 +585,7 @@ pub(crate) fn row_tenant(plan: &CopyPlan, row: &CopyRow) -> Result<String, PgErr
         ));
     };
     if plan.format.kind == FormatKind::Binary {
-        return binary_tenant(value, plan.tenant_type().unwrap_or(0))
+        return tenant_value::from_binary(value, plan.tenant_type().unwrap_or(0))
             .ok_or_else(|| unreadable("unsupported type or malformed value"));
     }
     let text = std::str::from_utf8(value)
@@ -627,30 +599,6 @@ pub(crate) fn row_tenant(plan: &CopyPlan, row: &CopyRow) -> Result<String, PgErr
             .map(|v| v.to_string())
             .map_err(|_| unreadable("not an integer")),
         _ => Ok(text.to_string()),
-    }
-}
-
-/// A tenant id from its binary representation.
-fn binary_tenant(bytes: &[u8], type_oid: u32) -> Option<String> {
-    match type_oid {
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => std::str::from_utf8(bytes)
-            .ok()
-            .map(|s| s.trim_end().to_string()),
-        oid::INT2 => Some(i16::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::INT4 => Some(i32::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::INT8 => Some(i64::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::UUID if bytes.len() == 16 => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            Some(format!(
-                "{}-{}-{}-{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            ))
-        }
-        _ => None,
     }
 }
 
@@ -924,28 +872,5 @@ mod tests {
         let text = stored_form(env.clone(), Storage::Text, false);
         assert!(text.starts_with(b"rg1:"));
         assert_eq!(stored_form(env, Storage::Text, true), text);
-    }
-
-    #[test]
-    fn binary_tenant_ids() {
-        assert_eq!(binary_tenant(b"acme", oid::TEXT).as_deref(), Some("acme"));
-        assert_eq!(
-            binary_tenant(&42i32.to_be_bytes(), oid::INT4).as_deref(),
-            Some("42")
-        );
-        assert_eq!(
-            binary_tenant(&7i64.to_be_bytes(), oid::INT8).as_deref(),
-            Some("7")
-        );
-        assert_eq!(binary_tenant(&7i32.to_be_bytes(), oid::INT8), None);
-        assert_eq!(
-            binary_tenant(
-                &[0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8],
-                oid::UUID
-            )
-            .as_deref(),
-            Some("12345678-9abc-def0-0102-030405060708")
-        );
-        assert_eq!(binary_tenant(b"x", 0), None);
     }
 }

@@ -200,7 +200,9 @@ fn seal(
         .map_err(|e| crypto_error(&e))
 }
 
-fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
+/// A value that does not convert to its column's logical type: the type's
+/// SQLSTATE, naming the column, never the value.
+pub(super) fn type_error(class: &ColumnClass, e: crate::types::TypeError) -> PgError {
     PgError::error(
         e.sqlstate(),
         format!(

@@ -4,7 +4,7 @@ use crate::protocol::error::PgError;
 use crate::protocol::frontend_msg::Bind;
 
 /// Type OIDs a tenant id may have.
-mod oid {
+pub mod oid {
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
     pub const INT8: u32 = 20;
@@ -32,25 +32,30 @@ pub fn from_param(bind: &Bind<'_>, n: usize, param_type: u32) -> Result<String, 
             .map(|s| s.trim_end().to_string())
             .map_err(|_| undecodable(n));
     }
-    let int = |b: &[u8]| -> Option<i64> {
-        Some(match b.len() {
-            2 => i16::from_be_bytes(b.try_into().ok()?) as i64,
-            4 => i32::from_be_bytes(b.try_into().ok()?) as i64,
-            8 => i64::from_be_bytes(b.try_into().ok()?),
-            _ => return None,
-        })
-    };
-    match param_type {
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN => std::str::from_utf8(bytes)
-            .map(|s| s.trim_end().to_string())
-            .map_err(|_| undecodable(n)),
-        oid::INT2 | oid::INT4 | oid::INT8 => int(bytes).map(|v| v.to_string()).ok_or_else(|| undecodable(n)),
-        oid::UUID if bytes.len() == 16 => Ok(format_uuid(bytes)),
-        0 => Err(super::route::refusal(
+    if param_type == 0 {
+        return Err(super::route::refusal(
             format!("cannot read the binary tenant parameter ${n}: its type is unknown"),
             "send the tenant parameter in text format, or give its type when preparing the statement",
-        )),
-        _ => Err(undecodable(n)),
+        ));
+    }
+    from_binary(bytes, param_type).ok_or_else(|| undecodable(n))
+}
+
+/// A tenant id from its binary representation as type `type_oid` (a Bind
+/// parameter, a field of binary COPY data): `None` when a tenant id cannot
+/// have that type or the bytes are not a value of it.
+pub fn from_binary(bytes: &[u8], type_oid: u32) -> Option<String> {
+    match type_oid {
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN => {
+            std::str::from_utf8(bytes)
+                .ok()
+                .map(|s| s.trim_end().to_string())
+        }
+        oid::INT2 => Some(i16::from_be_bytes(bytes.try_into().ok()?).to_string()),
+        oid::INT4 => Some(i32::from_be_bytes(bytes.try_into().ok()?).to_string()),
+        oid::INT8 => Some(i64::from_be_bytes(bytes.try_into().ok()?).to_string()),
+        oid::UUID if bytes.len() == 16 => Some(format_uuid(bytes)),
+        _ => None,
     }
 }
 
@@ -129,5 +134,28 @@ mod tests {
         assert!(from_param(&bind(vec![1], vec![Some(b"acme")]), 1, 0).is_err());
         assert!(from_param(&bind(vec![1], vec![Some(b"abc")]), 1, oid::INT4).is_err());
         assert!(from_param(&bind(vec![], vec![Some(b"x")]), 0, 0).is_err());
+    }
+
+    #[test]
+    fn binary_tenant_ids_are_read_strictly_by_type() {
+        assert_eq!(from_binary(b"acme", oid::TEXT).as_deref(), Some("acme"));
+        assert_eq!(
+            from_binary(&42i32.to_be_bytes(), oid::INT4).as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            from_binary(&7i64.to_be_bytes(), oid::INT8).as_deref(),
+            Some("7")
+        );
+        assert_eq!(from_binary(&7i32.to_be_bytes(), oid::INT8), None);
+        assert_eq!(
+            from_binary(
+                &[0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8],
+                oid::UUID
+            )
+            .as_deref(),
+            Some("12345678-9abc-def0-0102-030405060708")
+        );
+        assert_eq!(from_binary(b"x", 0), None);
     }
 }
