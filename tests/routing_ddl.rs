@@ -206,6 +206,17 @@ async fn writes_to_global_tables_reach_every_region_and_reads_one() {
         };
         assert_eq!(count(proxy_client(&proxy, "us").await).await, 2);
         assert_eq!(count(proxy_client(&proxy, "eu").await).await, 1);
+        // `TABLE x` reads the same way as `SELECT * FROM x`.
+        let short = proxy_client(&proxy, "us")
+            .await
+            .simple_query("TABLE countries")
+            .await
+            .expect("TABLE countries");
+        let rows = short
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        assert_eq!(rows, 2, "TABLE countries in us");
         // COPY into a global table cannot be checked per region: refused.
         let err = client
             .simple_query("COPY countries FROM STDIN")

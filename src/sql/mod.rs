@@ -279,11 +279,22 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
             parsed = Ok(statements);
         }
     }
+    let mut text = std::borrow::Cow::Borrowed(segment.text);
+    if parsed.is_err() && segment.head.first().map(String::as_str) == Some("TABLE") {
+        // `TABLE name` means `SELECT * FROM name`, which sqlparser reads
+        // (it does not read the short form as a statement of its own).
+        if let Some(select) = table_as_select(segment.text) {
+            if let Ok(statements) = Parser::parse_sql(&dialect, &select) {
+                parsed = Ok(statements);
+                text = std::borrow::Cow::Owned(select);
+            }
+        }
+    }
     match parsed {
         Ok(parsed) => match parsed.as_slice() {
             [statement] => {
                 let mut plan = analysis::plan_statement(statement, tenancy);
-                plan.crypto = crypto_plan::plan(statement, segment.text, tenancy);
+                plan.crypto = crypto_plan::plan(statement, &text, tenancy);
                 plan
             }
             _ => unparsed(
@@ -298,6 +309,16 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
             tenancy,
         ),
     }
+}
+
+/// `SELECT * FROM name` for a statement `TABLE name` (no comment before
+/// it; anything else is left to the parser, which then refuses it).
+fn table_as_select(text: &str) -> Option<String> {
+    let text = text.trim_start();
+    let keyword = text.get(..5)?;
+    let rest = text.get(5..)?;
+    (keyword.eq_ignore_ascii_case("table") && rest.starts_with(|c: char| c.is_whitespace()))
+        .then(|| format!("SELECT * FROM{rest}"))
 }
 
 /// The analysis of a single plain query or DML statement without

@@ -444,11 +444,6 @@ fn union_and_intersect_analyse_each_branch() {
 }
 
 #[test]
-fn table_statement_is_not_parsed_and_so_refused() {
-    refusal("TABLE customers");
-}
-
-#[test]
 fn views_and_functions_are_opaque() {
     assert_eq!(
         plan("SELECT * FROM customer_view WHERE tenant_id = 'a'").tenant,
@@ -1217,6 +1212,7 @@ fn plain_reads_may_run_on_a_standby() {
         "VALUES (1), (2)",
         "EXPLAIN SELECT * FROM countries",
         "SELECT 1; SELECT 2",
+        "TABLE countries",
     ] {
         assert!(on_standby(sql), "{sql}");
     }
@@ -1285,4 +1281,25 @@ fn set_config_is_found_in_any_statement() {
     ));
     assert!(sets_config("UPDATE t SET a = SET_CONFIG('x', 'y', true)"));
     assert!(!sets_config("SELECT current_setting('search_path')"));
+}
+
+#[test]
+fn table_statements_are_read_as_select_star() {
+    let t = tenancy();
+    let global = analyze("TABLE countries", &t);
+    assert_eq!(global.statements[0].kind, StatementKind::Read);
+    let scoped = analyze("table customers", &t);
+    assert_eq!(scoped.statements[0].kind, StatementKind::Read);
+    assert!(
+        matches!(
+            &scoped.statements[0].tenant,
+            TenantRequirement::Unconstrained { table, .. } if table == "customers"
+        ),
+        "a tenant-scoped table read whole needs the session's tenant: {:?}",
+        scoped.statements[0].tenant
+    );
+    assert!(matches!(
+        analyze("TABLEx", &t).statements[0].kind,
+        StatementKind::Unparsed { .. }
+    ));
 }
