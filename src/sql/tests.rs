@@ -1184,6 +1184,18 @@ fn plain_statements_without_tenancy_still_see_regionguard_names() {
     ] {
         assert_eq!(plain(sql), None, "{sql}");
     }
+    // Comments, parameters and several statements are never plain.
+    for sql in [
+        "SELECT 1 -- x",
+        "SELECT 1 /* x */",
+        "SELECT $1",
+        "SELECT 1; SELECT 2",
+    ] {
+        assert_eq!(plain(sql), None, "{sql}");
+    }
+    for sql in ["SELECT 1 - -1", "SELECT 4 / 2 * 3", "SELECT 'a-b/c' FROM t"] {
+        assert_eq!(plain(sql), Some(StatementKind::Read), "{sql}");
+    }
     // A name inside a word is not a `regionguard…` word: still plain.
     assert_eq!(
         plain("SELECT xregionguard FROM t"),
