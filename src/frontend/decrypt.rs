@@ -90,9 +90,7 @@ fn raw_fields(body: &[u8]) -> Option<Vec<Raw<'_>>> {
     let n = usize::try_from(read_i16(body, &mut pos)?).ok()?;
     let mut raw = Vec::with_capacity(n);
     for _ in 0..n {
-        let end = pos + body.get(pos..)?.iter().position(|&c| c == 0)?;
-        let name = &body[pos..end];
-        pos = end + 1;
+        let name = crate::protocol::framing::read_cstr(body, &mut pos)?;
         raw.push(Raw {
             name,
             table: read_i32(body, &mut pos)? as u32,

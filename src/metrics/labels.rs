@@ -265,11 +265,10 @@ pub fn error_code(body: &[u8]) -> Option<&[u8]> {
     while pos < body.len() && body[pos] != 0 {
         let field = body[pos];
         pos += 1;
-        let end = pos + body.get(pos..)?.iter().position(|&b| b == 0)?;
+        let value = crate::protocol::framing::read_cstr(body, &mut pos)?;
         if field == b'C' {
-            return body.get(pos..end);
+            return Some(value);
         }
-        pos = end + 1;
     }
     None
 }

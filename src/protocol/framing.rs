@@ -123,7 +123,7 @@ pub fn needed(buf: &BytesMut, max_len: usize) -> Result<usize, FrameError> {
 /// NUL; `None` when there is no terminator.
 pub fn read_cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let rest = body.get(*pos..)?;
-    let nul = rest.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, rest)?;
     *pos += nul + 1;
     Some(&rest[..nul])
 }
