@@ -74,6 +74,16 @@ impl Reader {
         }
         read
     }
+
+    /// Drops `n` handled bytes. An emptied buffer starts over at the front
+    /// of its allocation, so each read lands on the same, cache-warm
+    /// memory instead of sliding through all of it.
+    fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+        if self.buf.is_empty() {
+            let _ = self.buf.try_reclaim(READ_CHUNK);
+        }
+    }
 }
 
 /// How a batch's responses are handled.
@@ -546,7 +556,7 @@ impl Responses {
             }
             self.out.extend_from_slice(f.bytes(&reader.buf));
         }
-        reader.buf.advance(consumed);
+        reader.consume(consumed);
         self.flush().await
     }
 
@@ -724,7 +734,7 @@ impl Responses {
                     }
                 }
             }
-            reader.buf.advance(consumed);
+            reader.consume(consumed);
             if finished {
                 return Ok(());
             }

@@ -162,7 +162,9 @@ impl Requests {
         self.statements.insert(
             name.clone(),
             Stmt {
-                parse: parse.clone(),
+                // A copy of its own: a slice would keep the whole read
+                // buffer it came in alive as long as the statement lives.
+                parse: Bytes::copy_from_slice(&parse),
                 analysis,
                 generation,
                 epoch,
