@@ -5,7 +5,7 @@
 
 mod support;
 
-use regionguard::config::{ClassifiedColumn, Config, DataClass, KeySource, Protection};
+use regionguard::config::{Config, KeySource};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,38 +51,7 @@ fn config(
             path: keys[name].clone(),
         });
     }
-    config.classes.insert(
-        "pii".into(),
-        DataClass {
-            encrypt: Protection::Randomized,
-        },
-    );
-    config.classes.insert(
-        "contact".into(),
-        DataClass {
-            encrypt: Protection::Deterministic,
-        },
-    );
-    let mut customers = BTreeMap::new();
-    customers.insert(
-        "email".into(),
-        ClassifiedColumn {
-            class: "contact".into(),
-            logical_type: "text".into(),
-            searchable: true,
-            equality_group: None,
-        },
-    );
-    customers.insert(
-        "full_name".into(),
-        ClassifiedColumn {
-            class: "pii".into(),
-            logical_type: "text".into(),
-            searchable: false,
-            equality_group: None,
-        },
-    );
-    config.classified.insert("customers".into(), customers);
+    classify_customers(&mut config, true);
     config.admin.socket = socket;
     config.admin.audit_log = audit;
     config.admin.rotation_grace_ms = 300;

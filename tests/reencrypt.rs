@@ -7,7 +7,7 @@
 
 mod support;
 
-use regionguard::config::{ClassifiedColumn, Config, DataClass, KeySource, Protection};
+use regionguard::config::{Config, KeySource};
 use regionguard::crypto::envelope;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -71,22 +71,7 @@ impl Setup {
                 path: self.keys[name].clone(),
             });
         }
-        for (class, encrypt) in [
-            ("pii", Protection::Randomized),
-            ("contact", Protection::Deterministic),
-        ] {
-            config.classes.insert(class.into(), DataClass { encrypt });
-        }
-        let column = |class: &str| ClassifiedColumn {
-            class: class.into(),
-            logical_type: "text".into(),
-            searchable: class == "contact",
-            equality_group: None,
-        };
-        let mut customers = BTreeMap::new();
-        customers.insert("email".into(), column("contact"));
-        customers.insert("full_name".into(), column("pii"));
-        config.classified.insert("customers".into(), customers);
+        classify_customers(&mut config, true);
         if admin {
             config.admin.socket = Some(self.socket());
             config.admin.audit_log = Some(self.audit());

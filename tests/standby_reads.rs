@@ -8,9 +8,8 @@
 mod metrics_support;
 mod support;
 
-use regionguard::config::{AuthMethod, ClassifiedColumn, Config, DataClass, Host, Protection};
+use regionguard::config::{AuthMethod, Config, Host};
 use regionguard::localpg::Cluster;
-use std::collections::BTreeMap;
 use support::raw;
 use support::*;
 
@@ -23,23 +22,7 @@ fn config(regions: &TestRegions, keys: &RootKeys, standby: &Cluster, on: bool) -
     let mut config = regions.routing_config(&ROUTING_TENANTS);
     config.auth.method = AuthMethod::Trust;
     keys.apply(&mut config);
-    config.classes.insert(
-        "contact".into(),
-        DataClass {
-            encrypt: Protection::Deterministic,
-        },
-    );
-    let mut customers = BTreeMap::new();
-    customers.insert(
-        "email".into(),
-        ClassifiedColumn {
-            class: "contact".into(),
-            logical_type: "text".into(),
-            searchable: true,
-            equality_group: None,
-        },
-    );
-    config.classified.insert("customers".into(), customers);
+    classify_customers(&mut config, false);
     let eu = config.regions.get_mut("eu").expect("eu");
     let primary = eu.hosts[0].clone();
     let standby_host = Host {

@@ -7,8 +7,7 @@
 
 mod support;
 
-use regionguard::config::{ClassifiedColumn, DataClass, KeySource, Protection};
-use std::collections::BTreeMap;
+use regionguard::config::KeySource;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use support::*;
@@ -58,28 +57,7 @@ async fn setup() -> Setup {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         region.key = Some(KeySource::File { path });
     }
-    config.classes.insert(
-        "contact".into(),
-        DataClass {
-            encrypt: Protection::Deterministic,
-        },
-    );
-    config.classes.insert(
-        "pii".into(),
-        DataClass {
-            encrypt: Protection::Randomized,
-        },
-    );
-    let mut customers = BTreeMap::new();
-    let column = |class: &str, searchable| ClassifiedColumn {
-        class: class.into(),
-        logical_type: "text".into(),
-        searchable,
-        equality_group: None,
-    };
-    customers.insert("email".into(), column("contact", true));
-    customers.insert("full_name".into(), column("pii", false));
-    config.classified.insert("customers".into(), customers);
+    classify_customers(&mut config, true);
     let proxy = start_proxy(config).await;
     let client = tenant_client(&proxy, None).await;
     for (tenant, id, email, name) in [

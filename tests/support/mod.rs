@@ -763,3 +763,28 @@ impl RootKeys {
         }
     }
 }
+
+/// Classifies the routing schema's `customers` as the demo does:
+/// `email` in class `contact` (deterministic, searchable) and, with
+/// `full_name`, `full_name` in class `pii` (randomized).
+pub fn classify_customers(config: &mut Config, full_name: bool) {
+    use regionguard::config::{ClassifiedColumn, DataClass, Protection};
+    let mut columns = std::collections::BTreeMap::new();
+    let mut classify = |column: &str, class: &str, encrypt, searchable| {
+        config.classes.insert(class.into(), DataClass { encrypt });
+        columns.insert(
+            column.to_string(),
+            ClassifiedColumn {
+                class: class.into(),
+                logical_type: "text".into(),
+                searchable,
+                equality_group: None,
+            },
+        );
+    };
+    classify("email", "contact", Protection::Deterministic, true);
+    if full_name {
+        classify("full_name", "pii", Protection::Randomized, false);
+    }
+    config.classified.insert("customers".into(), columns);
+}
