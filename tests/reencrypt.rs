@@ -98,6 +98,16 @@ async fn ctl(socket: &Path, command: &str, args: Value) -> Value {
     .expect("admin socket reachable")
 }
 
+/// Rotates eu's data keys (of `tenant`, else of every tenant), as
+/// `regionguard ctl keys rotate` does; the reply's result.
+async fn rotate(socket: &Path, tenant: Option<&str>) -> Value {
+    let mut args = json!({"region": "eu"});
+    if let Some(t) = tenant {
+        args["tenant"] = json!(t);
+    }
+    ok(ctl(socket, "keys.rotate", args).await)
+}
+
 fn ok(reply: Value) -> Value {
     assert_eq!(reply["ok"], json!(true), "{reply}");
     reply["result"].clone()
@@ -306,7 +316,7 @@ async fn rotation_under_load_then_reencryption_retires_the_old_version() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let rotated = ok(ctl(&socket, "keys.rotate", json!({"region": "eu"})).await);
+        let rotated = rotate(&socket, None).await;
         assert!(!rotated["rotated"].as_array().unwrap().is_empty(), "{rotated}");
         let mut expected = BTreeMap::new();
         for w in writers {
@@ -426,12 +436,7 @@ async fn a_job_interrupted_by_a_proxy_restart_resumes_and_finishes() {
     let socket = setup.socket();
     let a = start_proxy(setup.config(true)).await;
     populate(&a, &["acme"], 1, 300).await;
-    ok(ctl(
-        &socket,
-        "keys.rotate",
-        json!({"region": "eu", "tenant": "acme"}),
-    )
-    .await);
+    rotate(&socket, Some("acme")).await;
     // 600 values (two columns) at 60 rows/s: ten seconds of work.
     let started = ok(ctl(
         &socket,
@@ -511,12 +516,7 @@ async fn concurrent_application_updates_are_not_lost() {
     let socket = setup.socket();
     let proxy = start_proxy(setup.config(true)).await;
     populate(&proxy, &["acme"], 1, 200).await;
-    ok(ctl(
-        &socket,
-        "keys.rotate",
-        json!({"region": "eu", "tenant": "acme"}),
-    )
-    .await);
+    rotate(&socket, Some("acme")).await;
 
     // An application transaction holds row 1 (updated, not committed):
     // the job's compare-and-set on it waits, then finds the row changed
@@ -629,7 +629,7 @@ async fn jobs_cancel_stops_a_job_and_refusals_have_stable_codes() {
     let socket = setup.socket();
     let proxy = start_proxy(setup.config(true)).await;
     populate(&proxy, &["acme", "umbrella"], 1, 150).await;
-    ok(ctl(&socket, "keys.rotate", json!({"region": "eu"})).await);
+    rotate(&socket, None).await;
 
     // Refusals, each naming what was refused.
     let r = ctl(&socket, "reencrypt.start", json!({"region": "mars"})).await;
