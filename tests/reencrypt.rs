@@ -108,6 +108,30 @@ async fn rotate(socket: &Path, tenant: Option<&str>) -> Value {
     ok(ctl(socket, "keys.rotate", args).await)
 }
 
+/// `regionguard ctl --json reencrypt --region eu --rate RATE --wait`, run
+/// as a script would run it (no terminal): its exit status and output.
+async fn ctl_reencrypt_wait(socket: &Path, rate: u32) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_regionguard");
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["ctl", "--json", "--socket"])
+            .arg(&socket)
+            .args([
+                "reencrypt",
+                "--region",
+                "eu",
+                "--rate",
+                &rate.to_string(),
+                "--wait",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 fn ok(reply: Value) -> Value {
     assert_eq!(reply["ok"], json!(true), "{reply}");
     reply["result"].clone()
@@ -336,18 +360,7 @@ async fn rotation_under_load_then_reencryption_retires_the_old_version() {
 
     // The job, started and followed by the CLI (no terminal: plain lines,
     // --json at the end), at a high rate.
-    let bin = env!("CARGO_BIN_EXE_regionguard");
-    let sock = socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["ctl", "--json", "--socket"])
-            .arg(&sock)
-            .args(["reencrypt", "--region", "eu", "--rate", "20000", "--wait"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = ctl_reencrypt_wait(&socket, 20000).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     let done = &reply["result"]["job"];
@@ -773,18 +786,7 @@ async fn jobs_cancel_stops_a_job_and_refusals_have_stable_codes() {
     );
     assert_eq!(old_rows(&direct).await, (1, 0));
     // A script following such a job with --wait gets exit code 1.
-    let bin = env!("CARGO_BIN_EXE_regionguard");
-    let sock = socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["ctl", "--json", "--socket"])
-            .arg(&sock)
-            .args(["reencrypt", "--region", "eu", "--rate", "5000", "--wait"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = ctl_reencrypt_wait(&socket, 5000).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["ok"], json!(false), "{reply}");
