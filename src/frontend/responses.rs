@@ -74,16 +74,6 @@ impl Reader {
         }
         read
     }
-
-    /// Drops `n` handled bytes. An emptied buffer starts over at the front
-    /// of its allocation, so each read lands on the same, cache-warm
-    /// memory instead of sliding through all of it.
-    fn consume(&mut self, n: usize) {
-        self.buf.advance(n);
-        if self.buf.is_empty() {
-            let _ = self.buf.try_reclaim(READ_CHUNK);
-        }
-    }
 }
 
 /// How a batch's responses are handled.
@@ -556,7 +546,7 @@ impl Responses {
             }
             self.out.extend_from_slice(f.bytes(&reader.buf));
         }
-        reader.consume(consumed);
+        reader.buf.advance(consumed);
         self.flush().await
     }
 
@@ -734,7 +724,7 @@ impl Responses {
                     }
                 }
             }
-            reader.consume(consumed);
+            reader.buf.advance(consumed);
             if finished {
                 return Ok(());
             }

@@ -303,12 +303,6 @@ impl Requests {
                     return drain(client).await;
                 }
             };
-            if buf.is_empty() {
-                // The last read's messages are handled and gone: start over
-                // at the front of the allocation, as the response side does
-                // (`Reader::consume`).
-                let _ = buf.try_reclaim(READ_CHUNK);
-            }
             if buf.capacity() - buf.len() < need.max(READ_CHUNK / 4) {
                 buf.reserve(need.max(READ_CHUNK));
             }
