@@ -440,17 +440,7 @@ async fn raw_copy(
     }
     out.extend(raw::message(b'c', b""));
     s.write_all(&out).await.expect("send data");
-    let mut got = Vec::new();
-    loop {
-        let m = raw::read_message(s)
-            .await
-            .expect("answer before ReadyForQuery");
-        let done = m.0 == b'Z';
-        got.push(m);
-        if done {
-            return got;
-        }
-    }
+    raw::read_to_ready(s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,14 +620,7 @@ async fn copy_data_after_an_interruption_never_reaches_the_region() {
         out.extend(raw::message(b'c', b""));
         out.extend(raw::message(b'S', b""));
         s.write_all(&out).await.expect("send the rest");
-        let mut msgs = Vec::new();
-        while let Some(m) = raw::read_message(&mut s).await {
-            let done = m.0 == b'Z';
-            msgs.push(m);
-            if done {
-                break;
-            }
-        }
+        let msgs = raw::read_to_ready(&mut s).await;
         assert!(
             raw::first_error(&msgs).is_some(),
             "the COPY failed: {msgs:?}"

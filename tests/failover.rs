@@ -7,7 +7,6 @@
 
 mod support;
 
-use regionguard::config::Host;
 use support::*;
 
 async fn is_in_recovery(client: &tokio_postgres::Client) -> bool {
@@ -23,16 +22,7 @@ async fn sessions_follow_the_primary_and_never_leave_the_region() {
     let mut regions = TestRegions::start().await;
     regions.create_routing_schema().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut standby = regions
-        .cluster("eu")
-        .standby("eu-standby", dir.path())
-        .await
-        .expect("pg_basebackup a standby of eu");
-    standby.start().await.expect("start the standby");
-    let standby_client = standby
-        .connect(ROLE, ROLE_PASSWORD, DATABASE)
-        .await
-        .expect("connect to the standby");
+    let (mut standby, standby_client) = regions.start_standby("eu", dir.path()).await;
     assert!(
         is_in_recovery(&standby_client).await,
         "the standby is in recovery"
@@ -40,12 +30,7 @@ async fn sessions_follow_the_primary_and_never_leave_the_region() {
 
     // The standby is listed first: the proxy must still write to the primary.
     let mut config = regions.routing_config(&ROUTING_TENANTS);
-    let primary = config.regions["eu"].hosts[0].clone();
-    let standby_host = Host {
-        port: standby.port(),
-        ..primary.clone()
-    };
-    config.regions.get_mut("eu").expect("eu").hosts = vec![standby_host, primary];
+    list_standby_first(&mut config, "eu", standby.port());
     let proxy = start_proxy(config).await;
 
     let client = tenant_client(&proxy, Some("acme")).await;

@@ -432,14 +432,7 @@ async fn bind_of_a_statement_the_proxy_did_not_prepare_is_refused() {
         out.extend(raw::message(b'E', b"\0\0\0\0\0"));
         out.extend(raw::message(b'S', b""));
         s.write_all(&out).await.expect("send bind");
-        let mut msgs = Vec::new();
-        while let Some(m) = raw::read_message(&mut s).await {
-            let done = m.0 == b'Z';
-            msgs.push(m);
-            if done {
-                break;
-            }
-        }
+        let msgs = raw::read_to_ready(&mut s).await;
         let e = raw::first_error(&msgs).expect("bind refused");
         assert_eq!(e.get(&b'C').map(String::as_str), Some("42501"), "{e:?}");
         assert!(e.contains_key(&b'H'), "hint: {e:?}");

@@ -8,7 +8,7 @@
 mod metrics_support;
 mod support;
 
-use regionguard::config::{AuthMethod, Config, Host};
+use regionguard::config::{AuthMethod, Config};
 use regionguard::localpg::Cluster;
 use support::raw;
 use support::*;
@@ -23,14 +23,10 @@ fn config(regions: &TestRegions, keys: &RootKeys, standby: &Cluster, on: bool) -
     config.auth.method = AuthMethod::Trust;
     keys.apply(&mut config);
     classify_customers(&mut config, false);
-    let eu = config.regions.get_mut("eu").expect("eu");
-    let primary = eu.hosts[0].clone();
-    let standby_host = Host {
-        port: standby.port(),
-        ..primary.clone()
-    };
-    eu.hosts = vec![standby_host, primary];
-    eu.read_from_standbys = on;
+    list_standby_first(&mut config, "eu", standby.port());
+    if let Some(eu) = config.regions.get_mut("eu") {
+        eu.read_from_standbys = on;
+    }
     config
 }
 
@@ -90,17 +86,7 @@ async fn pipelined_batch(s: &mut tokio::net::TcpStream, statements: &[&str]) -> 
     }
     out.extend(raw::message(b'S', &[]));
     s.write_all(&out).await.expect("send the batch");
-    let mut got = Vec::new();
-    loop {
-        let m = raw::read_message(s)
-            .await
-            .expect("answer before ReadyForQuery");
-        let done = m.0 == b'Z';
-        got.push(m);
-        if done {
-            return got;
-        }
-    }
+    raw::read_to_ready(s).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,16 +100,7 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
         .await
         .expect("create a sequence in eu");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut standby = regions
-        .cluster("eu")
-        .standby("eu-standby", dir.path())
-        .await
-        .expect("pg_basebackup a standby of eu");
-    standby.start().await.expect("start the standby");
-    let standby_direct = standby
-        .connect(ROLE, ROLE_PASSWORD, DATABASE)
-        .await
-        .expect("connect to the standby");
+    let (mut standby, standby_direct) = regions.start_standby("eu", dir.path()).await;
     let keys = RootKeys::write(11);
     let mut on = config(&regions, &keys, &standby, true);
     on.metrics.address = Some("127.0.0.1:0".into());

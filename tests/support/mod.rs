@@ -169,6 +169,22 @@ impl TestRegions {
             .unwrap_or_else(|e| panic!("restart region `{region}`: {e}"));
     }
 
+    /// A hot standby of `region`, streamed from its primary into `dir` and
+    /// started, and a connection straight to it.
+    pub async fn start_standby(&self, region: &str, dir: &std::path::Path) -> (Cluster, Client) {
+        let mut standby = self
+            .cluster(region)
+            .standby(&format!("{region}-standby"), dir)
+            .await
+            .expect("pg_basebackup a standby");
+        standby.start().await.expect("start the standby");
+        let client = standby
+            .connect(ROLE, ROLE_PASSWORD, DATABASE)
+            .await
+            .expect("connect to the standby");
+        (standby, client)
+    }
+
     /// The region whose server listens on `port`, if any.
     pub fn region_at_port(&self, port: u16) -> Option<&'static str> {
         REGIONS.into_iter().find(|r| self.port(r) == port)
@@ -500,6 +516,22 @@ pub mod raw {
         Some((header[0], body))
     }
 
+    /// Reads the messages of one batch, up to and including its
+    /// ReadyForQuery (which must come before EOF).
+    pub async fn read_to_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        loop {
+            let m = read_message(s)
+                .await
+                .expect("response before ReadyForQuery");
+            let done = m.0 == b'Z';
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+
     /// Reads messages until the first of type `tag` (or EOF).
     pub async fn read_until(s: &mut TcpStream, tag: u8) -> Option<Vec<u8>> {
         loop {
@@ -668,17 +700,7 @@ pub mod raw {
         out.extend(message(b'E', &execute));
         out.extend(message(b'S', &[]));
         s.write_all(&out).await.expect("send extended query");
-        let mut got = Vec::new();
-        loop {
-            let m = read_message(s)
-                .await
-                .expect("response before ReadyForQuery");
-            let done = m.0 == b'Z';
-            got.push(m);
-            if done {
-                return got;
-            }
-        }
+        read_to_ready(s).await
     }
 
     /// The fields of the first ErrorResponse among `msgs`, if any.
@@ -706,17 +728,7 @@ pub mod raw {
         s.write_all(&message(b'Q', &body))
             .await
             .expect("send Query");
-        let mut out = Vec::new();
-        loop {
-            let m = read_message(s)
-                .await
-                .expect("response before ReadyForQuery");
-            let done = m.0 == b'Z';
-            out.push(m);
-            if done {
-                return out;
-            }
-        }
+        read_to_ready(s).await
     }
 }
 
@@ -787,4 +799,20 @@ pub fn classify_customers(config: &mut Config, full_name: bool) {
         classify("full_name", "pii", Protection::Randomized, false);
     }
     config.classified.insert("customers".into(), columns);
+}
+
+/// Lists a host on `port` (with the login of `region`'s primary) before
+/// the primary among `region`'s hosts in `config`: the proxy must still
+/// find the primary.
+pub fn list_standby_first(config: &mut Config, region: &str, port: u16) {
+    let hosts = &mut config
+        .regions
+        .get_mut(region)
+        .expect("region configured")
+        .hosts;
+    let standby = regionguard::config::Host {
+        port,
+        ..hosts[0].clone()
+    };
+    hosts.insert(0, standby);
 }
