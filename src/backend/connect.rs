@@ -106,7 +106,6 @@ pub async fn connect(
     primary: &Primary,
     params: &[(String, String)],
 ) -> Result<BackendConn, ConnectError> {
-    let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
     let mut failed_hosts = Vec::new();
     let n = region.hosts.len();
@@ -114,9 +113,8 @@ pub async fn connect(
     for i in (0..n).map(|k| (first + k) % n) {
         let host = &region.hosts[i];
         let addr = format!("{}:{}", host.host, host.port);
-        let attempt = connect_host(region_name, host, tls, params, Role::Primary);
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(conn)) => {
+        match try_host(region_name, region, host, tls, params, Role::Primary).await {
+            Ok(conn) => {
                 let failed_over = primary.0.swap(i, Ordering::Relaxed) != i;
                 if failed_over {
                     tracing::info!(region = region_name, host = %addr, "region primary is now this host");
@@ -128,19 +126,15 @@ pub async fn connect(
                     ..conn
                 });
             }
-            Ok(Err(HostError::WrongRole)) => reasons.push(format!("{addr}: a read-only standby")),
-            Ok(Err(HostError::Refused(error_response))) => {
+            Err(HostError::WrongRole) => reasons.push(format!("{addr}: a read-only standby")),
+            Err(HostError::Refused(error_response)) => {
                 return Err(ConnectError::Refused {
                     region: region_name.to_string(),
                     error_response,
                 })
             }
-            Ok(Err(HostError::Failed(reason))) => {
+            Err(HostError::Failed(reason)) => {
                 reasons.push(format!("{addr}: {reason}"));
-                failed_hosts.push(i);
-            }
-            Err(_) => {
-                reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs()));
                 failed_hosts.push(i);
             }
         }
@@ -164,25 +158,22 @@ pub async fn connect_standby(
     primary: &Primary,
     params: &[(String, String)],
 ) -> Result<BackendConn, ConnectError> {
-    let timeout = Duration::from_secs(region.connect_timeout_secs);
     let mut reasons = Vec::new();
     let n = region.hosts.len();
     let last = primary.index() % n.max(1);
     for i in (1..=n).map(|k| (last + k) % n) {
         let host = &region.hosts[i];
         let addr = format!("{}:{}", host.host, host.port);
-        let attempt = connect_host(region_name, host, tls, params, Role::Standby);
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(conn)) => {
+        match try_host(region_name, region, host, tls, params, Role::Standby).await {
+            Ok(conn) => {
                 return Ok(BackendConn {
                     host_index: i,
                     ..conn
                 })
             }
-            Ok(Err(HostError::WrongRole)) => reasons.push(format!("{addr}: not a hot standby")),
-            Ok(Err(HostError::Refused(_))) => reasons.push(format!("{addr}: refused the session")),
-            Ok(Err(HostError::Failed(reason))) => reasons.push(format!("{addr}: {reason}")),
-            Err(_) => reasons.push(format!("{addr}: timed out after {}s", timeout.as_secs())),
+            Err(HostError::WrongRole) => reasons.push(format!("{addr}: not a hot standby")),
+            Err(HostError::Refused(_)) => reasons.push(format!("{addr}: refused the session")),
+            Err(HostError::Failed(reason)) => reasons.push(format!("{addr}: {reason}")),
         }
     }
     Err(ConnectError::Unavailable {
@@ -197,11 +188,12 @@ pub async fn connect_standby(
 /// serve.
 pub async fn probe_host(
     region_name: &str,
+    region: &Region,
     host: &Host,
     tls: &RegionTls,
     params: &[(String, String)],
 ) -> Result<HostRole, String> {
-    match connect_host(region_name, host, tls, params, Role::Any).await {
+    match try_host(region_name, region, host, tls, params, Role::Any).await {
         Ok(mut conn) => {
             let standby = conn
                 .params
@@ -219,6 +211,26 @@ pub async fn probe_host(
         Err(HostError::Refused(_)) => Err("the server refused the session after login".into()),
         Err(HostError::Failed(reason)) => Err(reason),
         Err(HostError::WrongRole) => Err("unexpected server role".into()),
+    }
+}
+
+/// One host, within the region's connect timeout (a timeout is a failure
+/// like any other).
+async fn try_host(
+    region_name: &str,
+    region: &Region,
+    host: &Host,
+    tls: &RegionTls,
+    params: &[(String, String)],
+    role: Role,
+) -> Result<BackendConn, HostError> {
+    let timeout = Duration::from_secs(region.connect_timeout_secs);
+    match tokio::time::timeout(timeout, connect_host(region_name, host, tls, params, role)).await {
+        Ok(attempt) => attempt,
+        Err(_) => Err(HostError::Failed(format!(
+            "timed out after {}s",
+            timeout.as_secs()
+        ))),
     }
 }
 

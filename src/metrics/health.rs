@@ -207,10 +207,5 @@ async fn check_host(
         "application_name".to_string(),
         "regionguard-health".to_string(),
     )];
-    let limit = Duration::from_secs(rt.config.connect_timeout_secs.max(1));
-    let probe = backend::probe_host(region, host, &rt.tls, &params);
-    match tokio::time::timeout(limit, probe).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("timed out after {}s", limit.as_secs())),
-    }
+    backend::probe_host(region, &rt.config, host, &rt.tls, &params).await
 }
