@@ -282,7 +282,9 @@ fn plan_segment(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> StatementPla
     let mut text = std::borrow::Cow::Borrowed(segment.text);
     if parsed.is_err() && segment.head.first().map(String::as_str) == Some("TABLE") {
         // `TABLE name` means `SELECT * FROM name`, which sqlparser reads
-        // (it does not read the short form as a statement of its own).
+        // (it does not read the short form as a statement of its own). The
+        // rewritten text has no literals, so no offset of the crypto plan
+        // points into it.
         if let Some(select) = table_as_select(segment.text) {
             if let Ok(statements) = Parser::parse_sql(&dialect, &select) {
                 parsed = Ok(statements);
