@@ -16,6 +16,9 @@
 #              built with `cargo build --release` when needed)
 #   RG_THREADS RegionGuard's listen.threads (default 1, as PgBouncer runs
 #              one thread; 0 = RegionGuard's own default, one per CPU)
+#   RELAY=1    also measure benches/byte_relay.rs: bytes copied between
+#              client and Postgres on tokio's current-thread runtime, nothing
+#              inspected — the floor under any relay built on tokio
 #   KEEP=1     keep the temp directory (logs, configs) for inspection
 #
 # Everything (Postgres cluster, PgBouncer, RegionGuard) lives in a temp dir
@@ -31,6 +34,7 @@ CLIENTS=${CLIENTS:-"8 64"}
 MODES=${MODES:-"simple extended"}
 WARMUP=${WARMUP:-3}
 RG_THREADS=${RG_THREADS:-1}
+RELAY=${RELAY:-0}
 THREADS=2
 SCALE=10
 BENCH_NAME=pgbench_compare
@@ -68,6 +72,15 @@ declare -A LABEL=([direct]="direct" [pgbouncer]="PgBouncer" [regionguard]="Regio
 declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM
 FAILED=0
 declare -A PID_OF=([regionguard]=${RG_PID_OF[regionguard]} [pgbouncer]=$(cat "$WORK/pgbouncer.pid"))
+
+if [[ $RELAY == 1 ]]; then
+    bench_ports RELAY_PORT
+    bench_start_byte_relay "$RELAY_PORT" "$PG_PORT"
+    TARGETS+=(relay)
+    PORT_OF[relay]=$RELAY_PORT
+    LABEL[relay]="tokio byte relay"
+    PID_OF[relay]=$RELAY_PID
+fi
 
 # Runs pgbench -S; prints "tps latency_ms" or returns non-zero.
 run_pgbench() { # target mode clients seconds
@@ -129,7 +142,7 @@ cpu_per_tx() { # key
 }
 MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | ÷ direct | proxy CPU µs/tx |
 |---|---:|---|---:|---:|---:|---:|---:|"
-printf '\n%-9s %7s  %-12s %11s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "÷direct" "CPU µs/tx"
+printf '\n%-9s %7s  %-16s %11s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "÷direct" "CPU µs/tx"
 for mode in $MODES; do
     for clients in $CLIENTS; do
         declare -A TPS=()
@@ -152,7 +165,7 @@ for mode in $MODES; do
             vb=$(ratio "${TPS[$t]}" "${TPS[pgbouncer]}")
             vd=$(ratio "${TPS[$t]}" "${TPS[direct]}")
             cpu=$(cpu_per_tx "$key")
-            printf '%-9s %7s  %-12s %11s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$vd" "$cpu"
+            printf '%-9s %7s  %-16s %11s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$vd" "$cpu"
             if [[ $t == regionguard ]]; then
                 MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | **$vd** | $cpu |"
             else

@@ -336,6 +336,23 @@ bench_start_regionguard() { # name port
     kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "RegionGuard '$name' exited"; }
 }
 
+# Builds and starts benches/byte_relay.rs on PORT in front of Postgres on
+# UPSTREAM, logging to WORK/byte_relay.log; its pid (RELAY_PID) joins
+# RG_PIDS, so the trap stops it and bench_regionguards_alive watches it.
+bench_start_byte_relay() { # port upstream_port
+    local port=$1 upstream=$2 exe
+    log "cargo bench --no-run --bench byte_relay (no-op when up to date)"
+    exe=$(cd "$BENCH_REPO" && timeout 1800 cargo bench --no-run --bench byte_relay \
+            --message-format=json 2>/dev/null \
+        | grep -o '"executable":"[^"]*byte_relay[^"]*"' | tail -n 1 | cut -d'"' -f4)
+    [[ -x "$exe" ]] || die "byte_relay was not built"
+    log "starting the byte relay (port $port): $exe"
+    "$exe" "127.0.0.1:$port" "127.0.0.1:$upstream" >"$WORK/byte_relay.log" 2>&1 &
+    RELAY_PID=$!
+    RG_PIDS+=("$RELAY_PID")
+    wait_for "byte relay" 30 psql_at "$port" "SELECT 1"
+}
+
 # True when every RegionGuard started is still running.
 bench_regionguards_alive() {
     local pid
