@@ -120,10 +120,7 @@ async fn no_canary_value_reaches_the_logs() {
             ))
             .await
             .expect("select literal");
-        let found = rows
-            .iter()
-            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count();
+        let found = support::row_count(&rows);
         assert_eq!(found, 1, "the row written");
 
         // Bind parameters in binary format (tokio-postgres) …

@@ -212,10 +212,7 @@ async fn writes_to_global_tables_reach_every_region_and_reads_one() {
             .simple_query("TABLE countries")
             .await
             .expect("TABLE countries");
-        let rows = short
-            .iter()
-            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-            .count();
+        let rows = support::row_count(&short);
         assert_eq!(rows, 2, "TABLE countries in us");
         // COPY into a global table cannot be checked per region: refused.
         let err = client

@@ -443,6 +443,14 @@ pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F:
 }
 
 /// The SQLSTATE of a server-reported error, if it is one.
+/// The number of rows in a simple-query result.
+pub fn row_count(messages: &[tokio_postgres::SimpleQueryMessage]) -> usize {
+    messages
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count()
+}
+
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_string())
 }
