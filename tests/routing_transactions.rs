@@ -298,3 +298,66 @@ async fn prepare_inside_a_held_transaction_does_not_pin_it() {
     );
     proxy.shutdown().await;
 }
+
+/// The region of the server that runs a statement without tenant data
+/// sent with the extended protocol (a parameter keeps its text out of the
+/// simple-query shortcut for plain statements).
+async fn extended_served_by(
+    regions: &TestRegions,
+    client: &tokio_postgres::Client,
+) -> &'static str {
+    let row = client
+        .query_one("SELECT current_setting($1)", &[&"port"])
+        .await
+        .expect("SELECT current_setting($1)");
+    let port: u16 = row.get::<_, String>(0).parse().expect("a port number");
+    regions
+        .region_at_port(port)
+        .unwrap_or_else(|| panic!("port {port} is no region's"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_neutral_statements_follow_the_tenant_and_the_pinned_transaction() {
+    let (regions, proxy) = setup().await;
+    within(30, "extended neutral statements", async {
+        let client = tenant_client(&proxy, None).await;
+        assert_eq!(
+            extended_served_by(&regions, &client).await,
+            "eu",
+            "no tenant: the session's home region"
+        );
+        client
+            .simple_query("SET regionguard.tenant = 'globex'")
+            .await
+            .expect("SET");
+        assert_eq!(
+            extended_served_by(&regions, &client).await,
+            "us",
+            "the session tenant's region"
+        );
+        client
+            .simple_query("RESET regionguard.tenant")
+            .await
+            .expect("RESET");
+        client.simple_query("BEGIN").await.expect("BEGIN");
+        client
+            .execute(
+                "INSERT INTO customers (tenant_id, id, email) VALUES ($1, 7, 'n')",
+                &[&"initech"],
+            )
+            .await
+            .expect("INSERT pins the transaction to apac");
+        assert_eq!(
+            extended_served_by(&regions, &client).await,
+            "apac",
+            "the pinned transaction's region"
+        );
+        client.simple_query("ROLLBACK").await.expect("ROLLBACK");
+        assert_eq!(
+            extended_served_by(&regions, &client).await,
+            "eu",
+            "after the transaction, the home region again"
+        );
+    })
+    .await;
+}

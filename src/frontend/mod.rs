@@ -17,6 +17,7 @@ mod responses;
 mod route;
 mod setup;
 mod tenant_value;
+mod woken;
 
 use crate::backend::{self, ConnectError};
 use crate::metrics::ClientRefusal;
@@ -201,13 +202,18 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);
     let mut req_done = false;
-    // The request side is polled first, every time: what it queues for the
-    // response side is seen by it in the same poll, so the queue needs no
-    // wake-up (which would cost the task a second poll and, on the
-    // multi-threaded runtime, an unpark of another worker) — see
-    // `Responses::idle`.
+    let req_woken = woken::Woken::new();
+    // The request side is polled only when something it waits on woke the
+    // task (a backend's answer wakes only the response side), and always
+    // before the response side: what it queues for the response side is
+    // seen by it in the same poll, so the queue needs no wake-up (which
+    // would cost the task a second poll and, on the multi-threaded
+    // runtime, an unpark of another worker) — see `Responses::idle`.
     let end = std::future::poll_fn(|cx| {
-        if !req_done && Future::poll(req.as_mut(), cx).is_ready() {
+        if !req_done
+            && req_woken.take(cx)
+            && Future::poll(req.as_mut(), &mut req_woken.context()).is_ready()
+        {
             req_done = true;
         }
         Future::poll(resp.as_mut(), cx)

@@ -11,6 +11,7 @@ use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Collected, Expect, RowUse};
 use super::region_map::RegionMap;
+use super::woken::Woken;
 use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
@@ -18,12 +19,10 @@ use crate::protocol::framing::{self, read_cstr, Frame};
 use crate::server::state::{Phase, Shared};
 use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
-use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
@@ -824,38 +823,14 @@ fn gone_signal(rx: &mut watch::Receiver<bool>) -> impl Future<Output = (bool, bo
 /// transaction; this one polls it only after its waker fired.
 struct PhaseSignal {
     wait: Pin<Box<dyn Future<Output = (watch::Receiver<Phase>, bool)> + Send>>,
-    woken: Arc<Woken>,
-    waker: Waker,
-}
-
-/// The waker [`PhaseSignal`] polls its watch with: notes the wake-up and
-/// wakes the session.
-struct Woken {
-    flag: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Woken {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.flag.store(true, Ordering::Release);
-        self.task.wake();
-    }
+    woken: Woken,
 }
 
 impl PhaseSignal {
     fn new(rx: watch::Receiver<Phase>) -> Self {
-        let woken = Arc::new(Woken {
-            flag: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         PhaseSignal {
             wait: Box::pin(phase_changed(rx)),
-            waker: Waker::from(woken.clone()),
-            woken,
+            woken: Woken::new(),
         }
     }
 
@@ -863,18 +838,13 @@ impl PhaseSignal {
     /// proxy is gone): what `watch::Receiver::changed` tells, as `is_ok()`.
     fn changed(&mut self) -> impl Future<Output = bool> + '_ {
         std::future::poll_fn(move |cx| {
-            self.woken.task.register(cx.waker());
-            if !self.woken.flag.swap(false, Ordering::AcqRel) {
+            if !self.woken.take(cx) {
                 return Poll::Pending;
             }
-            match self
-                .wait
-                .as_mut()
-                .poll(&mut Context::from_waker(&self.waker))
-            {
+            match self.wait.as_mut().poll(&mut self.woken.context()) {
                 Poll::Ready((rx, changed)) => {
                     self.wait = Box::pin(phase_changed(rx));
-                    self.woken.flag.store(true, Ordering::Release);
+                    self.woken.fire();
                     Poll::Ready(changed)
                 }
                 Poll::Pending => Poll::Pending,

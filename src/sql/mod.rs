@@ -202,6 +202,22 @@ impl StatementPlan {
             cursor: None,
         }
     }
+
+    /// A query or DML statement that touches no tenant-scoped or global
+    /// table, names no tenant, reads or writes no classified column and
+    /// opens or moves no cursor: it runs wherever the session's statements
+    /// without tenant data run, and nothing else about it needs deciding.
+    pub fn is_neutral(&self) -> bool {
+        matches!(self.kind, StatementKind::Read | StatementKind::Write)
+            && matches!(self.tenant, TenantRequirement::None)
+            && self.comment_tenant.is_none()
+            && !self.writes_global
+            && !self.reads_global
+            && self.tenant_assignments.is_empty()
+            && self.scoped_tables.is_empty()
+            && self.crypto.is_empty()
+            && self.cursor.is_none()
+    }
 }
 
 /// The analysis of one statement text (a simple Query may hold several statements).

@@ -515,6 +515,14 @@ impl Requests {
             .shared
             .rules_epoch
             .load(std::sync::atomic::Ordering::Acquire);
+        if let Some(parse) = self
+            .statements
+            .get(name)
+            .filter(|s| s.epoch == epoch && s.copy.is_none() && self.neutral_lane(&s.analysis))
+            .map(|s| s.parse.clone())
+        {
+            return self.bind_neutral(msg, name, portal, parse).await;
+        }
         let stmt = self.statements.get(name).map(|s| {
             (
                 s.epoch,
@@ -761,6 +769,44 @@ impl Requests {
                 copy_in,
                 keys,
                 copy,
+            },
+        );
+        Ok(())
+    }
+
+    /// Binds a statement on the session's neutral lane (see
+    /// [`Requests::neutral_lane`]): to the batch's region, else where the
+    /// session's statements without tenant data run. `parse` is the
+    /// statement's Parse, for the slow-statement log.
+    async fn bind_neutral(
+        &mut self,
+        msg: &Bytes,
+        name: &str,
+        portal: String,
+        parse: Bytes,
+    ) -> Result<(), Quit> {
+        let region = match &self.batch.region {
+            Some(r) => r.clone(),
+            None => self.neutral_region(&self.tenant),
+        };
+        if let Some(err) = self.conflict(&region) {
+            return self.fail_batch(err).await;
+        }
+        if let Err(e) = self.open(&region).await {
+            return self.fail_batch(e).await;
+        }
+        self.set_batch_region(&region).await?;
+        self.ensure_prepared(&region, name).await?;
+        let b = self.backend(&region).await?;
+        b.shared.stats.note_statement(b.batches, &parse);
+        b.push(msg);
+        self.portals.insert(
+            portal,
+            PortalTarget::Region {
+                region,
+                copy_in: false,
+                keys: None,
+                copy: None,
             },
         );
         Ok(())
