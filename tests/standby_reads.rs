@@ -327,11 +327,41 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     );
     off.shutdown().await;
 
-    // The standby stops: reads go to the primary, without errors.
-    standby.stop().await.expect("stop the standby");
+    // The standby stops during a read: that read fails with 08006 and a
+    // hint, the session goes on, and its reads go to the primary.
+    let (long_read, stopped) = tokio::join!(
+        client.simple_query("SELECT pg_sleep(30), pg_is_in_recovery()"),
+        async {
+            let running = wait_until(10, || async {
+                standby_direct
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+            })
+            .await;
+            (running, standby.stop().await)
+        }
+    );
+    let (running, stop) = stopped;
+    assert!(running, "the long read runs on the standby");
+    stop.expect("stop the standby");
+    let err = long_read.expect_err("the read whose standby stopped fails");
+    let db = err
+        .as_db_error()
+        .expect("an ErrorResponse, not a broken connection");
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert!(db.message().contains("standby of region eu"), "{db:?}");
+    assert!(db.hint().is_some_and(|h| h.contains("retry")), "{db:?}");
     assert!(
         !simple_bool(&client, IN_RECOVERY).await,
-        "a session whose standby backend closed"
+        "the same session, on the primary"
+    );
+    assert!(
+        !extended_bool(&client, "SELECT pg_is_in_recovery() AND $1::int = 1").await,
+        "the same session, extended protocol"
     );
     let after = tenant_client(&proxy, Some("acme")).await;
     for _ in 0..3 {

@@ -3,8 +3,8 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
-use super::fast_hash::FxBuildHasher;
 use super::region_map::RegionMap;
+use super::NameHasher;
 use crate::backend::{self, ConnectError};
 use crate::net::WriteHalf;
 use crate::protocol::error::{sqlstate, PgError};
@@ -28,7 +28,7 @@ pub struct Backend {
     /// this backend's next batch, so an idle backend stays silent.
     deferred: BytesMut,
     /// Statements prepared here (`""` is the unnamed one).
-    pub prepared: HashSet<String, FxBuildHasher>,
+    pub prepared: HashSet<String, NameHasher>,
 }
 
 impl Backend {
@@ -220,11 +220,20 @@ impl Backends {
     }
 
     /// Writes every backend's queued bytes. A backend found dead is
-    /// dropped; any other write failure is the caller's to report.
+    /// dropped, a standby backend whose write fails is marked dead; any
+    /// other write failure is the caller's to report.
     pub async fn flush(&mut self) -> Result<(), Arc<str>> {
         self.map.retain(|_, b| !b.is_dead());
         for (region, b) in self.map.iter_mut() {
             if b.flush().await.is_err() && !b.is_dead() {
+                if crate::backend::standby::is_standby(region) {
+                    // Its reader reports the read that broke (08006) and
+                    // the session goes on without it.
+                    b.shared
+                        .dead
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    continue;
+                }
                 return Err(region.clone());
             }
         }

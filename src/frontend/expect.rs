@@ -8,7 +8,7 @@
 
 use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
-use super::fast_hash::FxBuildHasher;
+use super::NameHasher;
 use crate::net::ReadHalf;
 use crate::protocol::error::PgError;
 use bytes::BytesMut;
@@ -117,7 +117,7 @@ struct Queues {
     /// Parameter types the server inferred, by statement name: needed to
     /// read a tenant id sent in binary format by drivers that let the
     /// server infer types (tokio-postgres, JDBC).
-    param_types: HashMap<String, Vec<u32>, FxBuildHasher>,
+    param_types: HashMap<String, Vec<u32>, NameHasher>,
     /// `COPY … TO STDOUT` executions of classified tables, by batch: the
     /// response side decrypts the CopyData after their CopyOutResponse.
     copy_outs: VecDeque<(u64, Arc<CopyOutRun>)>,

@@ -9,7 +9,6 @@ mod decrypt;
 pub mod encrypt;
 mod expect;
 mod fanout;
-mod fast_hash;
 mod handshake;
 mod region_map;
 mod requests;
@@ -38,6 +37,13 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// The hasher of a session's own maps keyed by names its client picks
+/// (prepared statements, portals): FxHash, the one rustc uses. SipHash costs more
+/// than the rest of a lookup for such short keys, and its protection
+/// against colliding keys buys nothing here: a client choosing colliding
+/// names slows down only its own session.
+type NameHasher = rustc_hash::FxBuildHasher;
 
 /// Serves one client connection until it ends. Never panics on client or
 /// backend input; every failure ends this connection only.

@@ -12,6 +12,7 @@ use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Collected, Expect, RowUse};
 use super::region_map::RegionMap;
 use super::woken::Woken;
+use crate::backend::standby;
 use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
@@ -613,6 +614,12 @@ impl Responses {
         };
         loop {
             let Some(reader) = self.readers.get_mut(region) else {
+                if standby::is_standby(region) && !self.collecting {
+                    // A batch queued for a standby backend that already
+                    // broke: it fails alone, as the read before it did.
+                    self.standby_read_lost(region, mode, "the connection closed earlier");
+                    return Ok(());
+                }
                 // Dropped while idle, before the request side noticed.
                 return Err(self.lost(region, "the connection closed while idle").await);
             };
@@ -666,8 +673,15 @@ impl Responses {
                         }
                     }
                     b'E' => {
-                        reader.fatal_seen |= is_fatal(f.body(&reader.buf));
+                        let fatal = is_fatal(f.body(&reader.buf));
+                        reader.fatal_seen |= fatal;
                         reader.copy_active = false;
+                        if fatal && standby::is_standby(region) && !self.collecting {
+                            // The standby ends the connection: the read
+                            // fails with the proxy's error once it closes,
+                            // and the session goes on.
+                            continue;
+                        }
                         if let Some(replacement) = reader.shared.take_override(reader.done) {
                             replacement.encode(&mut self.out);
                         } else if discard {
@@ -750,12 +764,47 @@ impl Responses {
                     continue;
                 }
             };
-            match read {
-                Ok(0) => return Err(self.lost(region, "server closed the connection").await),
-                Err(e) => return Err(self.lost(region, &e.to_string()).await),
-                Ok(_) => {}
+            let broke = match read {
+                Ok(0) => "server closed the connection".to_string(),
+                Err(e) => e.to_string(),
+                Ok(_) => continue,
+            };
+            if standby::is_standby(region) && !self.collecting {
+                self.standby_read_lost(region, mode, &broke);
+                return Ok(());
             }
+            return Err(self.lost(region, &broke).await);
         }
+    }
+
+    /// A session's standby backend broke while answering a read (reads go
+    /// there only outside transactions, and only reads do): that read fails
+    /// with 08006 and the session goes on. The backend is dropped; the
+    /// request side opens another standby backend for a later read, or
+    /// sends it to the primary when no standby answers.
+    fn standby_read_lost(&mut self, key: &Arc<str>, mode: Mode, reason: &str) {
+        let addr = match self.readers.remove(key) {
+            Some(r) => {
+                r.shared
+                    .dead
+                    .store(true, std::sync::atomic::Ordering::Release);
+                r.addr
+            }
+            None => String::from("closed"),
+        };
+        let region = standby::region_of(key);
+        tracing::warn!(%region, %addr, %reason, "standby connection lost during a read");
+        if mode == Mode::Discard {
+            return;
+        }
+        PgError::error(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection to a standby of region {region} ({addr}) was lost during a read: {reason}"),
+        )
+        .with_hint("the read did not complete; retry it (reads go to the region's primary while no standby answers)")
+        .encode(&mut self.out);
+        crate::protocol::messages::ready_for_query(&mut self.out, b'I');
+        self.status = b'I';
     }
 
     async fn shutting_down(&mut self) -> SessionEnd {

@@ -15,8 +15,8 @@
 use super::backends::Backends;
 use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
-use super::fast_hash::FxBuildHasher;
 use super::route::{self, Params, Placement};
+use super::NameHasher;
 use crate::net::ReadHalf;
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, Frame};
@@ -193,8 +193,8 @@ pub struct Requests {
     /// startup option `regionguard.region`, else the default region.
     home: Arc<str>,
     txn: Txn,
-    statements: HashMap<String, Stmt, FxBuildHasher>,
-    portals: HashMap<String, PortalTarget, FxBuildHasher>,
+    statements: HashMap<String, Stmt, NameHasher>,
+    portals: HashMap<String, PortalTarget, NameHasher>,
     batch: Batch,
     /// Where COPY data goes: the region of the last statement sent.
     last_region: Arc<str>,
