@@ -193,7 +193,10 @@ impl Requests {
         &mut self,
         analysis: &Analysis,
     ) -> Result<Option<(Arc<str>, Vec<String>)>, PgError> {
-        let Some(plan) = single(analysis).filter(|p| !route::needs_params(p)) else {
+        // A statement without tenant data places nowhere (what
+        // `route::place` finds for it, without the work).
+        let Some(plan) = single(analysis).filter(|p| !p.is_neutral() && !route::needs_params(p))
+        else {
             return Ok(None);
         };
         match route::place(&self.shared, plan, None, self.tenant.effective()).await? {
