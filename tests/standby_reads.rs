@@ -89,6 +89,23 @@ async fn pipelined_batch(s: &mut tokio::net::TcpStream, statements: &[&str]) -> 
     raw::read_to_ready(s).await
 }
 
+/// Writes one extended-protocol batch per statement (Parse, Bind,
+/// Execute, Sync; unnamed, text format), all in one write, reading nothing.
+async fn send_batches(s: &mut tokio::net::TcpStream, statements: &[&str]) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = Vec::new();
+    for sql in statements {
+        let mut parse = vec![0u8];
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]);
+        out.extend(raw::message(b'P', &parse));
+        out.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        out.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
+        out.extend(raw::message(b'S', &[]));
+    }
+    s.write_all(&out).await.expect("send the batches");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the_primary() {
     let regions = TestRegions::start().await;
@@ -328,9 +345,18 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     off.shutdown().await;
 
     // The standby stops during a read: that read fails with 08006 and a
-    // hint, the session goes on, and its reads go to the primary.
-    let (long_read, stopped) = tokio::join!(
+    // hint, and so does a read pipelined behind it on the same standby
+    // connection (raw session: two batches in one write); the sessions go
+    // on, and their reads go to the primary.
+    let (long_read, pipelined, stopped) = tokio::join!(
         client.simple_query("SELECT pg_sleep(30), pg_is_in_recovery()"),
+        async {
+            send_batches(&mut session, &["SELECT pg_sleep(30)", IN_RECOVERY]).await;
+            (
+                raw::read_to_ready(&mut session).await,
+                raw::read_to_ready(&mut session).await,
+            )
+        },
         async {
             let running = wait_until(10, || async {
                 standby_direct
@@ -339,14 +365,14 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
                         &[],
                     )
                     .await
-                    .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+                    .is_ok_and(|r| r.get::<_, i64>(0) == 2)
             })
             .await;
             (running, standby.stop().await)
         }
     );
     let (running, stop) = stopped;
-    assert!(running, "the long read runs on the standby");
+    assert!(running, "both long reads run on the standby");
     stop.expect("stop the standby");
     let err = long_read.expect_err("the read whose standby stopped fails");
     let db = err
@@ -355,6 +381,28 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
     assert_eq!(db.code().code(), "08006", "{db:?}");
     assert!(db.message().contains("standby of region eu"), "{db:?}");
     assert!(db.hint().is_some_and(|h| h.contains("retry")), "{db:?}");
+    for (what, batch) in [
+        ("the long read", &pipelined.0),
+        ("the read behind it", &pipelined.1),
+    ] {
+        let error = raw::first_error(batch).unwrap_or_else(|| panic!("{what} fails: {batch:?}"));
+        assert_eq!(
+            error.get(&b'C').map(String::as_str),
+            Some("08006"),
+            "{what}: {error:?}"
+        );
+        assert_eq!(
+            batch.last().map(|m| m.1.as_slice()),
+            Some(&b"I"[..]),
+            "{what}: idle after it"
+        );
+    }
+    let answer = pipelined_batch(&mut session, &[IN_RECOVERY]).await;
+    assert_eq!(
+        raw::first_column(&answer),
+        vec![Some("f".to_string())],
+        "the raw session goes on, on the primary"
+    );
     assert!(
         !simple_bool(&client, IN_RECOVERY).await,
         "the same session, on the primary"
