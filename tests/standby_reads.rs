@@ -71,19 +71,25 @@ async fn replicated(standby: &tokio_postgres::Client) {
     assert!(seen, "the standby replays the insert and the update");
 }
 
+/// Parse, Bind and Execute of `sql`: unnamed, text format, no Sync.
+fn parse_bind_execute(sql: &str) -> Vec<u8> {
+    let mut parse = vec![0u8];
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(&[0, 0, 0]);
+    let mut out = raw::message(b'P', &parse);
+    out.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
 /// One extended-protocol batch (one Sync) that reads and writes: Parse,
 /// Bind and Execute of each statement, unnamed, text format.
 async fn pipelined_batch(s: &mut tokio::net::TcpStream, statements: &[&str]) -> Vec<(u8, Vec<u8>)> {
     use tokio::io::AsyncWriteExt;
-    let mut out = Vec::new();
-    for sql in statements {
-        let mut parse = vec![0u8];
-        parse.extend_from_slice(sql.as_bytes());
-        parse.extend_from_slice(&[0, 0, 0]);
-        out.extend(raw::message(b'P', &parse));
-        out.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        out.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
-    }
+    let mut out: Vec<u8> = statements
+        .iter()
+        .flat_map(|sql| parse_bind_execute(sql))
+        .collect();
     out.extend(raw::message(b'S', &[]));
     s.write_all(&out).await.expect("send the batch");
     raw::read_to_ready(s).await
@@ -95,12 +101,7 @@ async fn send_batches(s: &mut tokio::net::TcpStream, statements: &[&str]) {
     use tokio::io::AsyncWriteExt;
     let mut out = Vec::new();
     for sql in statements {
-        let mut parse = vec![0u8];
-        parse.extend_from_slice(sql.as_bytes());
-        parse.extend_from_slice(&[0, 0, 0]);
-        out.extend(raw::message(b'P', &parse));
-        out.extend(raw::message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        out.extend(raw::message(b'E', &[0, 0, 0, 0, 0]));
+        out.extend(parse_bind_execute(sql));
         out.extend(raw::message(b'S', &[]));
     }
     s.write_all(&out).await.expect("send the batches");
