@@ -17,9 +17,8 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let addrs: Vec<SocketAddr> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let [listen, upstream] = addrs[..] else {
+    let addrs: Option<Vec<SocketAddr>> = std::env::args().skip(1).map(|a| a.parse().ok()).collect();
+    let Some([listen, upstream]) = addrs.as_deref() else {
         eprintln!("usage: byte_relay LISTEN_ADDR UPSTREAM_ADDR (run by benches/pgbench_compare.sh with RELAY=1)");
         return std::process::ExitCode::SUCCESS;
     };
@@ -33,7 +32,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(listen, upstream)) {
+    match runtime.block_on(serve(*listen, *upstream)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("byte_relay: {e}");

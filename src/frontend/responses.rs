@@ -783,23 +783,23 @@ impl Responses {
     /// request side opens another standby backend for a later read, or
     /// sends it to the primary when no standby answers.
     fn standby_read_lost(&mut self, key: &Arc<str>, mode: Mode, reason: &str) {
-        let addr = match self.readers.remove(key) {
+        let host = match self.readers.remove(key) {
             Some(r) => {
                 r.shared
                     .dead
                     .store(true, std::sync::atomic::Ordering::Release);
-                r.addr
+                format!(" ({})", r.addr)
             }
-            None => String::from("closed"),
+            None => String::new(),
         };
         let region = standby::region_of(key);
-        tracing::warn!(%region, %addr, %reason, "standby connection lost during a read");
+        tracing::warn!(%region, host = %host.trim(), %reason, "standby connection lost during a read");
         if mode == Mode::Discard {
             return;
         }
         PgError::error(
             sqlstate::CONNECTION_FAILURE,
-            format!("connection to a standby of region {region} ({addr}) was lost during a read: {reason}"),
+            format!("connection to a standby of region {region}{host} was lost during a read: {reason}"),
         )
         .with_hint("the read did not complete; retry it (reads go to the region's primary while no standby answers)")
         .encode(&mut self.out);

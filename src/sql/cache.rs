@@ -6,22 +6,20 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-fn shared_plain(kind: StatementKind) -> Arc<Analysis> {
-    Arc::new(Analysis {
-        statements: vec![StatementPlan::new(kind)],
-        param_count: 0,
-    })
-}
-
-static READ: LazyLock<Arc<Analysis>> = LazyLock::new(|| shared_plain(StatementKind::Read));
-static WRITE: LazyLock<Arc<Analysis>> = LazyLock::new(|| shared_plain(StatementKind::Write));
-
 /// The analysis of any plain statement of a kind, shared.
 fn plain(kind: StatementKind) -> Arc<Analysis> {
+    fn of(kind: StatementKind) -> Arc<Analysis> {
+        Arc::new(Analysis {
+            statements: vec![StatementPlan::new(kind)],
+            param_count: 0,
+        })
+    }
+    static READ: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Read));
+    static WRITE: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Write));
     match kind {
         StatementKind::Read => Arc::clone(&READ),
         StatementKind::Write => Arc::clone(&WRITE),
-        other => shared_plain(other),
+        other => of(other),
     }
 }
 
