@@ -320,6 +320,23 @@ password = "${3:-$PASSWORD}"
 EOF
 }
 
+# Runs a command in the background in a session of its own, as a service
+# manager (or PgBouncer's `-d`, which calls setsid) would run it. With the
+# kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled),
+# each session shares one CPU share: a proxy left in this script's session
+# would compete with pgbench for one share while a daemonized PgBouncer and
+# every Postgres backend (each calls setsid) have one of their own — measured
+# on the 2-core machine, that alone cost a relay 10–15 % of its throughput.
+# Without job control a background job is not a process-group leader, so
+# setsid execs in place and $! is the command's pid.
+bench_own_session() { # command args...
+    if command -v setsid >/dev/null; then
+        setsid "$@" </dev/null &
+    else
+        "$@" </dev/null &
+    fi
+}
+
 # Starts `regionguard serve` with WORK/NAME.toml on PORT, logging to
 # WORK/NAME.log; the pid is appended to RG_PIDS (stopped by the trap) and
 # kept in RG_PID_OF[NAME].
@@ -328,7 +345,7 @@ bench_start_regionguard() { # name port
     "$RG_BIN" check-config "$WORK/$name.toml" >"$WORK/$name.check.log" 2>&1 \
         || { cat "$WORK/$name.check.log" >&2; die "RegionGuard config $name.toml invalid"; }
     log "starting RegionGuard '$name' (port $port): $RG_BIN"
-    "$RG_BIN" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    bench_own_session "$RG_BIN" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1
     local pid=$!
     RG_PIDS+=("$pid")
     RG_PID_OF[$name]=$pid
@@ -347,7 +364,7 @@ bench_start_byte_relay() { # port upstream_port
         | grep -o '"executable":"[^"]*byte_relay[^"]*"' | tail -n 1 | cut -d'"' -f4)
     [[ -x "$exe" ]] || die "byte_relay was not built"
     log "starting the byte relay (port $port): $exe"
-    "$exe" "127.0.0.1:$port" "127.0.0.1:$upstream" >"$WORK/byte_relay.log" 2>&1 &
+    bench_own_session "$exe" "127.0.0.1:$port" "127.0.0.1:$upstream" >"$WORK/byte_relay.log" 2>&1
     RELAY_PID=$!
     RG_PIDS+=("$RELAY_PID")
     wait_for "byte relay" 30 psql_at "$port" "SELECT 1"
