@@ -3,6 +3,7 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
+use super::plan_queue::PlanSender;
 use super::region_map::RegionMap;
 use super::NameHasher;
 use crate::backend::{self, ConnectError};
@@ -14,7 +15,6 @@ use postgres_protocol::message::frontend;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
 /// One backend session as the request side sees it.
 pub struct Backend {
@@ -137,7 +137,7 @@ impl Backends {
         &mut self,
         region: &Arc<str>,
         shared: &Shared,
-        expect: &mpsc::UnboundedSender<Expect>,
+        expect: &PlanSender,
     ) -> Result<&mut Backend, PgError> {
         if self.map.get(region).is_some_and(|b| b.is_dead()) {
             self.map.remove(region);
@@ -155,7 +155,7 @@ impl Backends {
         &mut self,
         region: &Arc<str>,
         shared: &Shared,
-        expect: &mpsc::UnboundedSender<Expect>,
+        expect: &PlanSender,
     ) -> Result<Backend, PgError> {
         let name = backend::standby::region_of(region);
         let rt = shared.region(name).ok_or_else(|| {

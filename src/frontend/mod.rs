@@ -10,6 +10,7 @@ pub mod encrypt;
 mod expect;
 mod fanout;
 mod handshake;
+mod plan_queue;
 mod region_map;
 mod requests;
 mod responses;
@@ -161,7 +162,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         Some((name, _)) => name.clone(),
         None => Arc::from(setup.region.as_str()),
     };
-    let (expect_tx, expect_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (expect_tx, expect_rx) = plan_queue::plan_queue();
     let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
     let stats = shared.metrics.backend_connected(
         &region,

@@ -10,6 +10,7 @@ use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Collected, Expect, RowUse};
+use super::plan_queue::{Empty, PlanReceiver};
 use super::region_map::RegionMap;
 use super::woken::Woken;
 use crate::backend::standby;
@@ -25,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Backend messages are bounded by Postgres itself (1 GiB fields); this cap
@@ -359,12 +360,12 @@ impl Responses {
         Responses { sent, ..self }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Expect>) -> SessionEnd {
+    pub async fn run(mut self, mut rx: PlanReceiver) -> SessionEnd {
         loop {
             let item = match rx.try_recv() {
                 Ok(item) => item,
-                Err(mpsc::error::TryRecvError::Disconnected) => return SessionEnd::ClientGone,
-                Err(mpsc::error::TryRecvError::Empty) => {
+                Err(Empty::ForGood) => return SessionEnd::ClientGone,
+                Err(Empty::Now) => {
                     if let Err(end) = self.flush().await {
                         return end;
                     }
@@ -466,10 +467,7 @@ impl Responses {
     /// Nothing queued: wait for the next request while passing on what
     /// backends send unasked (notifications, notices, parameter changes)
     /// and noticing a backend that dies.
-    async fn idle(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<Expect>,
-    ) -> Result<Option<Expect>, SessionEnd> {
+    async fn idle(&mut self, rx: &mut PlanReceiver) -> Result<Option<Expect>, SessionEnd> {
         let phase = *self.phase.borrow();
         if phase == Phase::Closing || (phase == Phase::Draining && self.status == b'I') {
             return Err(self.shutting_down().await);
@@ -846,11 +844,11 @@ impl Responses {
 /// gone. Registers no waker: only the request side queues items, and the
 /// session polls it right before this side (`frontend::start_session`), so
 /// an item queued while this waits is seen in the same poll of the task.
-fn queued(rx: &mut mpsc::UnboundedReceiver<Expect>) -> impl Future<Output = Option<Expect>> + '_ {
+fn queued(rx: &mut PlanReceiver) -> impl Future<Output = Option<Expect>> + '_ {
     std::future::poll_fn(move |_| match rx.try_recv() {
         Ok(item) => Poll::Ready(Some(item)),
-        Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
-        Err(mpsc::error::TryRecvError::Empty) => Poll::Pending,
+        Err(Empty::ForGood) => Poll::Ready(None),
+        Err(Empty::Now) => Poll::Pending,
     })
 }
 

@@ -15,6 +15,7 @@
 use super::backends::Backends;
 use super::encrypt::{self, StatementKeys};
 use super::expect::Expect;
+use super::plan_queue::PlanSender;
 use super::route::{self, Params, Placement};
 use super::NameHasher;
 use crate::net::ReadHalf;
@@ -35,7 +36,7 @@ use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// A portal name no client uses: executing it makes a backend fail the
@@ -185,7 +186,7 @@ type Described = (String, Vec<(usize, u32)>);
 
 pub struct Requests {
     shared: Arc<Shared>,
-    expect: mpsc::UnboundedSender<Expect>,
+    expect: PlanSender,
     client_gone: watch::Sender<bool>,
     backends: Backends,
     tenant: TenantSetting,
@@ -232,7 +233,7 @@ struct Quit;
 impl Requests {
     pub fn new(
         shared: Arc<Shared>,
-        expect: mpsc::UnboundedSender<Expect>,
+        expect: PlanSender,
         client_gone: watch::Sender<bool>,
         backends: Backends,
         tenant: TenantSetting,
