@@ -41,8 +41,13 @@ impl Backend {
         self.out.extend_from_slice(bytes);
     }
 
-    /// Queues a message and records that it ends a batch.
+    /// Queues a message and records that it ends a batch. A simple Query
+    /// (the client's or one the proxy injects) destroys the unnamed
+    /// prepared statement, so it is no longer counted as prepared here.
     pub fn push_batch_end(&mut self, bytes: &[u8]) {
+        if bytes.first() == Some(&b'Q') {
+            self.prepared.remove("");
+        }
         self.push(bytes);
         self.batches += 1;
     }
@@ -57,10 +62,7 @@ impl Backend {
     }
 
     /// Queues a simple Query the proxy injects (its answer is discarded).
-    /// A simple Query destroys the unnamed prepared statement, so it is no
-    /// longer counted as prepared here.
     pub fn push_query(&mut self, sql: &str) {
-        self.prepared.remove("");
         let mut b = BytesMut::new();
         if frontend::query(sql, &mut b).is_ok() {
             self.push_batch_end(&b);

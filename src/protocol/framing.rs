@@ -123,10 +123,20 @@ pub fn needed(buf: &BytesMut, max_len: usize) -> Result<usize, FrameError> {
 /// NUL; `None` when there is no terminator.
 pub fn read_cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let rest = body.get(*pos..)?;
-    let nul = memchr::memchr(0, rest)?;
+    // Most strings read here are statement and portal names, short and
+    // often empty: a plain scan of the first bytes ends them before
+    // memchr's dispatch would have started; longer texts go to memchr.
+    let head = rest.len().min(SHORT_CSTR);
+    let nul = match rest[..head].iter().position(|&b| b == 0) {
+        Some(nul) => nul,
+        None => head + memchr::memchr(0, &rest[head..])?,
+    };
     *pos += nul + 1;
     Some(&rest[..nul])
 }
+
+/// How many bytes [`read_cstr`] scans itself before calling memchr.
+const SHORT_CSTR: usize = 16;
 
 /// Reads a big-endian i32 from `body` at `*pos`.
 pub fn read_i32(body: &[u8], pos: &mut usize) -> Option<i32> {
@@ -186,5 +196,24 @@ mod tests {
         assert_eq!(read_i32(body, &mut pos), Some(7));
         assert_eq!(read_i32(body, &mut pos), None);
         assert_eq!(read_cstr(body, &mut pos), None);
+    }
+
+    #[test]
+    fn cstr_reader_finds_the_terminator_before_within_and_past_its_short_scan() {
+        for len in [0, 1, SHORT_CSTR - 1, SHORT_CSTR, SHORT_CSTR + 1, 100] {
+            let mut body = vec![b'x'; len];
+            body.extend_from_slice(b"\0rest\0");
+            let mut pos = 0;
+            assert_eq!(
+                read_cstr(&body, &mut pos),
+                Some(&body[..len]),
+                "length {len}"
+            );
+            assert_eq!(pos, len + 1);
+            assert_eq!(read_cstr(&body, &mut pos), Some(&b"rest"[..]));
+            assert_eq!(read_cstr(&body, &mut pos), None);
+            // No terminator at all, short or long.
+            assert_eq!(read_cstr(&body[..len], &mut 0), None, "length {len}");
+        }
     }
 }

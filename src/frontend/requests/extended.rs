@@ -105,20 +105,22 @@ impl Requests {
             })
             .map(|s| (s.analysis.clone(), s.local));
         let name = name.to_string();
-        for (_, b) in self.backends.iter_mut() {
-            b.prepared.remove(&name);
-            b.shared.forget_statement(&name);
-        }
         if let Some((analysis, was_local)) = &reused {
             let local = self.batch_is_local() && self.is_local_statement(analysis);
             if !local && !was_local {
                 // Nothing to decode, analyse or record again: the entry
-                // stands as it is.
+                // stands as it is. Nor to forget: wherever the statement is
+                // prepared, it was prepared from these very bytes, and it
+                // has no classified parameters whose types were kept.
                 if let Err(e) = self.place_text(analysis).await {
                     return self.fail_batch(e).await;
                 }
                 return self.send_or_hold(msg.clone(), Some(name), None).await;
             }
+        }
+        for (_, b) in self.backends.iter_mut() {
+            b.prepared.remove(&name);
+            b.shared.forget_statement(&name);
         }
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let analysis = match reused {
@@ -1344,7 +1346,7 @@ pub(super) fn note_sent(
     match msg.first() {
         Some(b'P') => {
             b.shared.expect_completion(b.batches, true);
-            if let Some(name) = parse {
+            if let Some(name) = parse.filter(|n| !b.prepared.contains(*n)) {
                 b.prepared.insert(name.to_string());
             }
         }
