@@ -45,7 +45,7 @@ impl Backend {
     /// (the client's or one the proxy injects) destroys the unnamed
     /// prepared statement, so it is no longer counted as prepared here.
     pub fn push_batch_end(&mut self, bytes: &[u8]) {
-        if bytes.first() == Some(&b'Q') {
+        if bytes.first() == Some(&b'Q') && !self.prepared.is_empty() {
             self.prepared.remove("");
         }
         self.push(bytes);
