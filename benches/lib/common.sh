@@ -326,7 +326,7 @@ EOF
 # each session shares one CPU share: a proxy left in this script's session
 # would compete with pgbench for one share while a daemonized PgBouncer and
 # every Postgres backend (each calls setsid) have one of their own — measured
-# on the 2-core machine, that alone cost a relay 10–15 % of its throughput.
+# on the 2-core machine, that alone cost a relay up to 15 % of its throughput.
 # Without job control a background job is not a process-group leader, so
 # setsid execs in place and $! is the command's pid.
 bench_own_session() { # command args...
