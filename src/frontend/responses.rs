@@ -364,7 +364,12 @@ impl Responses {
         loop {
             let item = match rx.try_recv() {
                 Ok(item) => item,
-                Err(Empty::ForGood) => return SessionEnd::ClientGone,
+                Err(Empty::ForGood) => {
+                    // The request side ended without a word (the client
+                    // left): what was already answered still goes out.
+                    let _ = self.flush().await;
+                    return SessionEnd::ClientGone;
+                }
                 Err(Empty::Now) => {
                     if let Err(end) = self.flush().await {
                         return end;

@@ -894,6 +894,26 @@ impl Requests {
         Ok((Bytes::from(rewritten), keys, resealed))
     }
 
+    /// Whether `portal` runs in the batch's region and needs nothing but to
+    /// be sent there (no keys, no COPY): what the general Describe and
+    /// Execute paths would find, checked without cloning the portal's
+    /// target. The batch's region was checked against the transaction's
+    /// when it was set; [`Self::conflict`] checks it again all the same.
+    fn plain_portal(&self, portal: &str) -> bool {
+        match (self.portals.get(portal), &self.batch.region) {
+            (
+                Some(PortalTarget::Region {
+                    region,
+                    copy_in: false,
+                    keys: None,
+                    copy: None,
+                }),
+                Some(batch),
+            ) => region == batch && self.batch.fan.is_none() && self.conflict(region).is_none(),
+            _ => false,
+        }
+    }
+
     /// A region that the batch or the transaction cannot use.
     fn conflict(&self, region: &Arc<str>) -> Option<PgError> {
         if let Some(b) = &self.batch.region {
@@ -1013,6 +1033,9 @@ impl Requests {
             return Ok(());
         }
         let (kind, name) = frontend_msg::target(body, "Describe").map_err(|e| self.malformed(e))?;
+        if kind == b'P' && self.plain_portal(name) {
+            return self.send_or_hold(msg.clone(), None, None).await;
+        }
         let name = name.to_string();
         if kind == b'P' {
             return match self.portals.get(&name).cloned() {
@@ -1081,10 +1104,12 @@ impl Requests {
         if self.batch.skipping {
             return Ok(());
         }
-        let portal = frontend_msg::execute(body)
-            .map_err(|e| self.malformed(e))?
-            .to_string();
+        let portal = frontend_msg::execute(body).map_err(|e| self.malformed(e))?;
         self.batch.executes = true;
+        if self.plain_portal(portal) {
+            return self.send_or_hold(msg.clone(), None, None).await;
+        }
+        let portal = portal.to_string();
         match self.portals.get(&portal).cloned() {
             Some(PortalTarget::Local(LocalAction::End { commit }))
                 if matches!(self.txn, Txn::Fanned { .. }) =>

@@ -324,8 +324,18 @@ impl Requests {
                     return;
                 }
             }
-            if self.backends.flush().await.is_err() {
-                // The response side notices the broken backend and reports it.
+            if let Err(region) = self.backends.flush().await {
+                // Answers queued before are relayed first: the response
+                // side then reads the backend's last words and its end, and
+                // reports the loss itself. With nothing queued for it, this
+                // is the client's only word of it.
+                self.fatal(
+                    PgError::fatal(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("connection to region {region} was lost while sending to it"),
+                    )
+                    .with_hint("any open transaction was rolled back; reconnect and retry"),
+                );
                 return;
             }
             if let Some(e) = bad {
