@@ -320,6 +320,25 @@ async fn client_vanishing_mid_transaction_leaves_nothing() {
     proxy.shutdown().await;
 }
 
+/// The pid of the client's backend session, read with a simple query: a
+/// prepared one leaves tokio-postgres closing its statement in the
+/// background, and a FATAL that arrives before that Close is answered is
+/// taken as the Close's (ignored) answer, so the connection would end as
+/// merely closed — directly against Postgres as through the proxy.
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .expect("pid")
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .and_then(|pid| pid.parse().ok())
+        .expect("a pid")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
     let regions = TestRegions::start().await;
@@ -328,11 +347,7 @@ async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
 
     // Killed while a query runs: that query fails with 57P01 (or class 08).
     let (client, conn) = watched_client(&proxy, "kill-busy").await;
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&client).await;
     let busy =
         tokio::spawn(async move { client.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -351,23 +366,9 @@ async fn backend_terminated_reports_an_error_and_the_proxy_recovers() {
     let _ = within(10, "connection ends", conn).await;
 
     // Killed while idle: the connection ends with 57P01 (or class 08), and
-    // the client's next call fails. The pid comes from a simple query: a
-    // prepared one leaves tokio-postgres closing its statement in the
-    // background, and a FATAL that arrives before that Close is answered is
-    // taken as the Close's (ignored) answer, so the connection would end as
-    // merely closed — directly against Postgres as through the proxy.
+    // the client's next call fails.
     let (client, conn) = watched_client(&proxy, "kill-idle").await;
-    let pid: i32 = client
-        .simple_query("SELECT pg_backend_pid()")
-        .await
-        .expect("pid")
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        })
-        .and_then(|pid| pid.parse().ok())
-        .expect("a pid");
+    let pid = backend_pid(&client).await;
     direct
         .query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .await
