@@ -5,9 +5,9 @@
 //! `frontend::start_session` with the request side first, so whatever it
 //! queues is seen by the response side in the same poll: the queue needs
 //! no waker, and a lock that is never contended around a deque does what a
-//! tokio channel did at a fraction of its cost per item (its block list,
-//! atomics and waker slot served wake-ups this queue never needs). The
-//! lock only makes the pair `Send`, so the session runs on any runtime.
+//! tokio channel did with less work (the channel's block list, atomics and
+//! waker slot served wake-ups this queue never needs). The lock only makes
+//! the pair `Send`, so the session runs on any runtime.
 
 use super::expect::Expect;
 use std::collections::VecDeque;
