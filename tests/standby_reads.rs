@@ -56,17 +56,25 @@ async fn extended_bool(client: &tokio_postgres::Client, sql: &str) -> bool {
         .get(0)
 }
 
+/// Whether the count `sql` returns reaches `n` within `secs` seconds.
+async fn count_reaches(client: &tokio_postgres::Client, sql: &str, n: i64, secs: u64) -> bool {
+    wait_until(secs, || async {
+        client
+            .query_one(sql, &[])
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == n)
+    })
+    .await
+}
+
 /// Waits until the standby has replayed the update of acme's customer 1.
 async fn replicated(standby: &tokio_postgres::Client) {
-    let seen = wait_until(20, || async {
-        standby
-            .query_one(
-                "SELECT count(*) FROM customers WHERE tenant_id = 'acme' AND id = 1 AND full_name = 'Ann'",
-                &[],
-            )
-            .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
-    })
+    let seen = count_reaches(
+        standby,
+        "SELECT count(*) FROM customers WHERE tenant_id = 'acme' AND id = 1 AND full_name = 'Ann'",
+        1,
+        20,
+    )
     .await;
     assert!(seen, "the standby replays the insert and the update");
 }
@@ -359,15 +367,12 @@ async fn reads_outside_transactions_go_to_the_standby_and_everything_else_to_the
             )
         },
         async {
-            let running = wait_until(10, || async {
-                standby_direct
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'",
-                        &[],
-                    )
-                    .await
-                    .is_ok_and(|r| r.get::<_, i64>(0) == 2)
-            })
+            let running = count_reaches(
+                &standby_direct,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'",
+                2,
+                10,
+            )
             .await;
             (running, standby.stop().await)
         }

@@ -224,10 +224,11 @@ impl Backends {
     /// Writes every backend's queued bytes. A backend found dead is
     /// dropped, a standby backend whose write fails is marked dead; any
     /// other write failure is the caller's to report.
-    pub async fn flush(&mut self) -> Result<(), Arc<str>> {
+    pub async fn flush(&mut self) -> Result<(), (Arc<str>, std::io::Error)> {
         self.map.retain(|_, b| !b.is_dead());
         for (region, b) in self.map.iter_mut() {
-            if b.flush().await.is_err() && !b.is_dead() {
+            let Err(e) = b.flush().await else { continue };
+            if !b.is_dead() {
                 if crate::backend::standby::is_standby(region) {
                     // Its reader reports the read that broke (08006) and
                     // the session goes on without it.
@@ -236,7 +237,7 @@ impl Backends {
                         .store(true, std::sync::atomic::Ordering::Release);
                     continue;
                 }
-                return Err(region.clone());
+                return Err((region.clone(), e));
             }
         }
         Ok(())

@@ -51,6 +51,9 @@ pub enum Expect {
     },
     /// Messages the proxy answers itself.
     Local(BytesMut),
+    /// Writing to `region`'s backend failed: end the session with the
+    /// region's loss, as when reading from it fails.
+    Lost { region: Arc<str>, reason: String },
     /// Write the error (if any) and end the session.
     End(Option<PgError>),
 }
@@ -66,6 +69,7 @@ impl Expect {
             Expect::Discard { .. } => "discard",
             Expect::Collect { .. } => "collect",
             Expect::Local(_) => "local",
+            Expect::Lost { .. } => "lost",
             Expect::End(_) => "end",
         }
     }

@@ -427,6 +427,7 @@ impl Responses {
                     let _ = self.client.shutdown().await;
                     return end;
                 }
+                Expect::Lost { region, reason } => Err(self.lost(&region, &reason).await),
                 Expect::Collect { regions, reply } => match self.collect(regions).await {
                     Ok(collected) => {
                         let _ = reply.send(collected);

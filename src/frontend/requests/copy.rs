@@ -153,7 +153,7 @@ impl Requests {
             }
             None => msg.clone(),
         };
-        self.send_query(region, &msg, after, None).await?;
+        self.send_query(region, &msg, Some(after), None).await?;
         if let Some(copy) = copy {
             self.copy_in = Some(ActiveCopy::new(copy, true));
         }

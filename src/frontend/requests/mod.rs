@@ -324,18 +324,15 @@ impl Requests {
                     return;
                 }
             }
-            if let Err(region) = self.backends.flush().await {
+            if let Err((region, e)) = self.backends.flush().await {
                 // Answers queued before are relayed first: the response
                 // side then reads the backend's last words and its end, and
-                // reports the loss itself. With nothing queued for it, this
-                // is the client's only word of it.
-                self.fatal(
-                    PgError::fatal(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("connection to region {region} was lost while sending to it"),
-                    )
-                    .with_hint("any open transaction was rolled back; reconnect and retry"),
-                );
+                // reports the loss itself. With nothing queued for it, it
+                // reports it from here.
+                let _ = self.expect.send(Expect::Lost {
+                    region,
+                    reason: e.to_string(),
+                });
                 return;
             }
             if let Some(e) = bad {
@@ -470,8 +467,7 @@ impl Requests {
             if let Err(err) = self.open(&region).await {
                 return self.refuse_query(err).await;
             }
-            let after = After::unchanged(self);
-            return self.send_query(region, msg, after, None).await;
+            return self.send_query(region, msg, None, None).await;
         }
         let ends_txn = matches!(
             analysis.statements.as_slice(),
@@ -553,7 +549,7 @@ impl Requests {
                         crate::sql::standby_safe(sql, &analysis.statements)
                     })
                     .await;
-                self.send_query(region, &msg, after, keys).await
+                self.send_query(region, &msg, Some(after), keys).await
             }
             Err(err) => self.refuse_query(err).await,
         }
@@ -634,13 +630,7 @@ impl Requests {
         plans: &[StatementPlan],
     ) -> Result<(Arc<str>, After, Vec<Vec<String>>), PgError> {
         let mut tenants = Vec::with_capacity(plans.len());
-        let mut after = After {
-            tenant: self.tenant.clone(),
-            txn: self.txn.clone(),
-            session_state: false,
-            resets: false,
-            ddl: false,
-        };
+        let mut after = After::unchanged(self);
         let mut region: Option<Arc<str>> = match &self.txn {
             Txn::Pinned(r) => Some(r.clone()),
             _ => None,
@@ -721,11 +711,14 @@ impl Requests {
         self.home.clone()
     }
 
+    /// Sends a simple query to `region` and applies the session state it
+    /// leaves (`after`; `None` when it changes none, which spares cloning
+    /// the state for a statement on the neutral lane).
     async fn send_query(
         &mut self,
         region: Arc<str>,
         msg: &Bytes,
-        after: After,
+        after: Option<After>,
         keys: Option<Arc<StatementKeys>>,
     ) -> Result<(), Quit> {
         self.pin_held(&region).await?;
@@ -736,22 +729,24 @@ impl Requests {
             region: region.clone(),
             query: keys,
         });
-        if after.ddl {
-            self.note_ddl();
+        if let Some(after) = after {
+            if after.ddl {
+                self.note_ddl();
+            }
+            if after.session_state {
+                let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
+                    .unwrap_or("")
+                    .to_string();
+                self.share_session_state(&region, &sql, after.resets)
+                    .await?;
+            }
+            self.tenant = after.tenant;
+            self.txn = match after.txn {
+                Txn::Held { .. } => Txn::Pinned(region.clone()),
+                Txn::Pinned(_) => Txn::Pinned(region.clone()),
+                other => other,
+            };
         }
-        if after.session_state {
-            let sql = frontend_msg::query(&msg[framing::HEADER_LEN..])
-                .unwrap_or("")
-                .to_string();
-            self.share_session_state(&region, &sql, after.resets)
-                .await?;
-        }
-        self.tenant = after.tenant;
-        self.txn = match after.txn {
-            Txn::Held { .. } => Txn::Pinned(region.clone()),
-            Txn::Pinned(_) => Txn::Pinned(region.clone()),
-            other => other,
-        };
         if self.txn == Txn::Idle {
             self.tenant.local = None;
         }
