@@ -814,6 +814,7 @@ impl Requests {
                 copy: None,
             },
         );
+        self.bound_neutral = true;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ mod copy;
 mod cursors;
 mod extended;
 mod fanout;
+mod repeat;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
@@ -169,6 +170,29 @@ struct Batch {
 }
 
 impl Batch {
+    /// Whether nothing of a batch was seen yet (the state [`Self::reset`]
+    /// leaves).
+    fn is_fresh(&self) -> bool {
+        let Batch {
+            region,
+            held,
+            skipping,
+            relay_pushed,
+            copy_pending,
+            fan,
+            executes,
+            hint,
+        } = self;
+        region.is_none()
+            && held.is_empty()
+            && !skipping
+            && !relay_pushed
+            && !copy_pending
+            && fan.is_none()
+            && !executes
+            && hint.is_none()
+    }
+
     /// Starts the next batch, keeping the held-message buffer's allocation.
     fn reset(&mut self) {
         let mut held = std::mem::take(&mut self.held);
@@ -225,6 +249,12 @@ pub struct Requests {
     /// nothing but Describe/Execute/Close/Flush up to its batch's Sync: the
     /// whole batch is known, so it may go to a standby.
     batch_in_read: bool,
+    /// The last batch, when its repeats may be sent in one step
+    /// (`repeat.rs`).
+    repeat: Option<repeat::Repeat>,
+    /// A Bind took the neutral lane since the read began: the read's batch
+    /// may be recorded for repeats.
+    bound_neutral: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -263,6 +293,8 @@ impl Requests {
             standby_reads,
             primary_only: false,
             batch_in_read: false,
+            repeat: None,
+            bound_neutral: false,
         }
     }
 
@@ -313,15 +345,21 @@ impl Requests {
             }
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
-            for (i, f) in frames.iter().enumerate() {
-                if self.standby_reads && f.tag == b'B' {
-                    self.batch_in_read = batch_ends_plainly(&frames[i + 1..]);
+            if !self.replay(&frames, &chunk) {
+                let candidate = self.repeat_candidate(&frames, &chunk);
+                for (i, f) in frames.iter().enumerate() {
+                    if self.standby_reads && f.tag == b'B' {
+                        self.batch_in_read = batch_ends_plainly(&frames[i + 1..]);
+                    }
+                    let msg = chunk.slice(f.start..f.end);
+                    if self.handle(f.tag, msg).await.is_err() {
+                        tracing::trace!("request pump quits");
+                        let _ = self.backends.flush().await;
+                        return;
+                    }
                 }
-                let msg = chunk.slice(f.start..f.end);
-                if self.handle(f.tag, msg).await.is_err() {
-                    tracing::trace!("request pump quits");
-                    let _ = self.backends.flush().await;
-                    return;
+                if let Some(before) = candidate {
+                    self.record_repeat(before, &frames, &chunk);
                 }
             }
             if let Err((region, e)) = self.backends.flush().await {

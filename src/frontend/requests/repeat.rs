@@ -1,0 +1,415 @@
+//! Repeated pipeline batches (ADR 19). A driver runs a statement by sending
+//! one batch again and again — Parse (the same bytes: libpq and pgbench
+//! prepare the unnamed statement anew each time), Bind, Describe, Execute,
+//! Sync — with only the Bind's parameter values changing. When such a batch
+//! took the neutral lane (ADR 18: no tenant data, so its parameters decide
+//! nothing) and left the session as it found it, the next batch of the
+//! same shape is sent in one step, the way the general path would send it
+//! from that state: its bytes to the same backend, the same expectations
+//! for its answers, the same relay plan. That spares walking each message
+//! through the general path again, most of the request side's cost per
+//! transaction.
+//!
+//! The recording is only valid on the state it was made on: anything the
+//! general path handles forgets it, and a replay checks what can change
+//! under it (the analysis cache, the routing rules, the backend's health).
+
+use super::{PortalTarget, Requests, Txn};
+use crate::frontend::expect::{Expect, RowUse};
+use crate::protocol::framing::{Frame, HEADER_LEN};
+use crate::protocol::frontend_msg;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Sync, the only form it has.
+const SYNC: &[u8] = b"S\0\0\0\x04";
+
+/// A batch that went to `region` unchanged: what a repeat must match, and
+/// what sending it does besides writing its bytes.
+pub(super) struct Repeat {
+    region: Arc<str>,
+    /// The batch's Parse, byte for byte, when it had one.
+    parse: Option<Bytes>,
+    statement: String,
+    portal: String,
+    /// The batch's Describe of its portal, when it had one.
+    describe: Option<Bytes>,
+    execute: Bytes,
+    /// The statement's Parse, for the slow-statement log.
+    text: Bytes,
+    /// The analysis cache's generation and the routing rules' epoch when
+    /// recorded: either changing may change where the statement goes.
+    generation: u64,
+    epoch: u64,
+    /// Messages per batch.
+    len: usize,
+}
+
+/// One batch of the shape a repeat may have: `[Parse] Bind [Describe]
+/// Execute Sync`, each a whole message.
+struct Shape<'a> {
+    parse: Option<&'a [u8]>,
+    bind: &'a [u8],
+    describe: Option<&'a [u8]>,
+    execute: &'a [u8],
+}
+
+impl<'a> Shape<'a> {
+    fn of(frames: &[Frame], chunk: &'a [u8]) -> Option<Self> {
+        let mut tags = [0u8; 5];
+        tags.get_mut(..frames.len())?
+            .iter_mut()
+            .zip(frames)
+            .for_each(|(t, f)| *t = f.tag);
+        let tags = &tags[..frames.len()];
+        let bytes = |i: usize| frames[i].bytes(chunk);
+        let (parse, rest) = match tags {
+            [b'P', rest @ ..] => (Some(bytes(0)), rest),
+            _ => (None, tags),
+        };
+        let at = usize::from(parse.is_some());
+        let (describe, execute) = match rest {
+            [b'B', b'D', b'E', b'S'] => (Some(bytes(at + 1)), bytes(at + 2)),
+            [b'B', b'E', b'S'] => (None, bytes(at + 1)),
+            _ => return None,
+        };
+        Some(Shape {
+            parse,
+            bind: bytes(at),
+            describe,
+            execute,
+        })
+    }
+
+    fn len(&self) -> usize {
+        3 + usize::from(self.parse.is_some()) + usize::from(self.describe.is_some())
+    }
+}
+
+fn body(message: &[u8]) -> &[u8] {
+    message.get(HEADER_LEN..).unwrap_or_default()
+}
+
+impl Repeat {
+    /// Whether one batch's messages repeat the recorded batch: the same
+    /// bytes but for the Bind's, whose statement and portal are the same
+    /// and which is well formed (the general path checks that too).
+    fn matches(&self, batch: &[Frame], chunk: &[u8]) -> bool {
+        let mut frames = batch.iter().map(|f| (f.tag, f.bytes(chunk)));
+        let mut next = |tag: u8| frames.next().filter(|(t, _)| *t == tag).map(|(_, b)| b);
+        if let Some(parse) = &self.parse {
+            if next(b'P') != Some(&parse[..]) {
+                return false;
+            }
+        }
+        let bound = next(b'B').and_then(|b| frontend_msg::bind_names(body(b)).ok());
+        if !bound.is_some_and(|b| b.statement == self.statement && b.portal == self.portal) {
+            return false;
+        }
+        if let Some(describe) = &self.describe {
+            if next(b'D') != Some(&describe[..]) {
+                return false;
+            }
+        }
+        next(b'E') == Some(&self.execute[..]) && next(b'S') == Some(SYNC)
+    }
+}
+
+impl Requests {
+    /// Sends a read's messages as repeats of the recorded batch when every
+    /// batch in it is one; `false` leaves them to the general path.
+    pub(super) fn replay(&mut self, frames: &[Frame], chunk: &Bytes) -> bool {
+        let Some(r) = &self.repeat else {
+            return false;
+        };
+        if frames.is_empty()
+            || frames.len() % r.len != 0
+            || r.generation != self.shared.analysis.generation()
+            || r.epoch != self.shared.rules_epoch.load(Ordering::Acquire)
+            || !frames.chunks(r.len).all(|batch| r.matches(batch, chunk))
+        {
+            return false;
+        }
+        let Some(b) = self.backends.live(&r.region) else {
+            return false;
+        };
+        // What the general path does for each batch from the recorded
+        // state: the Parse (held until the Bind) expects its
+        // ParseComplete, the Bind notes the statement, the Describe expects
+        // rows to forward, the Sync ends the batch and has it relayed.
+        for _ in 0..frames.len() / r.len {
+            if r.parse.is_some() {
+                b.shared.expect_completion(b.batches, true);
+            }
+            b.shared.stats.note_statement(b.batches, &r.text);
+            if r.describe.is_some() {
+                b.shared.expect_rows(
+                    b.batches,
+                    RowUse {
+                        forward: true,
+                        keys: None,
+                    },
+                );
+            }
+            let _ = self.expect.send(Expect::Relay {
+                region: r.region.clone(),
+                query: None,
+            });
+            b.batches += 1;
+        }
+        b.push(chunk);
+        tracing::trace!(messages = frames.len(), "repeated batch");
+        true
+    }
+
+    /// Before the general path handles a read: the transaction state to
+    /// compare with afterwards when the read is one batch that may be
+    /// recorded, from a state it may be recorded in. Forgets the recorded
+    /// batch either way: the general path changes what it was valid for.
+    pub(super) fn repeat_candidate(&mut self, frames: &[Frame], chunk: &[u8]) -> Option<Txn> {
+        self.repeat = None;
+        self.bound_neutral = false;
+        let recordable = !self.standby_reads
+            && self.copy_in.is_none()
+            && !self.catalog_stale
+            && self.batch.is_fresh()
+            && self.tenant.effective().is_none()
+            && matches!(self.txn, Txn::Idle | Txn::Pinned(_));
+        (recordable && Shape::of(frames, chunk).is_some()).then(|| self.txn.clone())
+    }
+
+    /// After the general path handled a read that [`Self::repeat_candidate`]
+    /// accepted: records it when its Bind took the neutral lane and the
+    /// session is left as it was, so that the general path would send a
+    /// repeat of it exactly as [`Self::replay`] does.
+    pub(super) fn record_repeat(&mut self, before: Txn, frames: &[Frame], chunk: &[u8]) {
+        self.repeat = self.recorded(before, frames, chunk);
+    }
+
+    fn recorded(&mut self, before: Txn, frames: &[Frame], chunk: &[u8]) -> Option<Repeat> {
+        let shape = Shape::of(frames, chunk)?;
+        if !self.bound_neutral
+            || self.txn != before
+            || self.copy_in.is_some()
+            || self.catalog_stale
+            || !self.batch.is_fresh()
+            || self.tenant.effective().is_some()
+        {
+            return None;
+        }
+        let bound = frontend_msg::bind_names(body(shape.bind)).ok()?;
+        if let Some(parse) = shape.parse {
+            if frontend_msg::parse_name(body(parse)).ok()? != bound.statement {
+                return None;
+            }
+        }
+        if let Some(describe) = shape.describe {
+            if frontend_msg::target(body(describe), "Describe").ok()? != (b'P', bound.portal) {
+                return None;
+            }
+        }
+        if frontend_msg::execute(body(shape.execute)).ok()? != bound.portal {
+            return None;
+        }
+        let generation = self.shared.analysis.generation();
+        let epoch = self.shared.rules_epoch.load(Ordering::Acquire);
+        let stmt = self.statements.get(bound.statement)?;
+        let unchanged = |parse: &[u8]| stmt.parse == parse && stmt.generation == generation;
+        if stmt.local
+            || stmt.copy.is_some()
+            || stmt.epoch != epoch
+            || !self.neutral_lane(&stmt.analysis)
+            || !shape.parse.is_none_or(unchanged)
+        {
+            return None;
+        }
+        let region = match self.portals.get(bound.portal)? {
+            PortalTarget::Region {
+                region,
+                copy_in: false,
+                keys: None,
+                copy: None,
+            } => region.clone(),
+            _ => return None,
+        };
+        if region != self.neutral_region(&self.tenant) || region != self.last_region {
+            return None;
+        }
+        let text = stmt.parse.clone();
+        if !self
+            .backends
+            .live(&region)
+            .is_some_and(|b| b.prepared.contains(bound.statement))
+        {
+            return None;
+        }
+        Some(Repeat {
+            region,
+            parse: shape.parse.map(Bytes::copy_from_slice),
+            statement: bound.statement.to_string(),
+            portal: bound.portal.to_string(),
+            describe: shape.describe.map(Bytes::copy_from_slice),
+            execute: Bytes::copy_from_slice(shape.execute),
+            text,
+            generation,
+            epoch,
+            len: shape.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::framing;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn bind(portal: &str, statement: &str, value: &str) -> Vec<u8> {
+        let mut body = format!("{portal}\0{statement}\0").into_bytes();
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        body.extend_from_slice(value.as_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        message(b'B', &body)
+    }
+
+    fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+        let mut body = format!("{portal}\0").into_bytes();
+        body.extend_from_slice(&max_rows.to_be_bytes());
+        message(b'E', &body)
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let used = framing::scan(bytes, 1 << 20, &mut frames).expect("well framed");
+        assert_eq!(used, bytes.len());
+        frames
+    }
+
+    fn batch(value: &str) -> Vec<u8> {
+        [
+            message(b'P', b"\0SELECT $1\0\0\0"),
+            bind("", "", value),
+            message(b'D', b"P\0"),
+            execute("", 0),
+            SYNC.to_vec(),
+        ]
+        .concat()
+    }
+
+    /// What recording `batch("1")` keeps.
+    fn recorded() -> Repeat {
+        let bytes = batch("1");
+        let f = frames(&bytes);
+        let shape = Shape::of(&f, &bytes).expect("a repeatable shape");
+        Repeat {
+            region: Arc::from("eu"),
+            parse: shape.parse.map(Bytes::copy_from_slice),
+            statement: String::new(),
+            portal: String::new(),
+            describe: shape.describe.map(Bytes::copy_from_slice),
+            execute: Bytes::copy_from_slice(shape.execute),
+            text: Bytes::new(),
+            generation: 0,
+            epoch: 0,
+            len: shape.len(),
+        }
+    }
+
+    #[test]
+    fn only_one_whole_batch_of_the_driver_shape_is_repeatable() {
+        let shapes: [(&[u8], bool); 8] = [
+            (b"PBDES", true),
+            (b"PBES", true),
+            (b"BDES", true),
+            (b"BES", true),
+            (b"PBDE", false),
+            (b"PBDESS", false),
+            (b"PDS", false),
+            (b"BHES", false),
+        ];
+        for (tags, repeatable) in shapes {
+            let bytes: Vec<u8> = tags
+                .iter()
+                .flat_map(|&t| match t {
+                    b'B' => bind("", "", "1"),
+                    b'E' => execute("", 0),
+                    b'D' => message(b'D', b"P\0"),
+                    b'S' => SYNC.to_vec(),
+                    other => message(other, b"\0SELECT 1\0\0\0"),
+                })
+                .collect();
+            let shape = Shape::of(&frames(&bytes), &bytes);
+            assert_eq!(
+                shape.is_some(),
+                repeatable,
+                "{}",
+                String::from_utf8_lossy(tags)
+            );
+            if let Some(shape) = shape {
+                assert_eq!(shape.len(), tags.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeat_may_differ_only_in_the_bind_values() {
+        let r = recorded();
+        for value in ["1", "22", "a much longer value than before"] {
+            let bytes = batch(value);
+            assert!(r.matches(&frames(&bytes), &bytes), "value {value}");
+        }
+        let other_text = [
+            message(b'P', b"\0SELECT $1 + 1\0\0\0"),
+            bind("", "", "1"),
+            message(b'D', b"P\0"),
+            execute("", 0),
+            SYNC.to_vec(),
+        ]
+        .concat();
+        let other_portal = [
+            message(b'P', b"\0SELECT $1\0\0\0"),
+            bind("p", "", "1"),
+            message(b'D', b"Pp\0"),
+            execute("p", 0),
+            SYNC.to_vec(),
+        ]
+        .concat();
+        let other_limit = [
+            message(b'P', b"\0SELECT $1\0\0\0"),
+            bind("", "", "1"),
+            message(b'D', b"P\0"),
+            execute("", 10),
+            SYNC.to_vec(),
+        ]
+        .concat();
+        let mut malformed_bind = bind("", "", "1");
+        malformed_bind.truncate(malformed_bind.len() - 2);
+        let len = malformed_bind.len() as i32 - 1;
+        malformed_bind[1..5].copy_from_slice(&len.to_be_bytes());
+        let malformed = [
+            message(b'P', b"\0SELECT $1\0\0\0"),
+            malformed_bind,
+            message(b'D', b"P\0"),
+            execute("", 0),
+            SYNC.to_vec(),
+        ]
+        .concat();
+        for (what, bytes) in [
+            ("another text", other_text),
+            ("another portal", other_portal),
+            ("another row limit", other_limit),
+            ("a malformed Bind", malformed),
+        ] {
+            assert!(!r.matches(&frames(&bytes), &bytes), "{what}");
+        }
+    }
+}

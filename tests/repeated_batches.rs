@@ -1,0 +1,316 @@
+//! Repeated pipeline batches (ADR 19): a batch that repeats the one before it
+//! (same Parse, Bind of the same statement and portal, same Describe,
+//! Execute and Sync; only the parameter values differ) is sent in one step.
+//! These tests drive repeats through the proxy and check that the answers
+//! are what Postgres gives directly, that the step is really taken (the
+//! proxy logs each one at TRACE), and that whatever the session does in
+//! between sends its next batch where the general path would: after the
+//! session's tenant or transaction.
+
+mod support;
+
+use regionguard::config::{AuthMethod, LogFormat};
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use support::raw::{direct_session, message, read_to_ready, trusted_session};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The proxy's text log at TRACE, shared by this binary's tests.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+/// Batches the proxy sent in one step so far (in this process).
+fn repeats() -> usize {
+    static LOGS: OnceLock<Capture> = OnceLock::new();
+    let logs = LOGS.get_or_init(|| {
+        let capture = Capture::default();
+        let _ = tracing_subscriber::registry()
+            .with(regionguard::logging::filter("trace"))
+            .with(regionguard::logging::layer(
+                LogFormat::Text,
+                capture.clone(),
+                false,
+            ))
+            .try_init();
+        capture
+    });
+    let text = logs.0.lock().map(|v| v.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .matches("repeated batch")
+        .count()
+}
+
+fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, name);
+    cstr(&mut body, sql);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &body)
+}
+
+/// A Bind of `statement` to the unnamed portal, text parameters and results.
+fn bind(statement: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, "");
+    cstr(&mut body, statement);
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
+    message(b'B', &body)
+}
+
+fn describe_portal() -> Vec<u8> {
+    message(b'D', b"P\0")
+}
+
+fn execute(max_rows: i32) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&max_rows.to_be_bytes());
+    message(b'E', &body)
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+/// What libpq sends for `PQexecParams`: Parse of the unnamed statement,
+/// Bind, Describe of the portal, Execute, Sync.
+fn unnamed_batch(sql: &str, params: &[&str]) -> Vec<u8> {
+    [
+        parse("", sql),
+        bind("", params),
+        describe_portal(),
+        execute(0),
+        sync(),
+    ]
+    .concat()
+}
+
+/// A proxy session and a direct one to the same region, fed the same bytes.
+struct Pair {
+    proxy: TcpStream,
+    direct: TcpStream,
+}
+
+impl Pair {
+    /// Sends `bytes` (holding `batches` Syncs) to both and checks that the
+    /// answers match message for message.
+    async fn same(&mut self, bytes: &[u8], batches: usize, what: &str) -> Vec<(u8, Vec<u8>)> {
+        self.proxy.write_all(bytes).await.expect("write to proxy");
+        self.direct
+            .write_all(bytes)
+            .await
+            .expect("write to Postgres");
+        let mut got = Vec::new();
+        for _ in 0..batches {
+            let through = read_to_ready(&mut self.proxy).await;
+            let direct = read_to_ready(&mut self.direct).await;
+            assert_eq!(through, direct, "{what}: proxy and Postgres answer alike");
+            got.extend(through);
+        }
+        got
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_batches_answer_as_postgres_does() {
+    let before = repeats();
+    within(60, "repeated batches", async {
+        let regions = TestRegions::start().await;
+        let mut config = regions.proxy_config();
+        config.auth.method = AuthMethod::Trust;
+        let proxy = start_proxy(config).await;
+        let mut pair = Pair {
+            proxy: trusted_session(proxy.local_addr()).await,
+            direct: direct_session(regions.port("eu")).await,
+        };
+
+        // The unnamed statement prepared anew for every execution, values
+        // of every length.
+        let sql = "SELECT $1::int * 2 AS doubled, $2::text AS label";
+        for i in 0..30 {
+            let n = (7i64.pow(i % 10)).to_string();
+            let label = "x".repeat(i as usize);
+            let got = pair
+                .same(&unnamed_batch(sql, &[&n, &label]), 1, "unnamed batch")
+                .await;
+            let rows = raw::first_column(&got);
+            assert_eq!(rows, vec![Some((7i64.pow(i % 10) * 2).to_string())]);
+        }
+
+        // Three repeats in one write.
+        let three: Vec<u8> = ["1", "22", "333"]
+            .iter()
+            .flat_map(|n| unnamed_batch(sql, &[n, "pipelined"]))
+            .collect();
+        let got = pair.same(&three, 3, "pipelined repeats").await;
+        let values = raw::first_column(&got);
+        assert_eq!(values, ["2", "44", "666"].map(|v| Some(v.to_string())));
+
+        // A repeat that fails in Postgres, and the repeats after it.
+        let div = "SELECT 100 / $1::int";
+        for n in ["5", "0", "4", "0", "0", "2"] {
+            let got = pair.same(&unnamed_batch(div, &[n]), 1, "division").await;
+            assert_eq!(
+                raw::first_error(&got).map(|e| e[&b'C'].clone()),
+                (n == "0").then(|| "22012".to_string()),
+                "100 / {n}"
+            );
+        }
+
+        // A named statement: Bind, Describe, Execute, Sync, as libpq's
+        // PQexecPrepared sends them; then without the Describe.
+        let prepare = [
+            parse("doubler", "SELECT $1::bigint * 2"),
+            message(b'D', b"Sdoubler\0"),
+            sync(),
+        ]
+        .concat();
+        pair.same(&prepare, 1, "prepare").await;
+        for n in 0..10 {
+            let n = n.to_string();
+            let batch = [
+                bind("doubler", &[&n]),
+                describe_portal(),
+                execute(0),
+                sync(),
+            ]
+            .concat();
+            pair.same(&batch, 1, "named with Describe").await;
+        }
+        for n in 0..10 {
+            let n = (n * 1000).to_string();
+            let batch = [bind("doubler", &[&n]), execute(0), sync()].concat();
+            pair.same(&batch, 1, "named without Describe").await;
+        }
+
+        // A repeat with a row limit, and one that is not a repeat (another
+        // limit) after it.
+        let rows = "SELECT generate_series(1, $1::int)";
+        for limit in [2, 2, 2, 5] {
+            let batch = [
+                parse("", rows),
+                bind("", &["4"]),
+                describe_portal(),
+                execute(limit),
+                sync(),
+            ]
+            .concat();
+            pair.same(&batch, 1, "row limit").await;
+        }
+
+        // The statement closed, then bound again: no repeat, but the
+        // proxy's refusal of a statement it does not know.
+        let close = [message(b'C', b"Sdoubler\0"), sync()].concat();
+        pair.same(&close, 1, "close").await;
+        let batch = [bind("doubler", &["1"]), execute(0), sync()].concat();
+        pair.proxy.write_all(&batch).await.expect("write to proxy");
+        let got = read_to_ready(&mut pair.proxy).await;
+        let error = raw::first_error(&got).expect("the Bind fails");
+        assert!(error[&b'M'].contains("\"doubler\""), "{error:?}");
+    })
+    .await;
+    // Every batch but the first of each kind is a repeat: 29 unnamed, one
+    // read of three, 5 divisions, 9 + 9 named, 2 with the row limit.
+    let sent = repeats() - before;
+    assert!(
+        sent >= 55,
+        "the repeats were sent in one step ({sent} logged)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_go_where_the_session_state_sends_them() {
+    let before = repeats();
+    within(60, "repeats after session changes", async {
+        let regions = TestRegions::start().await;
+        regions.create_routing_schema().await;
+        let proxy = start_proxy(regions.routing_config(&ROUTING_TENANTS)).await;
+        let client = tenant_client(&proxy, None).await;
+        let port = client
+            .prepare("SELECT current_setting('port')")
+            .await
+            .expect("prepare");
+        let served = |n: usize| {
+            let client = &client;
+            let port = &port;
+            let regions = &regions;
+            async move {
+                let mut seen = Vec::new();
+                for _ in 0..n {
+                    let row = client.query_one(port, &[]).await.expect("port");
+                    let p: String = row.get(0);
+                    let p: u16 = p.parse().expect("a port");
+                    seen.push(regions.region_at_port(p).expect("a region's port"));
+                }
+                seen
+            }
+        };
+        assert_eq!(served(5).await, ["eu"; 5], "the home region");
+
+        client
+            .batch_execute("SET regionguard.tenant = 'globex'")
+            .await
+            .expect("set tenant");
+        assert_eq!(served(3).await, ["us"; 3], "the session tenant's region");
+        client
+            .batch_execute("RESET regionguard.tenant")
+            .await
+            .expect("reset tenant");
+        assert_eq!(served(3).await, ["eu"; 3], "home again");
+
+        // In a transaction pinned to apac by a tenant's statement, repeats
+        // stay there; after it, they go home.
+        client.batch_execute("BEGIN").await.expect("begin");
+        client
+            .query(
+                "SELECT count(*) FROM customers WHERE tenant_id = 'initech'",
+                &[],
+            )
+            .await
+            .expect("pin to apac");
+        assert_eq!(served(4).await, ["apac"; 4], "the pinned transaction");
+        client.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!(served(3).await, ["eu"; 3], "home after the transaction");
+
+        // A refused statement between repeats.
+        let refused = client.query("SELECT count(*) FROM customers", &[]).await;
+        expect_refusal(refused, "42501", &[], "no tenant");
+        assert_eq!(served(3).await, ["eu"; 3], "after a refusal");
+    })
+    .await;
+    let sent = repeats() - before;
+    assert!(sent >= 8, "repeats were sent in one step ({sent} logged)");
+}
