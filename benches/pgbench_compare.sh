@@ -11,7 +11,8 @@
 #              averaged (default 1). Each round runs every target back to
 #              back, so the ratio columns are the median over rounds of each
 #              round's own ratio: a machine whose speed drifts between
-#              rounds (shared, noisy) moves both sides of a pair alike
+#              rounds (shared, noisy) moves both sides of a pair alike; the
+#              "rounds" column gives the lowest and highest of those ratios
 #   CLIENTS    client counts (default "8 64")
 #   MODES      pgbench query modes (default "simple extended")
 #   WARMUP     seconds of warm-up per target before measuring (default 3)
@@ -136,17 +137,18 @@ bench_regionguards_alive || { log "RegionGuard exited during the run"; FAILED=1;
 
 # --- report --------------------------------------------------------------------------
 
-# The median over rounds of TPS(target) / TPS(other) within each round.
-round_ratio() { # mode clients target other
+# TPS(target) / TPS(other) within each round, over the rounds: "median min max"
+# (or "n/a n/a n/a" when no round has both).
+round_ratios() { # mode clients target other
     local r a b list=()
     for (( r = 0; r < ROUNDS; r++ )); do
         a=${TPS_ROUND[$1/$2/$3/$r]:-}
         b=${TPS_ROUND[$1/$2/$4/$r]:-}
         [[ -n "$a" && -n "$b" ]] && list+=("$(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) print a / b }')")
     done
-    if (( ${#list[@]} == 0 )); then echo "n/a"; return; fi
+    if (( ${#list[@]} == 0 )); then echo "n/a n/a n/a"; return; fi
     printf '%s\n' "${list[@]}" | sort -g \
-        | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f", m }'
+        | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f %.2f %.2f\n", m, v[1], v[NR] }'
 }
 
 # Proxy CPU (user + system) per transaction, in microseconds.
@@ -157,9 +159,9 @@ cpu_per_tx() { # key
         echo "–"
     fi
 }
-MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | ÷ direct | proxy CPU µs/tx |
-|---|---:|---|---:|---:|---:|---:|---:|"
-printf '\n%-9s %7s  %-16s %11s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "÷direct" "CPU µs/tx"
+MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | rounds ÷ PgBouncer | ÷ direct | proxy CPU µs/tx |
+|---|---:|---|---:|---:|---:|---:|---:|---:|"
+printf '\n%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "rounds" "÷direct" "CPU µs/tx"
 for mode in $MODES; do
     for clients in $CLIENTS; do
         declare -A TPS=()
@@ -179,14 +181,16 @@ for mode in $MODES; do
             else
                 lat="FAIL"; tps="FAIL"
             fi
-            vb=$(round_ratio "$mode" "$clients" "$t" pgbouncer)
-            vd=$(round_ratio "$mode" "$clients" "$t" direct)
+            read -r vb lo hi < <(round_ratios "$mode" "$clients" "$t" pgbouncer)
+            read -r vd _ _ < <(round_ratios "$mode" "$clients" "$t" direct)
+            spread="$lo–$hi"
+            [[ $lo == n/a ]] && spread="n/a"
             cpu=$(cpu_per_tx "$key")
-            printf '%-9s %7s  %-16s %11s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$vd" "$cpu"
+            printf '%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$spread" "$vd" "$cpu"
             if [[ $t == regionguard ]]; then
-                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | **$vd** | $cpu |"
+                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | $spread | **$vd** | $cpu |"
             else
-                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $vd | $cpu |"
+                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $spread | $vd | $cpu |"
             fi
         done
         unset TPS
@@ -199,7 +203,7 @@ if [[ -n "$OUT" ]]; then
         echo "pgbench -n -S -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS round(s) per cell;" \
              "$(nproc) CPUs; $("$PG_BIN/postgres" --version); $("$PGBOUNCER" --version | head -n1) (transaction pooling, pool 20);" \
              "RegionGuard $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown), listen.threads = $RG_THREADS;" \
-             "TPS and latency: means over rounds; ratios: median over rounds of each round's own ratio."
+             "TPS and latency: means over rounds; ratios: median over rounds of each round's own ratio (rounds: lowest–highest)."
         echo
         echo "$MD"
     } > "$OUT"
