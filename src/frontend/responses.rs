@@ -22,6 +22,7 @@ use crate::server::state::{Phase, Shared};
 use crate::types::SessionFormat;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -633,10 +634,12 @@ impl Responses {
             }
             let mut consumed = 0;
             let mut finished = false;
+            // Frames forwarded unchanged, copied to the client's buffer in
+            // one go per run of adjacent ones.
+            let mut run = 0..0;
             for f in &reader.frames {
                 tracing::trace!(tag = %(f.tag as char), region = %region, "backend message");
                 consumed = f.end;
-                let bytes = f.bytes(&reader.buf);
                 if f.tag == b'C' && !discard {
                     let copy_in = reader.copy_active;
                     reader
@@ -645,6 +648,7 @@ impl Responses {
                         .command_complete(f.body(&reader.buf), copy_in);
                 }
                 if let Some(crypto) = self.crypto.as_mut().filter(|_| !discard) {
+                    copy_run(&mut run, &reader.buf, &mut self.out);
                     if crypto.copying(f.tag) {
                         crypto
                             .copy_out_message(f.tag, f.body(&reader.buf), named, &mut self.out)
@@ -665,12 +669,12 @@ impl Responses {
                 match f.tag {
                     b'1' | b'3' => {
                         if reader.shared.take_completion(reader.done) && !discard {
-                            self.out.extend_from_slice(bytes);
+                            extend_run(&mut run, f, &reader.buf, &mut self.out);
                         }
                     }
                     b'G' => {
                         reader.copy_active = true;
-                        self.out.extend_from_slice(bytes);
+                        extend_run(&mut run, f, &reader.buf, &mut self.out);
                         if mode == Mode::UntilCopyIn {
                             finished = true;
                             break;
@@ -687,6 +691,7 @@ impl Responses {
                             continue;
                         }
                         if let Some(replacement) = reader.shared.take_override(reader.done) {
+                            copy_run(&mut run, &reader.buf, &mut self.out);
                             replacement.encode(&mut self.out);
                         } else if discard {
                             tracing::warn!(
@@ -695,7 +700,7 @@ impl Responses {
                             );
                         } else {
                             reader.shared.stats.backend_error(f.body(&reader.buf));
-                            self.out.extend_from_slice(bytes);
+                            extend_run(&mut run, f, &reader.buf, &mut self.out);
                         }
                         if mode == Mode::UntilCopyIn {
                             finished = true;
@@ -710,8 +715,11 @@ impl Responses {
                             match decrypt::parameter_description(f.body(&reader.buf), &overrides)
                                 .filter(|_| !overrides.is_empty())
                             {
-                                Some(rewritten) => self.out.extend_from_slice(&rewritten),
-                                None => self.out.extend_from_slice(bytes),
+                                Some(rewritten) => {
+                                    copy_run(&mut run, &reader.buf, &mut self.out);
+                                    self.out.extend_from_slice(&rewritten);
+                                }
+                                None => extend_run(&mut run, f, &reader.buf, &mut self.out),
                             }
                         }
                     }
@@ -729,18 +737,19 @@ impl Responses {
                         reader.done += 1;
                         if !discard {
                             self.status = f.body(&reader.buf).first().copied().unwrap_or(b'I');
-                            self.out.extend_from_slice(bytes);
+                            extend_run(&mut run, f, &reader.buf, &mut self.out);
                         }
                         finished = true;
                         break;
                     }
                     _ => {
                         if !discard {
-                            self.out.extend_from_slice(bytes);
+                            extend_run(&mut run, f, &reader.buf, &mut self.out);
                         }
                     }
                 }
             }
+            copy_run(&mut run, &reader.buf, &mut self.out);
             reader.buf.advance(consumed);
             if finished {
                 return Ok(());
@@ -909,6 +918,26 @@ impl PhaseSignal {
 async fn phase_changed(mut rx: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, bool) {
     let changed = rx.changed().await.is_ok();
     (rx, changed)
+}
+
+/// Adds `frame` to the run of frames forwarded unchanged; a frame not
+/// adjacent to the run (one in between was dropped or rewritten) starts a
+/// new run after the old one is copied out.
+fn extend_run(run: &mut Range<usize>, frame: &Frame, buf: &[u8], out: &mut BytesMut) {
+    if run.end != frame.start {
+        copy_run(run, buf, out);
+        run.start = frame.start;
+    }
+    run.end = frame.end;
+}
+
+/// Copies the run of frames forwarded unchanged to `out` (before anything
+/// else is written there, to keep the order).
+fn copy_run(run: &mut Range<usize>, buf: &[u8], out: &mut BytesMut) {
+    if let Some(bytes) = buf.get(run.clone()).filter(|b| !b.is_empty()) {
+        out.extend_from_slice(bytes);
+    }
+    *run = 0..0;
 }
 
 /// Waits until any backend that is not parked has bytes (or broke). With
