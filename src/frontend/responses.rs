@@ -993,6 +993,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_of_unchanged_frames_are_copied_in_order() {
+        let buf = b"aaabbbcccddd";
+        let frame = |start: usize| Frame {
+            tag: b'x',
+            start,
+            end: start + 3,
+        };
+        let mut out = BytesMut::new();
+        let mut run = 0..0;
+        // a and b adjacent, c dropped, then something written, then d.
+        extend_run(&mut run, &frame(0), buf, &mut out);
+        extend_run(&mut run, &frame(3), buf, &mut out);
+        assert!(out.is_empty(), "nothing copied while the run grows");
+        copy_run(&mut run, buf, &mut out);
+        out.extend_from_slice(b"-");
+        extend_run(&mut run, &frame(9), buf, &mut out);
+        copy_run(&mut run, buf, &mut out);
+        assert_eq!(&out[..], b"aaabbb-ddd");
+        // A gap ends a run without anything written in between.
+        out.clear();
+        extend_run(&mut run, &frame(3), buf, &mut out);
+        extend_run(&mut run, &frame(9), buf, &mut out);
+        copy_run(&mut run, buf, &mut out);
+        assert_eq!(&out[..], b"bbbddd");
+    }
+
+    #[test]
     fn fatal_detection_reads_the_severity_field() {
         assert!(is_fatal(b"SFATAL\0VFATAL\0C57P01\0\0"));
         assert!(!is_fatal(b"SERROR\0VERROR\0C42P01\0\0"));
