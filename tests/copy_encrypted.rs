@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
 use regionguard::config::{ClassifiedColumn, DataClass, Protection};
 use std::collections::BTreeMap;
-use std::io::Write;
 use support::*;
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
@@ -165,32 +164,9 @@ fn customer_rows(tenants: &[&str], from: i64) -> String {
     out
 }
 
-/// Everything the proxy logs (at TRACE) during a test.
-#[derive(Clone, Default)]
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_stores_ciphertext_per_tenant_in_all_three_formats() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let _ = tracing_subscriber::fmt()
         // The test's own clients log their statements; the proxy's control
         // connections only send catalog and key-table SQL.
@@ -359,8 +335,7 @@ async fn copy_in_stores_ciphertext_per_tenant_in_all_three_formats() {
         .get(0);
     assert_eq!(n, m);
     proxy.shutdown().await;
-    let logs = String::from_utf8_lossy(&capture.0.lock().map(|v| v.clone()).unwrap_or_default())
-        .into_owned();
+    let logs = capture.text();
     assert!(
         logs.len() > 1000,
         "expected TRACE logs, got {} bytes",

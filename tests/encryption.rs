@@ -9,7 +9,6 @@ mod support;
 
 use regionguard::config::{ClassifiedColumn, DataClass, Protection};
 use std::collections::BTreeMap;
-use std::io::Write;
 use support::*;
 
 /// The encrypted tables: customers' email (searchable) and full name
@@ -497,29 +496,6 @@ async fn a_wrong_storage_type_refuses_the_start_naming_the_column() {
     assert!(message.contains("customers.email"), "{message}");
 }
 
-/// Everything the proxy logs (at TRACE) during a test.
-#[derive(Clone, Default)]
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 /// `pg_dump` of `region`'s database, as plain SQL.
 fn pg_dump(regions: &TestRegions, region: &str) -> String {
     let bin = regionguard::localpg::PgBinaries::find().expect("Postgres binaries");
@@ -544,7 +520,7 @@ fn pg_dump(regions: &TestRegions, region: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaries_written_through_the_proxy_are_nowhere_in_databases_dumps_or_logs() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let _ = tracing_subscriber::fmt()
         // The test's own tokio-postgres client logs its statements; the
         // proxy's control connections only send catalog and key-table SQL.
@@ -628,8 +604,7 @@ async fn canaries_written_through_the_proxy_are_nowhere_in_databases_dumps_or_lo
         ));
     }
     proxy.shutdown().await;
-    let logs = String::from_utf8_lossy(&capture.0.lock().map(|v| v.clone()).unwrap_or_default())
-        .into_owned();
+    let logs = capture.text();
     assert!(
         logs.len() > 1000,
         "expected TRACE logs, got {} bytes",

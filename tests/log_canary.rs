@@ -8,8 +8,6 @@
 mod support;
 
 use regionguard::config::{AuthMethod, LogFormat};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -37,38 +35,9 @@ const NOTIFY: &str = "canary-notify-5c6d";
 const APP_NAME: &str = "canary-appname-3a4b";
 const PASSWORD: &str = "canary-password-7a8b";
 
-/// Everything written by both log layers.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
-    }
-}
-
 /// The proxy's own layers (text and JSON), at TRACE, into one buffer.
-fn capture_logs() -> Capture {
-    let capture = Capture::default();
+fn capture_logs() -> LogCapture {
+    let capture = LogCapture::default();
     tracing_subscriber::registry()
         .with(regionguard::logging::filter("trace"))
         .with(regionguard::logging::layer(

@@ -10,8 +10,7 @@
 mod support;
 
 use regionguard::config::{AuthMethod, LogFormat};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use support::raw::{direct_session, message, read_to_ready, trusted_session};
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -19,34 +18,11 @@ use tokio::net::TcpStream;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// The proxy's text log at TRACE, shared by this binary's tests.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 /// Batches the proxy sent in one step so far (in this process).
 fn repeats() -> usize {
-    static LOGS: OnceLock<Capture> = OnceLock::new();
+    static LOGS: OnceLock<LogCapture> = OnceLock::new();
     let logs = LOGS.get_or_init(|| {
-        let capture = Capture::default();
+        let capture = LogCapture::default();
         let _ = tracing_subscriber::registry()
             .with(regionguard::logging::filter("trace"))
             .with(regionguard::logging::layer(
@@ -57,10 +33,7 @@ fn repeats() -> usize {
             .try_init();
         capture
     });
-    let text = logs.0.lock().map(|v| v.clone()).unwrap_or_default();
-    String::from_utf8_lossy(&text)
-        .matches("repeated batch")
-        .count()
+    logs.text().matches("repeated batch").count()
 }
 
 fn cstr(out: &mut Vec<u8>, s: &str) {
@@ -313,4 +286,47 @@ async fn repeats_go_where_the_session_state_sends_them() {
     .await;
     let sent = repeats() - before;
     assert!(sent >= 8, "repeats were sent in one step ({sent} logged)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_scopes_the_table_stops_its_repeats() {
+    let before = repeats();
+    within(60, "repeats across a reload", async {
+        let regions = TestRegions::start().await;
+        regions.create_routing_schema().await;
+        regions
+            .batch_everywhere("CREATE TABLE notes (tenant_id text, body text);")
+            .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("regionguard.toml");
+        let config = |tables: &str| {
+            format!(
+                "{}[tenancy]\ncolumn = \"tenant_id\"\ntables = [{tables}]\n[tenants]\nacme = \"eu\"\n",
+                regions.proxy_config_toml()
+            )
+        };
+        std::fs::write(&path, config("\"customers\", \"orders\"")).expect("write config");
+        let loaded = regionguard::config::Config::load(&path).expect("config");
+        let proxy = start_proxy(loaded).await;
+        let client = tenant_client(&proxy, None).await;
+        let count = client
+            .prepare("SELECT count(*) FROM notes")
+            .await
+            .expect("prepare");
+        for _ in 0..4 {
+            client.query_one(&count, &[]).await.expect("no tenant data yet");
+        }
+        let sent = repeats() - before;
+        assert!(sent >= 3, "the reads were sent in one step ({sent} logged)");
+
+        // `notes` becomes tenant-scoped: the statement planned before must
+        // not run again unplaced, repeat or not.
+        std::fs::write(&path, config("\"customers\", \"orders\", \"notes\""))
+            .expect("rewrite config");
+        proxy.reload().await.expect("reload");
+        let refused = client.query_one(&count, &[]).await;
+        let message = expect_refusal(refused, "0A000", &[], "planned before the reload");
+        assert!(message.contains("reload"), "{message}");
+    })
+    .await;
 }

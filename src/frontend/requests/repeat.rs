@@ -19,23 +19,25 @@ use crate::frontend::expect::{Expect, RowUse};
 use crate::protocol::framing::{Frame, HEADER_LEN};
 use crate::protocol::frontend_msg;
 use bytes::Bytes;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
-/// Sync, the only form it has.
-const SYNC: &[u8] = b"S\0\0\0\x04";
 
 /// A batch that went to `region` unchanged: what a repeat must match, and
 /// what sending it does besides writing its bytes.
 pub(super) struct Repeat {
     region: Arc<str>,
-    /// The batch's Parse, byte for byte, when it had one.
-    parse: Option<Bytes>,
-    statement: String,
-    portal: String,
-    /// The batch's Describe of its portal, when it had one.
-    describe: Option<Bytes>,
-    execute: Bytes,
+    /// The batch's messages, byte for byte (one copy, taken when recorded).
+    recorded: Bytes,
+    /// Which message is the Bind, and where it is in `recorded`.
+    bind_at: usize,
+    bind: Range<usize>,
+    /// Length of the Bind body's names (portal and statement, with their
+    /// NULs): what a repeat's Bind must start with.
+    names: usize,
+    /// The batch has a Parse, a Describe.
+    parses: bool,
+    describes: bool,
     /// The statement's Parse, for the slow-statement log.
     text: Bytes,
     /// The analysis cache's generation and the routing rules' epoch when
@@ -92,27 +94,54 @@ fn body(message: &[u8]) -> &[u8] {
 }
 
 impl Repeat {
+    /// The record of `frames`, one batch of a repeatable shape whose Bind
+    /// names `bound`, sent to `region`.
+    fn new(
+        region: Arc<str>,
+        (frames, chunk): (&[Frame], &[u8]),
+        bound: &frontend_msg::Bind<'_>,
+        text: Bytes,
+        (generation, epoch): (u64, u64),
+    ) -> Option<Repeat> {
+        let shape = Shape::of(frames, chunk)?;
+        let bind_at = usize::from(shape.parse.is_some());
+        let (first, last, bind) = (frames.first()?, frames.last()?, frames.get(bind_at)?);
+        Some(Repeat {
+            region,
+            recorded: Bytes::copy_from_slice(chunk.get(first.start..last.end)?),
+            bind_at,
+            bind: bind.start - first.start..bind.end - first.start,
+            names: bound.portal.len() + bound.statement.len() + 2,
+            parses: shape.parse.is_some(),
+            describes: shape.describe.is_some(),
+            text,
+            generation,
+            epoch,
+            len: shape.len(),
+        })
+    }
+
     /// Whether one batch's messages repeat the recorded batch: the same
-    /// bytes but for the Bind's, whose statement and portal are the same
-    /// and which is well formed (the general path checks that too).
+    /// bytes but for the Bind's parameters; its names are the same and it
+    /// is well formed (the general path checks that too).
     fn matches(&self, batch: &[Frame], chunk: &[u8]) -> bool {
-        let mut frames = batch.iter().map(|f| (f.tag, f.bytes(chunk)));
-        let mut next = |tag: u8| frames.next().filter(|(t, _)| *t == tag).map(|(_, b)| b);
-        if let Some(parse) = &self.parse {
-            if next(b'P') != Some(&parse[..]) {
-                return false;
-            }
-        }
-        let bound = next(b'B').and_then(|b| frontend_msg::bind_names(body(b)).ok());
-        if !bound.is_some_and(|b| b.statement == self.statement && b.portal == self.portal) {
+        let (Some(first), Some(last), Some(bind)) =
+            (batch.first(), batch.last(), batch.get(self.bind_at))
+        else {
             return false;
-        }
-        if let Some(describe) = &self.describe {
-            if next(b'D') != Some(&describe[..]) {
-                return false;
-            }
-        }
-        next(b'E') == Some(&self.execute[..]) && next(b'S') == Some(SYNC)
+        };
+        let names = HEADER_LEN..HEADER_LEN + self.names;
+        bind.tag == b'B'
+            && chunk.get(first.start..bind.start) == self.recorded.get(..self.bind.start)
+            && chunk.get(bind.end..last.end) == self.recorded.get(self.bind.end..)
+            && chunk
+                .get(bind.start..bind.end)
+                .and_then(|b| b.get(names.clone()))
+                == self
+                    .recorded
+                    .get(self.bind.clone())
+                    .and_then(|b| b.get(names))
+            && frontend_msg::bind_names(bind.body(chunk)).is_ok()
     }
 }
 
@@ -139,11 +168,11 @@ impl Requests {
         // ParseComplete, the Bind notes the statement, the Describe expects
         // rows to forward, the Sync ends the batch and has it relayed.
         for _ in 0..frames.len() / r.len {
-            if r.parse.is_some() {
+            if r.parses {
                 b.shared.expect_completion(b.batches, true);
             }
             b.shared.stats.note_statement(b.batches, &r.text);
-            if r.describe.is_some() {
+            if r.describes {
                 b.shared.expect_rows(
                     b.batches,
                     RowUse {
@@ -244,18 +273,7 @@ impl Requests {
         {
             return None;
         }
-        Some(Repeat {
-            region,
-            parse: shape.parse.map(Bytes::copy_from_slice),
-            statement: bound.statement.to_string(),
-            portal: bound.portal.to_string(),
-            describe: shape.describe.map(Bytes::copy_from_slice),
-            execute: Bytes::copy_from_slice(shape.execute),
-            text,
-            generation,
-            epoch,
-            len: shape.len(),
-        })
+        Repeat::new(region, (frames, chunk), &bound, text, (generation, epoch))
     }
 }
 
@@ -281,12 +299,6 @@ mod tests {
         message(b'B', &body)
     }
 
-    fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-        let mut body = format!("{portal}\0").into_bytes();
-        body.extend_from_slice(&max_rows.to_be_bytes());
-        message(b'E', &body)
-    }
-
     fn frames(bytes: &[u8]) -> Vec<Frame> {
         let mut frames = Vec::new();
         let used = framing::scan(bytes, 1 << 20, &mut frames).expect("well framed");
@@ -294,34 +306,32 @@ mod tests {
         frames
     }
 
-    fn batch(value: &str) -> Vec<u8> {
+    /// Parse of `sql` (unnamed), a Bind of `value` to `portal`, Describe
+    /// of the portal, Execute with `max_rows`, Sync.
+    fn batch_with(sql: &str, portal: &str, value: &str, max_rows: i32) -> Vec<u8> {
+        let mut execute = format!("{portal}\0").into_bytes();
+        execute.extend_from_slice(&max_rows.to_be_bytes());
         [
-            message(b'P', b"\0SELECT $1\0\0\0"),
-            bind("", "", value),
-            message(b'D', b"P\0"),
-            execute("", 0),
-            SYNC.to_vec(),
+            message(b'P', format!("\0{sql}\0\0\0").as_bytes()),
+            bind(portal, "", value),
+            message(b'D', format!("P{portal}\0").as_bytes()),
+            message(b'E', &execute),
+            message(b'S', b""),
         ]
         .concat()
+    }
+
+    fn batch(value: &str) -> Vec<u8> {
+        batch_with("SELECT $1", "", value, 0)
     }
 
     /// What recording `batch("1")` keeps.
     fn recorded() -> Repeat {
         let bytes = batch("1");
         let f = frames(&bytes);
-        let shape = Shape::of(&f, &bytes).expect("a repeatable shape");
-        Repeat {
-            region: Arc::from("eu"),
-            parse: shape.parse.map(Bytes::copy_from_slice),
-            statement: String::new(),
-            portal: String::new(),
-            describe: shape.describe.map(Bytes::copy_from_slice),
-            execute: Bytes::copy_from_slice(shape.execute),
-            text: Bytes::new(),
-            generation: 0,
-            epoch: 0,
-            len: shape.len(),
-        }
+        let bound = frontend_msg::bind_names(f[1].body(&bytes)).expect("a Bind");
+        Repeat::new(Arc::from("eu"), (&f, &bytes), &bound, Bytes::new(), (0, 0))
+            .expect("a repeatable shape")
     }
 
     #[test]
@@ -341,9 +351,9 @@ mod tests {
                 .iter()
                 .flat_map(|&t| match t {
                     b'B' => bind("", "", "1"),
-                    b'E' => execute("", 0),
+                    b'E' => message(b'E', b"\0\0\0\0\0"),
                     b'D' => message(b'D', b"P\0"),
-                    b'S' => SYNC.to_vec(),
+                    b'S' | b'H' => message(t, b""),
                     other => message(other, b"\0SELECT 1\0\0\0"),
                 })
                 .collect();
@@ -367,46 +377,16 @@ mod tests {
             let bytes = batch(value);
             assert!(r.matches(&frames(&bytes), &bytes), "value {value}");
         }
-        let other_text = [
-            message(b'P', b"\0SELECT $1 + 1\0\0\0"),
-            bind("", "", "1"),
-            message(b'D', b"P\0"),
-            execute("", 0),
-            SYNC.to_vec(),
-        ]
-        .concat();
-        let other_portal = [
-            message(b'P', b"\0SELECT $1\0\0\0"),
-            bind("p", "", "1"),
-            message(b'D', b"Pp\0"),
-            execute("p", 0),
-            SYNC.to_vec(),
-        ]
-        .concat();
-        let other_limit = [
-            message(b'P', b"\0SELECT $1\0\0\0"),
-            bind("", "", "1"),
-            message(b'D', b"P\0"),
-            execute("", 10),
-            SYNC.to_vec(),
-        ]
-        .concat();
-        let mut malformed_bind = bind("", "", "1");
-        malformed_bind.truncate(malformed_bind.len() - 2);
-        let len = malformed_bind.len() as i32 - 1;
-        malformed_bind[1..5].copy_from_slice(&len.to_be_bytes());
-        let malformed = [
-            message(b'P', b"\0SELECT $1\0\0\0"),
-            malformed_bind,
-            message(b'D', b"P\0"),
-            execute("", 0),
-            SYNC.to_vec(),
-        ]
-        .concat();
+        let mut malformed = batch("1");
+        // The Bind's result-format count cut off, its length adjusted.
+        let bind = frames(&malformed)[1];
+        malformed.drain(bind.end - 2..bind.end);
+        let len = (bind.end - bind.start - 3) as i32;
+        malformed[bind.start + 1..bind.start + 5].copy_from_slice(&len.to_be_bytes());
         for (what, bytes) in [
-            ("another text", other_text),
-            ("another portal", other_portal),
-            ("another row limit", other_limit),
+            ("another text", batch_with("SELECT $1 + 1", "", "1", 0)),
+            ("another portal", batch_with("SELECT $1", "p", "1", 0)),
+            ("another row limit", batch_with("SELECT $1", "", "1", 10)),
             ("a malformed Bind", malformed),
         ] {
             assert!(!r.matches(&frames(&bytes), &bytes), "{what}");
