@@ -1,11 +1,13 @@
-//! Repeated pipeline batches (ADR 19): a batch that repeats the one before it
-//! (same Parse, Bind of the same statement and portal, same Describe,
-//! Execute and Sync; only the parameter values differ) is sent in one step.
-//! These tests drive repeats through the proxy and check that the answers
-//! are what Postgres gives directly, that the step is really taken (the
-//! proxy logs each one at TRACE), and that whatever the session does in
-//! between sends its next batch where the general path would: after the
-//! session's tenant or transaction.
+//! Repeated pipeline batches (ADR 19) and repeated simple queries (ADR 20).
+//! A batch that repeats the one before it (same Parse, Bind of the same
+//! statement and portal, same Describe, Execute and Sync; only the
+//! parameter values differ), or a simple query that repeats the one before
+//! it but for its numbers, is sent in one step. These tests drive repeats
+//! through the proxy and check that the answers are what Postgres gives
+//! directly, that the step is really taken (the proxy logs each one at
+//! TRACE), and that whatever the session does in between sends its next
+//! batch or query where the general path would: after the session's tenant
+//! or transaction, or a reload of the routing rules.
 
 mod support;
 
@@ -18,8 +20,9 @@ use tokio::net::TcpStream;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Batches the proxy sent in one step so far (in this process).
-fn repeats() -> usize {
+/// Reads the proxy logged as sent in one step so far (in this process):
+/// `"repeated batch"` or `"repeated query"`.
+fn repeats(what: &str) -> usize {
     static LOGS: OnceLock<LogCapture> = OnceLock::new();
     let logs = LOGS.get_or_init(|| {
         let capture = LogCapture::default();
@@ -33,8 +36,11 @@ fn repeats() -> usize {
             .try_init();
         capture
     });
-    logs.text().matches("repeated batch").count()
+    logs.text().matches(what).count()
 }
+
+const BATCH: &str = "repeated batch";
+const QUERY: &str = "repeated query";
 
 fn cstr(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
@@ -119,7 +125,7 @@ impl Pair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_batches_answer_as_postgres_does() {
-    let before = repeats();
+    let before = repeats(BATCH);
     within(60, "repeated batches", async {
         let regions = TestRegions::start().await;
         let mut config = regions.proxy_config();
@@ -217,17 +223,101 @@ async fn repeated_batches_answer_as_postgres_does() {
     .await;
     // Every batch but the first of each kind is a repeat: 29 unnamed, one
     // read of three, 5 divisions, 9 + 9 named, 2 with the row limit.
-    let sent = repeats() - before;
+    let sent = repeats(BATCH) - before;
     assert!(
         sent >= 55,
         "the repeats were sent in one step ({sent} logged)"
     );
 }
 
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstr(&mut body, sql);
+    message(b'Q', &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_queries_answer_as_postgres_does() {
+    let before = repeats(QUERY);
+    within(60, "repeated queries", async {
+        let regions = TestRegions::start().await;
+        let mut config = regions.proxy_config();
+        config.auth.method = AuthMethod::Trust;
+        let proxy = start_proxy(config).await;
+        let mut pair = Pair {
+            proxy: trusted_session(proxy.local_addr()).await,
+            direct: direct_session(regions.port("eu")).await,
+        };
+
+        // Numbers of every length, as pgbench -M simple sends them.
+        for i in 0..30u32 {
+            let n = 7i64.pow(i % 10);
+            let sql = format!("SELECT {n} * 2 AS doubled, {i} AS i;");
+            let got = pair.same(&query(&sql), 1, "query").await;
+            assert_eq!(raw::first_column(&got), vec![Some((n * 2).to_string())]);
+        }
+
+        // Three repeats in one write.
+        let three: Vec<u8> = [1, 22, 333]
+            .iter()
+            .flat_map(|n| query(&format!("SELECT {n} * 2 AS doubled, 0 AS i;")))
+            .collect();
+        let got = pair.same(&three, 3, "pipelined queries").await;
+        let values = raw::first_column(&got);
+        assert_eq!(values, ["2", "44", "666"].map(|v| Some(v.to_string())));
+
+        // Repeats that fail in Postgres, and the repeats after them.
+        for n in [5, 0, 4, 0, 0, 2] {
+            let got = pair
+                .same(&query(&format!("SELECT 100 / {n}")), 1, "division")
+                .await;
+            assert_eq!(
+                raw::first_error(&got).map(|e| e[&b'C'].clone()),
+                (n == 0).then(|| "22012".to_string()),
+                "100 / {n}"
+            );
+        }
+
+        // Inside a transaction; a failed one, where Postgres refuses what
+        // follows until the ROLLBACK.
+        for last in ["COMMIT", "ROLLBACK"] {
+            pair.same(&query("BEGIN"), 1, "begin").await;
+            for n in [1, 2, 3] {
+                pair.same(&query(&format!("SELECT 10 / {n}")), 1, "in a transaction")
+                    .await;
+            }
+            pair.same(&query("SELECT 10 / 0"), 1, "fails").await;
+            pair.same(&query("SELECT 10 / 5"), 1, "after the failure")
+                .await;
+            pair.same(&query(last), 1, "end").await;
+        }
+
+        // Other than numbers: decimals, names, strings are not repeats of
+        // a number but are answered alike all the same.
+        for sql in [
+            "SELECT 1.5 * 2",
+            "SELECT 2.5 * 2",
+            "SELECT 3e1 * 2",
+            "SELECT '4' * 2",
+            "SELECT -5 * 2",
+        ] {
+            pair.same(&query(sql), 1, sql).await;
+        }
+    })
+    .await;
+    // Every query but the first of each shape is a repeat: 29, one read
+    // of three, 5 divisions, 2 + 1 in each transaction, one negation.
+    let sent = repeats(QUERY) - before;
+    assert!(
+        sent >= 40,
+        "the repeats were sent in one step ({sent} logged)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeats_go_where_the_session_state_sends_them() {
-    let before = repeats();
-    within(60, "repeats after session changes", async {
+    let (batches, queries) = (repeats(BATCH), repeats(QUERY));
+    within(90, "repeats after session changes", async {
         let regions = TestRegions::start().await;
         regions.create_routing_schema().await;
         let proxy = start_proxy(regions.routing_config(&ROUTING_TENANTS)).await;
@@ -236,61 +326,94 @@ async fn repeats_go_where_the_session_state_sends_them() {
             .prepare("SELECT current_setting('port')")
             .await
             .expect("prepare");
-        let served = |n: usize| {
+        // The region that serves each of `n` executions: of a prepared
+        // statement (repeated batches), or of simple queries that differ
+        // only in a number (repeated queries).
+        let served = |n: usize, simple: bool| {
             let client = &client;
             let port = &port;
             let regions = &regions;
             async move {
                 let mut seen = Vec::new();
-                for _ in 0..n {
-                    let row = client.query_one(port, &[]).await.expect("port");
-                    let p: String = row.get(0);
-                    let p: u16 = p.parse().expect("a port");
+                for i in 0..n {
+                    let p: u16 = if simple {
+                        let sql = format!("SELECT inet_server_port() + {i}");
+                        let rows = client.simple_query(&sql).await.expect("port");
+                        let value = rows.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                r.get(0).map(str::to_string)
+                            }
+                            _ => None,
+                        });
+                        let shifted: usize = value.expect("a row").parse().expect("a number");
+                        u16::try_from(shifted - i).expect("a port")
+                    } else {
+                        let row = client.query_one(port, &[]).await.expect("port");
+                        let p: String = row.get(0);
+                        p.parse().expect("a port")
+                    };
                     seen.push(regions.region_at_port(p).expect("a region's port"));
                 }
                 seen
             }
         };
-        assert_eq!(served(5).await, ["eu"; 5], "the home region");
+        for simple in [false, true] {
+            let how = if simple { "simple" } else { "extended" };
+            assert_eq!(served(5, simple).await, ["eu"; 5], "{how}: the home region");
 
-        client
-            .batch_execute("SET regionguard.tenant = 'globex'")
-            .await
-            .expect("set tenant");
-        assert_eq!(served(3).await, ["us"; 3], "the session tenant's region");
-        client
-            .batch_execute("RESET regionguard.tenant")
-            .await
-            .expect("reset tenant");
-        assert_eq!(served(3).await, ["eu"; 3], "home again");
+            client
+                .batch_execute("SET regionguard.tenant = 'globex'")
+                .await
+                .expect("set tenant");
+            assert_eq!(
+                served(3, simple).await,
+                ["us"; 3],
+                "{how}: the session tenant's region"
+            );
+            client
+                .batch_execute("RESET regionguard.tenant")
+                .await
+                .expect("reset tenant");
+            assert_eq!(served(3, simple).await, ["eu"; 3], "{how}: home again");
 
-        // In a transaction pinned to apac by a tenant's statement, repeats
-        // stay there; after it, they go home.
-        client.batch_execute("BEGIN").await.expect("begin");
-        client
-            .query(
-                "SELECT count(*) FROM customers WHERE tenant_id = 'initech'",
-                &[],
-            )
-            .await
-            .expect("pin to apac");
-        assert_eq!(served(4).await, ["apac"; 4], "the pinned transaction");
-        client.batch_execute("COMMIT").await.expect("commit");
-        assert_eq!(served(3).await, ["eu"; 3], "home after the transaction");
+            // In a transaction pinned to apac by a tenant's statement,
+            // repeats stay there; after it, they go home.
+            client.batch_execute("BEGIN").await.expect("begin");
+            client
+                .query(
+                    "SELECT count(*) FROM customers WHERE tenant_id = 'initech'",
+                    &[],
+                )
+                .await
+                .expect("pin to apac");
+            assert_eq!(
+                served(4, simple).await,
+                ["apac"; 4],
+                "{how}: the pinned transaction"
+            );
+            client.batch_execute("COMMIT").await.expect("commit");
+            assert_eq!(
+                served(3, simple).await,
+                ["eu"; 3],
+                "{how}: home after the transaction"
+            );
 
-        // A refused statement between repeats.
-        let refused = client.query("SELECT count(*) FROM customers", &[]).await;
-        expect_refusal(refused, "42501", &[], "no tenant");
-        assert_eq!(served(3).await, ["eu"; 3], "after a refusal");
+            // A refused statement between repeats.
+            let refused = client.query("SELECT count(*) FROM customers", &[]).await;
+            expect_refusal(refused, "42501", &[], "no tenant");
+            assert_eq!(served(3, simple).await, ["eu"; 3], "{how}: after a refusal");
+        }
     })
     .await;
-    let sent = repeats() - before;
-    assert!(sent >= 8, "repeats were sent in one step ({sent} logged)");
+    let sent = repeats(BATCH) - batches;
+    assert!(sent >= 8, "batches were sent in one step ({sent} logged)");
+    let sent = repeats(QUERY) - queries;
+    assert!(sent >= 8, "queries were sent in one step ({sent} logged)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_scopes_the_table_stops_its_repeats() {
-    let before = repeats();
+    let before = repeats(BATCH);
     within(60, "repeats across a reload", async {
         let regions = TestRegions::start().await;
         regions.create_routing_schema().await;
@@ -316,7 +439,7 @@ async fn a_reload_that_scopes_the_table_stops_its_repeats() {
         for _ in 0..4 {
             client.query_one(&count, &[]).await.expect("no tenant data yet");
         }
-        let sent = repeats() - before;
+        let sent = repeats(BATCH) - before;
         assert!(sent >= 3, "the reads were sent in one step ({sent} logged)");
 
         // `notes` becomes tenant-scoped: the statement planned before must
@@ -327,6 +450,49 @@ async fn a_reload_that_scopes_the_table_stops_its_repeats() {
         let refused = client.query_one(&count, &[]).await;
         let message = expect_refusal(refused, "0A000", &[], "planned before the reload");
         assert!(message.contains("reload"), "{message}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_scopes_the_table_stops_repeated_queries() {
+    let before = repeats(QUERY);
+    within(60, "repeated queries across a reload", async {
+        let regions = TestRegions::start().await;
+        regions.create_routing_schema().await;
+        regions
+            .batch_everywhere("CREATE TABLE notes (tenant_id text, n int);")
+            .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("regionguard.toml");
+        let config = |tables: &str| {
+            format!(
+                "{}[tenancy]\ncolumn = \"tenant_id\"\ntables = [{tables}]\n[tenants]\nacme = \"eu\"\n",
+                regions.proxy_config_toml()
+            )
+        };
+        std::fs::write(&path, config("\"customers\", \"orders\"")).expect("write config");
+        let loaded = regionguard::config::Config::load(&path).expect("config");
+        let proxy = start_proxy(loaded).await;
+        let client = tenant_client(&proxy, None).await;
+        for n in 0..4 {
+            client
+                .simple_query(&format!("SELECT count(*) FROM notes WHERE n > {n}"))
+                .await
+                .expect("no tenant data yet");
+        }
+        let sent = repeats(QUERY) - before;
+        assert!(sent >= 3, "the queries were sent in one step ({sent} logged)");
+
+        // `notes` becomes tenant-scoped: the next query of the same shape
+        // needs a tenant, repeat or not.
+        std::fs::write(&path, config("\"customers\", \"orders\", \"notes\""))
+            .expect("rewrite config");
+        proxy.reload().await.expect("reload");
+        let refused = client
+            .simple_query("SELECT count(*) FROM notes WHERE n > 9")
+            .await;
+        expect_refusal(refused, "42501", &[], "scoped by the reload");
     })
     .await;
 }

@@ -23,6 +23,15 @@ fn plain(kind: StatementKind) -> Arc<Analysis> {
     }
 }
 
+/// Whether `analysis` is one [`super::plain_kind`] told from the text alone
+/// (what [`AnalysisCache::get_or_analyze`] returns for a plain statement):
+/// then only the words of the text decided it, never its literals.
+pub fn is_plain(analysis: &Arc<Analysis>) -> bool {
+    [StatementKind::Read, StatementKind::Write]
+        .into_iter()
+        .any(|kind| Arc::ptr_eq(analysis, &plain(kind)))
+}
+
 /// Default bound on cached statement texts.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 

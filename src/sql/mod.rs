@@ -30,7 +30,7 @@ mod crypto_tests;
 #[cfg(test)]
 mod tests;
 
-pub use cache::AnalysisCache;
+pub use cache::{is_plain, AnalysisCache};
 pub use classification::{Classification, ColumnClass};
 pub use comment::TENANT_KEY;
 pub use crypto_plan::{
@@ -369,11 +369,7 @@ pub(crate) fn plain_kind(sql: &str, tenancy: &Tenancy) -> Option<StatementKind> 
     } else {
         return None;
     };
-    let relevant = |w: &str| {
-        tenancy.mentions_scoped_word(w)
-            || tenancy.mentions_global_word(w)
-            || w.starts_with("regionguard")
-    };
+    let relevant = |w: &str| word_matters(w, tenancy);
     if !tenancy.names_tables()
         && body.is_ascii()
         && !contains_ignore_ascii_case(body.as_bytes(), b"regionguard")
@@ -386,6 +382,15 @@ pub(crate) fn plain_kind(sql: &str, tenancy: &Tenancy) -> Option<StatementKind> 
         return None;
     }
     Some(kind)
+}
+
+/// Whether a word (lowercased) of a statement makes it more than plain:
+/// it may name a tenant-scoped or global table, or something of
+/// `regionguard`'s.
+pub(crate) fn word_matters(word: &str, tenancy: &Tenancy) -> bool {
+    tenancy.mentions_scoped_word(word)
+        || tenancy.mentions_global_word(word)
+        || word.starts_with("regionguard")
 }
 
 /// Whether `needle` (lowercase ASCII letters) occurs in `hay`, ignoring
@@ -421,12 +426,7 @@ fn plain_statement(segment: &lexer::Segment<'_>, tenancy: &Tenancy) -> Option<St
         Some("INSERT" | "UPDATE" | "DELETE") => StatementKind::Write,
         _ => return None,
     };
-    let relevant = |w: &str| {
-        tenancy.mentions_scoped_word(w)
-            || tenancy.mentions_global_word(w)
-            || w.starts_with("regionguard")
-    };
-    if lexer::mentions_word(segment.text, relevant) {
+    if lexer::mentions_word(segment.text, |w| word_matters(w, tenancy)) {
         return None;
     }
     Some(StatementPlan::new(kind))

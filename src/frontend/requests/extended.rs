@@ -814,7 +814,7 @@ impl Requests {
                 copy: None,
             },
         );
-        self.bound_neutral = true;
+        self.took_neutral_lane = true;
         Ok(())
     }
 

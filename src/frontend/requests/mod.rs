@@ -32,6 +32,7 @@ mod cursors;
 mod extended;
 mod fanout;
 mod repeat;
+mod repeat_query;
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
@@ -249,12 +250,13 @@ pub struct Requests {
     /// nothing but Describe/Execute/Close/Flush up to its batch's Sync: the
     /// whole batch is known, so it may go to a standby.
     batch_in_read: bool,
-    /// The last batch, when its repeats may be sent in one step
-    /// (`repeat.rs`).
-    repeat: Option<repeat::Repeat>,
-    /// A Bind took the neutral lane since the read began: the read's batch
+    /// The last batch or simple query, when its repeats may be sent in
+    /// one step (`repeat.rs`, `repeat_query.rs`).
+    repeat: Option<repeat::Recorded>,
+    /// A Bind took the neutral lane since the read began, or a simple
+    /// Query did on the statement scan alone: the read's batch or query
     /// may be recorded for repeats.
-    bound_neutral: bool,
+    took_neutral_lane: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -294,7 +296,7 @@ impl Requests {
             primary_only: false,
             batch_in_read: false,
             repeat: None,
-            bound_neutral: false,
+            took_neutral_lane: false,
         }
     }
 
@@ -505,6 +507,7 @@ impl Requests {
             if let Err(err) = self.open(&region).await {
                 return self.refuse_query(err).await;
             }
+            self.took_neutral_lane = crate::sql::is_plain(&analysis);
             return self.send_query(region, msg, None, None).await;
         }
         let ends_txn = matches!(

@@ -14,10 +14,14 @@
 //! general path handles forgets it, and a replay checks what can change
 //! under it (the analysis cache, the routing rules, the backend's health).
 
+use super::repeat_query::QueryRepeat;
 use super::{PortalTarget, Requests, Txn};
+use crate::frontend::backends::Backends;
 use crate::frontend::expect::{Expect, RowUse};
+use crate::frontend::plan_queue::PlanSender;
 use crate::protocol::framing::{Frame, HEADER_LEN};
 use crate::protocol::frontend_msg;
+use crate::server::state::Shared;
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -25,7 +29,7 @@ use std::sync::Arc;
 
 /// A batch that went to `region` unchanged: what a repeat must match, and
 /// what sending it does besides writing its bytes.
-pub(super) struct Repeat {
+pub(super) struct BatchRepeat {
     region: Arc<str>,
     /// The batch's messages, byte for byte (one copy, taken when recorded).
     recorded: Bytes,
@@ -93,7 +97,7 @@ fn body(message: &[u8]) -> &[u8] {
     message.get(HEADER_LEN..).unwrap_or_default()
 }
 
-impl Repeat {
+impl BatchRepeat {
     /// The record of `frames`, one batch of a repeatable shape whose Bind
     /// names `bound`, sent to `region`.
     fn new(
@@ -102,11 +106,11 @@ impl Repeat {
         bound: &frontend_msg::Bind<'_>,
         text: Bytes,
         (generation, epoch): (u64, u64),
-    ) -> Option<Repeat> {
+    ) -> Option<BatchRepeat> {
         let shape = Shape::of(frames, chunk)?;
         let bind_at = usize::from(shape.parse.is_some());
         let (first, last, bind) = (frames.first()?, frames.last()?, frames.get(bind_at)?);
-        Some(Repeat {
+        Some(BatchRepeat {
             region,
             recorded: Bytes::copy_from_slice(chunk.get(first.start..last.end)?),
             bind_at,
@@ -145,17 +149,32 @@ impl Repeat {
     }
 }
 
-impl Requests {
-    /// Sends a read's messages as repeats of the recorded batch when every
-    /// batch in it is one; `false` leaves them to the general path.
-    pub(super) fn replay(&mut self, frames: &[Frame], chunk: &Bytes) -> bool {
-        let Some(r) = &self.repeat else {
-            return false;
-        };
+/// The last read, recorded when its repeats may be sent in one step.
+pub(super) enum Recorded {
+    Batch(BatchRepeat),
+    Query(QueryRepeat),
+}
+
+/// What a replay sends with: the parts of the session it touches.
+struct Sender<'a> {
+    shared: &'a Shared,
+    backends: &'a mut Backends,
+    expect: &'a PlanSender,
+}
+
+impl Sender<'_> {
+    /// Whether what was recorded at `generation` and `epoch` is still
+    /// placed as it was: the tenancy (the analysis cache's generation) and
+    /// the routing rules (their epoch) have not changed since.
+    fn current(&self, generation: u64, epoch: u64) -> bool {
+        generation == self.shared.analysis.generation()
+            && epoch == self.shared.rules_epoch.load(Ordering::Acquire)
+    }
+
+    fn batches(&mut self, r: &BatchRepeat, frames: &[Frame], chunk: &Bytes) -> bool {
         if frames.is_empty()
             || frames.len() % r.len != 0
-            || r.generation != self.shared.analysis.generation()
-            || r.epoch != self.shared.rules_epoch.load(Ordering::Acquire)
+            || !self.current(r.generation, r.epoch)
             || !frames.chunks(r.len).all(|batch| r.matches(batch, chunk))
         {
             return false;
@@ -192,20 +211,68 @@ impl Requests {
         true
     }
 
+    fn queries(&mut self, q: &QueryRepeat, frames: &[Frame], chunk: &Bytes) -> bool {
+        let shared = self.shared;
+        if frames.is_empty()
+            || !self.current(q.generation, q.epoch)
+            || !frames
+                .iter()
+                .all(|f| f.tag == b'Q' && q.matches(f.body(chunk), || shared.tenancy()))
+        {
+            return false;
+        }
+        let Some(b) = self.backends.live(&q.region) else {
+            return false;
+        };
+        // What the general path's neutral lane does for each query: note
+        // the statement, send it as a batch of its own (which forgets the
+        // unnamed prepared statement), have its answers relayed.
+        for f in frames {
+            let message = chunk.slice(f.start..f.end);
+            b.shared.stats.note_statement(b.batches, &message);
+            b.push_batch_end(&message);
+            let _ = self.expect.send(Expect::Relay {
+                region: q.region.clone(),
+                query: None,
+            });
+        }
+        tracing::trace!(queries = frames.len(), "repeated query");
+        true
+    }
+}
+
+impl Requests {
+    /// Sends a read's messages as repeats of the recorded batch or query
+    /// when every batch or query in it is one; `false` leaves them to the
+    /// general path.
+    pub(super) fn replay(&mut self, frames: &[Frame], chunk: &Bytes) -> bool {
+        let mut sender = Sender {
+            shared: &self.shared,
+            backends: &mut self.backends,
+            expect: &self.expect,
+        };
+        match &self.repeat {
+            None => false,
+            Some(Recorded::Batch(r)) => sender.batches(r, frames, chunk),
+            Some(Recorded::Query(q)) => sender.queries(q, frames, chunk),
+        }
+    }
+
     /// Before the general path handles a read: the transaction state to
     /// compare with afterwards when the read is one batch that may be
     /// recorded, from a state it may be recorded in. Forgets the recorded
     /// batch either way: the general path changes what it was valid for.
     pub(super) fn repeat_candidate(&mut self, frames: &[Frame], chunk: &[u8]) -> Option<Txn> {
         self.repeat = None;
-        self.bound_neutral = false;
+        self.took_neutral_lane = false;
         let recordable = !self.standby_reads
             && self.copy_in.is_none()
             && !self.catalog_stale
             && self.batch.is_fresh()
             && self.tenant.effective().is_none()
             && matches!(self.txn, Txn::Idle | Txn::Pinned(_));
-        (recordable && Shape::of(frames, chunk).is_some()).then(|| self.txn.clone())
+        let one_query = matches!(frames, [f] if f.tag == b'Q');
+        (recordable && (one_query || Shape::of(frames, chunk).is_some())).then(|| self.txn.clone())
     }
 
     /// After the general path handled a read that [`Self::repeat_candidate`]
@@ -213,20 +280,37 @@ impl Requests {
     /// session is left as it was, so that the general path would send a
     /// repeat of it exactly as [`Self::replay`] does.
     pub(super) fn record_repeat(&mut self, before: Txn, frames: &[Frame], chunk: &[u8]) {
-        self.repeat = self.recorded(before, frames, chunk);
+        let unchanged = self.took_neutral_lane
+            && self.txn == before
+            && self.copy_in.is_none()
+            && !self.catalog_stale
+            && self.batch.is_fresh()
+            && self.tenant.effective().is_none();
+        if !unchanged {
+            return;
+        }
+        self.repeat = match frames {
+            [f] if f.tag == b'Q' => self.recorded_query(f.bytes(chunk)).map(Recorded::Query),
+            _ => self.recorded(frames, chunk).map(Recorded::Batch),
+        };
     }
 
-    fn recorded(&mut self, before: Txn, frames: &[Frame], chunk: &[u8]) -> Option<Repeat> {
-        let shape = Shape::of(frames, chunk)?;
-        if !self.bound_neutral
-            || self.txn != before
-            || self.copy_in.is_some()
-            || self.catalog_stale
-            || !self.batch.is_fresh()
-            || self.tenant.effective().is_some()
-        {
+    /// The record of a simple query that took the neutral lane on the
+    /// statement scan alone (so its numbers decided nothing), when it went
+    /// where the lane sends it.
+    fn recorded_query(&mut self, message: &[u8]) -> Option<QueryRepeat> {
+        let region = self.neutral_region(&self.tenant);
+        if region != self.last_region || self.backends.live(&region).is_none() {
             return None;
         }
+        let generation = self.shared.analysis.generation();
+        let epoch = self.shared.rules_epoch.load(Ordering::Acquire);
+        let check_words = self.shared.tenancy().names_tables();
+        QueryRepeat::new(region, message, check_words, (generation, epoch))
+    }
+
+    fn recorded(&mut self, frames: &[Frame], chunk: &[u8]) -> Option<BatchRepeat> {
+        let shape = Shape::of(frames, chunk)?;
         let bound = frontend_msg::bind_names(body(shape.bind)).ok()?;
         if let Some(parse) = shape.parse {
             if frontend_msg::parse_name(body(parse)).ok()? != bound.statement {
@@ -273,7 +357,7 @@ impl Requests {
         {
             return None;
         }
-        Repeat::new(region, (frames, chunk), &bound, text, (generation, epoch))
+        BatchRepeat::new(region, (frames, chunk), &bound, text, (generation, epoch))
     }
 }
 
@@ -326,11 +410,11 @@ mod tests {
     }
 
     /// What recording `batch("1")` keeps.
-    fn recorded() -> Repeat {
+    fn recorded() -> BatchRepeat {
         let bytes = batch("1");
         let f = frames(&bytes);
         let bound = frontend_msg::bind_names(f[1].body(&bytes)).expect("a Bind");
-        Repeat::new(Arc::from("eu"), (&f, &bytes), &bound, Bytes::new(), (0, 0))
+        BatchRepeat::new(Arc::from("eu"), (&f, &bytes), &bound, Bytes::new(), (0, 0))
             .expect("a repeatable shape")
     }
 
