@@ -411,42 +411,70 @@ async fn repeats_go_where_the_session_state_sends_them() {
     assert!(sent >= 8, "queries were sent in one step ({sent} logged)");
 }
 
+/// A proxy over the routing schema plus a table `notes (tenant_id, body,
+/// n)` that its config file leaves unscoped until [`Notes::scope`].
+struct Notes {
+    proxy: regionguard::server::Proxy,
+    dir: tempfile::TempDir,
+}
+
+impl Notes {
+    fn config(regions: &TestRegions, tables: &str) -> String {
+        format!(
+            "{}[tenancy]\ncolumn = \"tenant_id\"\ntables = [{tables}]\n[tenants]\nacme = \"eu\"\n",
+            regions.proxy_config_toml()
+        )
+    }
+
+    async fn start(regions: &TestRegions) -> Notes {
+        regions.create_routing_schema().await;
+        regions
+            .batch_everywhere("CREATE TABLE notes (tenant_id text, body text, n int);")
+            .await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("regionguard.toml");
+        std::fs::write(&path, Self::config(regions, "\"customers\", \"orders\""))
+            .expect("write config");
+        let loaded = regionguard::config::Config::load(&path).expect("config");
+        let proxy = start_proxy(loaded).await;
+        Notes { proxy, dir }
+    }
+
+    /// Makes `notes` tenant-scoped: rewrites the config file and reloads.
+    async fn scope(&self, regions: &TestRegions) {
+        let tables = "\"customers\", \"orders\", \"notes\"";
+        std::fs::write(
+            self.dir.path().join("regionguard.toml"),
+            Self::config(regions, tables),
+        )
+        .expect("rewrite config");
+        self.proxy.reload().await.expect("reload");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_scopes_the_table_stops_its_repeats() {
     let before = repeats(BATCH);
     within(60, "repeats across a reload", async {
         let regions = TestRegions::start().await;
-        regions.create_routing_schema().await;
-        regions
-            .batch_everywhere("CREATE TABLE notes (tenant_id text, body text);")
-            .await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("regionguard.toml");
-        let config = |tables: &str| {
-            format!(
-                "{}[tenancy]\ncolumn = \"tenant_id\"\ntables = [{tables}]\n[tenants]\nacme = \"eu\"\n",
-                regions.proxy_config_toml()
-            )
-        };
-        std::fs::write(&path, config("\"customers\", \"orders\"")).expect("write config");
-        let loaded = regionguard::config::Config::load(&path).expect("config");
-        let proxy = start_proxy(loaded).await;
-        let client = tenant_client(&proxy, None).await;
+        let notes = Notes::start(&regions).await;
+        let client = tenant_client(&notes.proxy, None).await;
         let count = client
             .prepare("SELECT count(*) FROM notes")
             .await
             .expect("prepare");
         for _ in 0..4 {
-            client.query_one(&count, &[]).await.expect("no tenant data yet");
+            client
+                .query_one(&count, &[])
+                .await
+                .expect("no tenant data yet");
         }
         let sent = repeats(BATCH) - before;
         assert!(sent >= 3, "the reads were sent in one step ({sent} logged)");
 
         // `notes` becomes tenant-scoped: the statement planned before must
         // not run again unplaced, repeat or not.
-        std::fs::write(&path, config("\"customers\", \"orders\", \"notes\""))
-            .expect("rewrite config");
-        proxy.reload().await.expect("reload");
+        notes.scope(&regions).await;
         let refused = client.query_one(&count, &[]).await;
         let message = expect_refusal(refused, "0A000", &[], "planned before the reload");
         assert!(message.contains("reload"), "{message}");
@@ -459,22 +487,8 @@ async fn a_reload_that_scopes_the_table_stops_repeated_queries() {
     let before = repeats(QUERY);
     within(60, "repeated queries across a reload", async {
         let regions = TestRegions::start().await;
-        regions.create_routing_schema().await;
-        regions
-            .batch_everywhere("CREATE TABLE notes (tenant_id text, n int);")
-            .await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("regionguard.toml");
-        let config = |tables: &str| {
-            format!(
-                "{}[tenancy]\ncolumn = \"tenant_id\"\ntables = [{tables}]\n[tenants]\nacme = \"eu\"\n",
-                regions.proxy_config_toml()
-            )
-        };
-        std::fs::write(&path, config("\"customers\", \"orders\"")).expect("write config");
-        let loaded = regionguard::config::Config::load(&path).expect("config");
-        let proxy = start_proxy(loaded).await;
-        let client = tenant_client(&proxy, None).await;
+        let notes = Notes::start(&regions).await;
+        let client = tenant_client(&notes.proxy, None).await;
         for n in 0..4 {
             client
                 .simple_query(&format!("SELECT count(*) FROM notes WHERE n > {n}"))
@@ -482,13 +496,14 @@ async fn a_reload_that_scopes_the_table_stops_repeated_queries() {
                 .expect("no tenant data yet");
         }
         let sent = repeats(QUERY) - before;
-        assert!(sent >= 3, "the queries were sent in one step ({sent} logged)");
+        assert!(
+            sent >= 3,
+            "the queries were sent in one step ({sent} logged)"
+        );
 
         // `notes` becomes tenant-scoped: the next query of the same shape
         // needs a tenant, repeat or not.
-        std::fs::write(&path, config("\"customers\", \"orders\", \"notes\""))
-            .expect("rewrite config");
-        proxy.reload().await.expect("reload");
+        notes.scope(&regions).await;
         let refused = client
             .simple_query("SELECT count(*) FROM notes WHERE n > 9")
             .await;

@@ -6,16 +6,19 @@ use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
+/// The analyses of plain reads and writes, shared by every such statement.
+static READ: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Read));
+static WRITE: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Write));
+
+fn of(kind: StatementKind) -> Arc<Analysis> {
+    Arc::new(Analysis {
+        statements: vec![StatementPlan::new(kind)],
+        param_count: 0,
+    })
+}
+
 /// The analysis of any plain statement of a kind, shared.
 fn plain(kind: StatementKind) -> Arc<Analysis> {
-    fn of(kind: StatementKind) -> Arc<Analysis> {
-        Arc::new(Analysis {
-            statements: vec![StatementPlan::new(kind)],
-            param_count: 0,
-        })
-    }
-    static READ: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Read));
-    static WRITE: LazyLock<Arc<Analysis>> = LazyLock::new(|| of(StatementKind::Write));
     match kind {
         StatementKind::Read => Arc::clone(&READ),
         StatementKind::Write => Arc::clone(&WRITE),
@@ -27,9 +30,7 @@ fn plain(kind: StatementKind) -> Arc<Analysis> {
 /// (what [`AnalysisCache::get_or_analyze`] returns for a plain statement):
 /// then only the words of the text decided it, never its literals.
 pub fn is_plain(analysis: &Arc<Analysis>) -> bool {
-    [StatementKind::Read, StatementKind::Write]
-        .into_iter()
-        .any(|kind| Arc::ptr_eq(analysis, &plain(kind)))
+    Arc::ptr_eq(analysis, &READ) || Arc::ptr_eq(analysis, &WRITE)
 }
 
 /// Default bound on cached statement texts.
