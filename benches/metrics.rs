@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
         ),
     ] {
         let metrics = Metrics::new(&config(on, slow)).expect("metrics");
-        let stats = metrics.backend_connected("eu", 0, &[], false);
+        let stats = metrics.backend_connected("eu", 0, &[], false, false);
         let mut batch = 0u64;
         c.bench_function(name, |b| {
             b.iter(|| {

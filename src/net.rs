@@ -51,6 +51,30 @@ impl Stream {
         }
     }
 
+    /// Joins the halves [`Stream::split`] made; `None` when they come from
+    /// different streams.
+    pub fn unsplit(read: ReadHalf, write: WriteHalf) -> Option<Stream> {
+        match (read, write) {
+            (ReadHalf::Plain(r), WriteHalf::Plain(w)) => r.reunite(w).ok().map(Stream::Plain),
+            (ReadHalf::ServerTls(r), WriteHalf::ServerTls(w)) => r
+                .is_pair_of(&w)
+                .then(|| Stream::ServerTls(Box::new(r.unsplit(w)))),
+            (ReadHalf::ClientTls(r), WriteHalf::ClientTls(w)) => r
+                .is_pair_of(&w)
+                .then(|| Stream::ClientTls(Box::new(r.unsplit(w)))),
+            _ => None,
+        }
+    }
+
+    /// The TCP connection under any TLS.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::ServerTls(s) => s.get_ref().0,
+            Stream::ClientTls(s) => s.get_ref().0,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }

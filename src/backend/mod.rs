@@ -2,6 +2,7 @@
 
 mod connect;
 pub mod control;
+pub mod pool;
 pub mod standby;
 mod tls;
 

@@ -37,6 +37,9 @@ pub struct Config {
     /// Two-phase commit of DDL and global-table writes across regions.
     #[serde(default)]
     pub two_phase: TwoPhase,
+    /// Backend sessions kept after their client left, for the next client.
+    #[serde(default)]
+    pub backend_pool: BackendPool,
     #[serde(default)]
     pub admin: Admin,
     /// Automatic data key rotation by age.
@@ -83,6 +86,28 @@ impl Default for Listen {
             shutdown_timeout_secs: 30,
             startup_timeout_secs: 30,
             threads: 0,
+        }
+    }
+}
+
+/// Idle backend sessions kept after their client session ended cleanly,
+/// reset with `DISCARD ALL`, for the next client session of the region
+/// with the same startup parameters (ADR 21).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendPool {
+    /// Idle backend sessions kept per region; 0 closes each backend
+    /// session with its client session.
+    pub max_idle_per_region: usize,
+    /// An idle backend session unused this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for BackendPool {
+    fn default() -> Self {
+        BackendPool {
+            max_idle_per_region: 16,
+            idle_timeout_secs: 60,
         }
     }
 }

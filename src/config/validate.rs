@@ -29,6 +29,12 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
             "must be at most 1024 (0: one per CPU)",
         ));
     }
+    if c.backend_pool.max_idle_per_region > 0 && c.backend_pool.idle_timeout_secs == 0 {
+        return Err(ConfigError::invalid(
+            "backend_pool.idle_timeout_secs",
+            "must be at least 1 (set backend_pool.max_idle_per_region = 0 to keep no idle backends)",
+        ));
+    }
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }

@@ -3,13 +3,15 @@
 //! replayed, written in coalesced batches.
 
 use super::expect::{BackendShared, Expect};
+use super::handback::Handback;
 use super::plan_queue::PlanSender;
 use super::region_map::RegionMap;
 use super::NameHasher;
-use crate::backend::{self, ConnectError};
+use crate::backend::pool::Origin;
+use crate::backend::{self, BackendConn, ConnectError};
 use crate::net::WriteHalf;
 use crate::protocol::error::{sqlstate, PgError};
-use crate::server::state::Shared;
+use crate::server::state::{RegionRuntime, Shared};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use std::collections::HashSet;
@@ -29,6 +31,9 @@ pub struct Backend {
     deferred: BytesMut,
     /// Statements prepared here (`""` is the unnamed one).
     pub prepared: HashSet<String, NameHasher>,
+    /// What the session was opened as, for the idle pool; `None` for a
+    /// standby's, which is never pooled.
+    origin: Option<Origin>,
 }
 
 impl Backend {
@@ -90,21 +95,31 @@ pub struct Backends {
     replay: Vec<String>,
     /// The client's cancel key, to register each backend's cancel target.
     cancel_pid: i32,
+    /// Where backends go when the client says goodbye.
+    handback: Arc<Handback>,
 }
 
 impl Backends {
-    pub fn new(params: Vec<(String, String)>, cancel_pid: i32) -> Self {
+    pub fn new(params: Vec<(String, String)>, cancel_pid: i32, handback: Arc<Handback>) -> Self {
         Backends {
             map: RegionMap::default(),
             params,
             replay: Vec::new(),
             cancel_pid,
+            handback,
         }
     }
 
     /// Adopts the backend opened during startup.
-    pub fn adopt(&mut self, region: Arc<str>, writer: WriteHalf, shared: Arc<BackendShared>) {
-        self.map.insert(region, new_backend(writer, shared));
+    pub fn adopt(
+        &mut self,
+        region: Arc<str>,
+        writer: WriteHalf,
+        shared: Arc<BackendShared>,
+        origin: Origin,
+    ) {
+        self.map
+            .insert(region, new_backend(writer, shared, Some(origin)));
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Backend)> {
@@ -166,12 +181,15 @@ impl Backends {
                 format!("region {name} is not configured"),
             )
         })?;
-        let connected = if backend::standby::is_standby(region) {
-            backend::connect_standby(name, &rt.config, &rt.tls, &rt.primary, &self.params).await
+        let standby = backend::standby::is_standby(region);
+        let connected = if standby {
+            backend::connect_standby(name, &rt.config, &rt.tls, &rt.primary, &self.params)
+                .await
+                .map(|c| (c, false))
         } else {
-            backend::connect(name, &rt.config, &rt.tls, &rt.primary, &self.params).await
+            primary_session(name, rt, &self.params).await
         };
-        let conn = connected
+        let (conn, reused) = connected
             .map_err(|e| match e {
                 ConnectError::Unavailable { .. } => {
                     shared.metrics.connect_failed(name, &e);
@@ -184,7 +202,7 @@ impl Backends {
                 )
                 .with_hint("check the startup parameters (options, search_path) against that region"),
             })?;
-        tracing::debug!(region = %region, backend = %conn.addr, "opened backend session");
+        tracing::debug!(region = %region, backend = %conn.addr, reused, "opened backend session");
         if let Some(mut entry) = shared.cancel.get_mut(&self.cancel_pid) {
             entry.targets.push(conn.cancel.clone());
         }
@@ -193,7 +211,9 @@ impl Backends {
             conn.host_index,
             &conn.failed_hosts,
             conn.failed_over,
+            reused,
         );
+        let origin = (!standby).then(|| Origin::of(&conn, &self.params));
         let (reader, writer) = conn.stream.split();
         let bshared = Arc::new(BackendShared::new(stats));
         let _ = expect.send(Expect::Attach {
@@ -202,8 +222,8 @@ impl Backends {
             reader,
             shared: bshared.clone(),
         });
-        let mut b = new_backend(writer, bshared);
-        if backend::standby::is_standby(region) {
+        let mut b = new_backend(writer, bshared, origin);
+        if standby {
             // One query each: a standby refuses some session state (LISTEN),
             // and one refusal must not undo the settings after it.
             for sql in &self.replay {
@@ -256,18 +276,45 @@ impl Backends {
         failed
     }
 
-    /// Sends Terminate to every backend, for a clean goodbye.
-    pub async fn terminate(&mut self) {
+    /// The client said goodbye: with `settled` (no transaction, no COPY),
+    /// each primary backend's write half is left for the idle pool once
+    /// what was queued for it is written; the others get Terminate.
+    pub async fn hand_back(&mut self, settled: bool) {
         let mut t = BytesMut::new();
         frontend::terminate(&mut t);
-        for b in self.map.values_mut() {
-            b.push(&t);
-            let _ = b.flush().await;
+        for (region, mut b) in self.map.drain() {
+            let written = b.flush().await.is_ok();
+            match b.origin.take() {
+                Some(origin) if settled && written && !b.is_dead() => {
+                    self.handback.writer(region, b.writer, origin, b.batches);
+                }
+                _ => {
+                    b.push(&t);
+                    let _ = b.flush().await;
+                }
+            }
         }
     }
 }
 
-fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
+/// A backend session of `name`'s primary with these startup parameters: an
+/// idle one from the region's pool when there is one (`true`), else a new
+/// one.
+pub async fn primary_session(
+    name: &str,
+    rt: &RegionRuntime,
+    params: &[(String, String)],
+) -> Result<(BackendConn, bool), ConnectError> {
+    let host = rt.primary.index() % rt.config.hosts.len().max(1);
+    if let Some(conn) = rt.idle.take(name, host, params) {
+        return Ok((conn, true));
+    }
+    backend::connect(name, &rt.config, &rt.tls, &rt.primary, params)
+        .await
+        .map(|c| (c, false))
+}
+
+fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>, origin: Option<Origin>) -> Backend {
     Backend {
         writer,
         shared,
@@ -275,5 +322,6 @@ fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>) -> Backend {
         out: BytesMut::with_capacity(16 * 1024),
         deferred: BytesMut::new(),
         prepared: HashSet::default(),
+        origin,
     }
 }

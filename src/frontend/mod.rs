@@ -9,6 +9,7 @@ mod decrypt;
 pub mod encrypt;
 mod expect;
 mod fanout;
+mod handback;
 mod handshake;
 mod plan_queue;
 mod region_map;
@@ -111,31 +112,25 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let Some(region) = shared.region(&setup.region) else {
         return;
     };
-    let conn = match backend::connect(
-        &setup.region,
-        &region.config,
-        &region.tls,
-        &region.primary,
-        &setup.backend_params,
-    )
-    .await
-    {
-        Ok(conn) => conn,
-        Err(ConnectError::Refused { error_response, .. }) => {
-            shared.metrics.client_refused(ClientRefusal::Other);
-            return refuse(stream, &error_response).await;
-        }
-        Err(e @ ConnectError::Unavailable { .. }) => {
-            tracing::warn!(error = %e, "backend connection failed");
-            shared.metrics.connect_failed(&setup.region, &e);
-            shared
-                .metrics
-                .client_refused(ClientRefusal::RegionUnavailable);
-            let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string())
-                .with_hint("the region's Postgres servers are down or unreachable; retry later");
-            return refuse(stream, &err.to_bytes()).await;
-        }
-    };
+    let (conn, reused) =
+        match backends::primary_session(&setup.region, region, &setup.backend_params).await {
+            Ok(c) => c,
+            Err(ConnectError::Refused { error_response, .. }) => {
+                shared.metrics.client_refused(ClientRefusal::Other);
+                return refuse(stream, &error_response).await;
+            }
+            Err(e @ ConnectError::Unavailable { .. }) => {
+                tracing::warn!(error = %e, "backend connection failed");
+                shared.metrics.connect_failed(&setup.region, &e);
+                shared
+                    .metrics
+                    .client_refused(ClientRefusal::RegionUnavailable);
+                let err = PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()).with_hint(
+                    "the region's Postgres servers are down or unreachable; retry later",
+                );
+                return refuse(stream, &err.to_bytes()).await;
+            }
+        };
 
     let (pid, secret) = register_cancel(&shared, conn.cancel.clone());
     let mut out = BytesMut::with_capacity(512);
@@ -169,7 +164,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         conn.host_index,
         &conn.failed_hosts,
         conn.failed_over,
+        reused,
     );
+    let origin = backend::pool::Origin::of(&conn, &setup.backend_params);
     let (backend_rd, backend_wr) = conn.stream.split();
     let bshared = Arc::new(expect::BackendShared::new(stats));
     let _ = expect_tx.send(expect::Expect::Attach {
@@ -178,8 +175,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         reader: backend_rd,
         shared: bshared.clone(),
     });
-    let mut backends = backends::Backends::new(setup.backend_params, pid);
-    backends.adopt(region.clone(), backend_wr, bshared);
+    let handback = Arc::new(handback::Handback::default());
+    let mut backends = backends::Backends::new(setup.backend_params, pid, handback.clone());
+    backends.adopt(region.clone(), backend_wr, bshared, origin);
     let tenant = requests::TenantSetting {
         startup: setup.tenant,
         ..Default::default()
@@ -204,7 +202,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         gone_rx,
         crypto,
     )
-    .counting_sent(shared.metrics.client_sent_counter());
+    .counting_sent(shared.metrics.client_sent_counter())
+    .handing_back(handback.clone());
     let req = requests.run(client_rd);
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);
@@ -231,6 +230,9 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), &mut req).await;
     }
     shared.cancel.remove(&pid);
+    let keep = matches!(end, responses::SessionEnd::ClientGone)
+        && *shared.phase.borrow() == crate::server::state::Phase::Running;
+    handback.release(&shared, keep).await;
     match end {
         responses::SessionEnd::ClientGone => tracing::debug!("session ended by the client"),
         responses::SessionEnd::ClientWriteFailed => tracing::debug!("client connection broke"),

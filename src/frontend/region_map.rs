@@ -69,8 +69,9 @@ impl<V> RegionMap<V> {
         self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.entries.iter_mut().map(|(_, v)| v)
+    /// Empties the map, yielding its entries.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Arc<str>, V)> + '_ {
+        self.entries.drain(..)
     }
 
     pub fn len(&self) -> usize {
@@ -93,10 +94,13 @@ mod tests {
         assert_eq!(m.get(&eu), Some(&3));
         assert!(m.contains_key("us") && !m.contains_key("apac"));
         *m.get_mut("us").unwrap() += 10;
-        assert_eq!(m.values_mut().map(|v| *v).sum::<i32>(), 15);
+        assert_eq!(m.iter_mut().map(|(_, v)| *v).sum::<i32>(), 15);
         m.retain(|k, _| &**k != "eu");
         assert_eq!(m.len(), 1);
         assert_eq!(m.remove("us"), Some(12));
+        m.insert(eu.clone(), 4);
+        assert_eq!(m.drain().map(|(_, v)| v).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(m.len(), 0);
         assert_eq!(m.remove("us"), None);
     }
 }

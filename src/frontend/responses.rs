@@ -10,6 +10,7 @@ use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
 use super::expect::{BackendShared, Collected, Expect, RowUse};
+use super::handback::Handback;
 use super::plan_queue::{Empty, PlanReceiver};
 use super::region_map::RegionMap;
 use super::woken::Woken;
@@ -108,6 +109,8 @@ pub struct Responses {
     /// flushing, and neither the client leaving nor shutdown interrupts
     /// the two-phase commit in progress.
     collecting: bool,
+    /// Where backends go when the client says goodbye (ADR 21).
+    handback: Option<Arc<Handback>>,
 }
 
 /// What the answer path needs to decrypt.
@@ -353,6 +356,16 @@ impl Responses {
             sent: Default::default(),
             crypto,
             collecting: false,
+            handback: None,
+        }
+    }
+
+    /// Leaves settled backends' read halves in `bin` when the client says
+    /// goodbye.
+    pub fn handing_back(self, bin: Arc<Handback>) -> Self {
+        Responses {
+            handback: Some(bin),
+            ..self
         }
     }
 
@@ -420,7 +433,10 @@ impl Responses {
                             self.out.extend_from_slice(&e.to_bytes());
                             SessionEnd::ClientError(e.message)
                         }
-                        None => SessionEnd::ClientGone,
+                        None => {
+                            self.hand_back_readers();
+                            SessionEnd::ClientGone
+                        }
                     };
                     let _ = self.flush().await;
                     // FIN now, so the client sees the error and the end even
@@ -457,6 +473,26 @@ impl Responses {
                 if let Err(end) = self.flush().await {
                     return end;
                 }
+            }
+        }
+    }
+
+    /// The client said goodbye and every answer was relayed: the read
+    /// halves of primary backends idle outside a transaction with nothing
+    /// unread go to the handback (the request side decides about the
+    /// write halves).
+    fn hand_back_readers(&mut self) {
+        let Some(bin) = self.handback.as_ref() else {
+            return;
+        };
+        for (region, r) in self.readers.drain() {
+            let settled = r.status == b'I'
+                && !r.copy_active
+                && !r.fatal_seen
+                && !r.parked
+                && r.buf.is_empty();
+            if settled && !standby::is_standby(&region) {
+                bin.reader(region, r.rd, r.done);
             }
         }
     }

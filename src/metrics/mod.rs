@@ -121,6 +121,7 @@ impl Metrics {
         host: usize,
         failed_hosts: &[usize],
         failed_over: bool,
+        reused: bool,
     ) -> BackendStats {
         let slow = self
             .slow_threshold
@@ -136,7 +137,11 @@ impl Metrics {
                 r.failovers.inc();
             }
             if let Some(h) = r.hosts.get(host) {
-                h.connects.inc();
+                if reused {
+                    h.reuses.inc();
+                } else {
+                    h.connects.inc();
+                }
             }
             Some((r.clone(), host, s.errors.clone()))
         });
@@ -148,6 +153,18 @@ impl Metrics {
     pub fn standby_read(&self, region: &str) {
         if let Some(r) = self.series.as_ref().and_then(|s| s.region(region)) {
             r.standby_reads.inc();
+        }
+    }
+
+    /// Sets each region's idle pooled backend count.
+    pub fn idle_backends(&self, shared: &crate::server::state::Shared) {
+        let Some(s) = self.series.as_ref() else {
+            return;
+        };
+        for (name, rt) in &shared.regions {
+            if let Some(r) = s.region(name) {
+                r.idle.set(rt.idle.held() as i64);
+            }
         }
     }
 

@@ -24,6 +24,8 @@ pub struct HostSeries {
     pub open: IntGauge,
     pub busy: IntGauge,
     pub connects: IntCounter,
+    /// Sessions that took an idle pooled backend session instead of opening one.
+    pub reuses: IntCounter,
     pub connect_failures: IntCounter,
     pub up: IntGauge,
 }
@@ -37,6 +39,8 @@ pub struct RegionSeries {
     pub sent_bytes: IntCounter,
     pub received_bytes: IntCounter,
     pub failovers: IntCounter,
+    /// Idle backend sessions kept for the next client (`backend_pool`).
+    pub idle: IntGauge,
     /// Statements and batches sent to a hot standby (`read_from_standbys`).
     pub standby_reads: IntCounter,
     pub up: IntGauge,
@@ -282,6 +286,18 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
         "Backend sessions opened",
         &["region", "host"],
     )?;
+    let reuses = counter_vec(
+        reg,
+        "regionguard_backend_reuses_total",
+        "Client sessions served by an idle pooled backend session instead of a new one",
+        &["region", "host"],
+    )?;
+    let idle = gauge_vec(
+        reg,
+        "regionguard_backend_connections_idle",
+        "Idle backend sessions kept for the next client session (backend_pool)",
+        &["region"],
+    )?;
     let failures = counter_vec(
         reg,
         "regionguard_backend_connect_failures_total",
@@ -344,6 +360,7 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
                     open: open.get_metric_with_label_values(&l)?,
                     busy: busy.get_metric_with_label_values(&l)?,
                     connects: connects.get_metric_with_label_values(&l)?,
+                    reuses: reuses.get_metric_with_label_values(&l)?,
                     connect_failures: failures.get_metric_with_label_values(&l)?,
                     up: host_up.get_metric_with_label_values(&l)?,
                 })
@@ -363,6 +380,7 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
             sent_bytes: sent.get_metric_with_label_values(&[n])?,
             received_bytes: received.get_metric_with_label_values(&[n])?,
             failovers: failovers.get_metric_with_label_values(&[n])?,
+            idle: idle.get_metric_with_label_values(&[n])?,
             standby_reads: standby_reads.get_metric_with_label_values(&[n])?,
             up: region_up.get_metric_with_label_values(&[n])?,
             hosts,

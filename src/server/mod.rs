@@ -80,6 +80,25 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// Closes idle pooled backend sessions past `backend_pool.idle_timeout_secs`
+/// (or closed by their server) twice per timeout, at most every 10 s.
+async fn sweep_idle_backends(shared: std::sync::Weak<Shared>, timeout: Duration) {
+    let every = (timeout.min(Duration::from_secs(20)) / 2).max(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        for rt in shared.regions.values() {
+            rt.idle.sweep().await;
+        }
+        shared.metrics.idle_backends(&shared);
+    }
+}
+
 /// A running proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 pub struct Proxy {
     local_addr: SocketAddr,
@@ -137,6 +156,10 @@ impl Proxy {
                     standbys: region
                         .read_from_standbys
                         .then(|| crate::backend::standby::Standbys::new(name)),
+                    idle: crate::backend::pool::IdlePool::new(
+                        config.backend_pool.max_idle_per_region,
+                        std::time::Duration::from_secs(config.backend_pool.idle_timeout_secs),
+                    ),
                 },
             );
         }
@@ -198,6 +221,12 @@ impl Proxy {
             tokio::spawn(crate::routing::discovery::refresh(
                 Arc::downgrade(&shared),
                 Duration::from_secs(shared.config.tenancy.discover_refresh_secs.max(1)),
+            ));
+        }
+        if shared.config.backend_pool.max_idle_per_region > 0 {
+            tokio::spawn(sweep_idle_backends(
+                Arc::downgrade(&shared),
+                Duration::from_secs(shared.config.backend_pool.idle_timeout_secs),
             ));
         }
         if shared.keyring.is_some() {
@@ -321,6 +350,9 @@ impl Proxy {
             tracing::warn!("shutdown timeout reached: closing remaining sessions");
             let _ = self.phase.send(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(5), all_done()).await;
+        }
+        for rt in self.shared.regions.values() {
+            rt.idle.clear().await;
         }
         if let Some(m) = &self.metrics {
             m.stop();

@@ -188,6 +188,7 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
     );
     check("directory", running.directory == new.directory);
     check("two_phase", running.two_phase == new.two_phase);
+    check("backend_pool", running.backend_pool == new.backend_pool);
     check("metrics", running.metrics == new.metrics);
     check("logging", running.logging == new.logging);
     check("admin.socket", running.admin.socket == new.admin.socket);

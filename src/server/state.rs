@@ -36,6 +36,9 @@ pub struct RegionRuntime {
     /// Set when the region sends reads to its standbys
     /// (`read_from_standbys`).
     pub standbys: Option<crate::backend::standby::Standbys>,
+    /// Backend sessions of the region's primary kept for the next client
+    /// session (`backend_pool`).
+    pub idle: crate::backend::pool::IdlePool,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.

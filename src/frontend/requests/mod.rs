@@ -437,7 +437,8 @@ impl Requests {
                 Ok(())
             }
             b'X' => {
-                self.backends.terminate().await;
+                let settled = matches!(self.txn, Txn::Idle) && self.copy_in.is_none();
+                self.backends.hand_back(settled).await;
                 self.gone().await;
                 Err(Quit)
             }
