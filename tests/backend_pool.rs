@@ -274,3 +274,34 @@ async fn idle_backends_are_bounded_and_time_out_and_pooling_can_be_off() {
     assert_ne!(backend_pid(&d).await, pid_c);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backends_give_way_when_the_server_is_out_of_slots() {
+    let regions = TestRegions::start().await;
+    let direct = regions.client("apac").await;
+    let proxy = start_proxy(regions.proxy_config()).await;
+    let named = |name: &str| {
+        let mut c = proxy_pg_config(&proxy, Some("apac"));
+        c.application_name(name);
+        c
+    };
+    let a = connect(&named("x")).await.expect("a");
+    let b = connect(&named("x")).await.expect("b");
+    let (pid_a, pid_b) = (backend_pid(&a).await, backend_pid(&b).await);
+    drop((a, b));
+    wait_pooled(&direct, pid_a).await;
+    wait_pooled(&direct, pid_b).await;
+    // The role may hold three sessions: the direct one and the two idle.
+    regions
+        .cluster("apac")
+        .batch_execute("postgres", "ALTER ROLE regionguard CONNECTION LIMIT 3")
+        .await
+        .expect("limit the role");
+    let other = within(10, "connect past the limit", connect(&named("y")))
+        .await
+        .expect("the idle backends made room");
+    assert_eq!(count(&other, "SELECT 3::bigint").await, 3);
+    wait_gone(&direct, pid_a, "gave way").await;
+    wait_gone(&direct, pid_b, "gave way").await;
+    proxy.shutdown().await;
+}

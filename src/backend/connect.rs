@@ -64,6 +64,35 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// The server had no connection slot left (SQLSTATE 53300: too many
+    /// clients, or the role's connection limit).
+    pub fn is_out_of_slots(&self) -> bool {
+        match self {
+            ConnectError::Unavailable { reason, .. } => reason.contains("(SQLSTATE 53300)"),
+            ConnectError::Refused { error_response, .. } => {
+                error_code(error_response).as_deref() == Some("53300")
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of a raw ErrorResponse message.
+fn error_code(raw: &[u8]) -> Option<String> {
+    let mut pos = crate::protocol::framing::HEADER_LEN;
+    while let Some(&field) = raw.get(pos) {
+        if field == 0 {
+            break;
+        }
+        pos += 1;
+        let value = crate::protocol::framing::read_cstr(raw, &mut pos)?;
+        if field == b'C' {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    None
+}
+
 /// TLS settings of a region, built once at start.
 #[derive(Clone)]
 pub struct RegionTls {

@@ -309,9 +309,29 @@ pub async fn primary_session(
     if let Some(conn) = rt.idle.take(name, host, params) {
         return Ok((conn, true));
     }
-    backend::connect(name, &rt.config, &rt.tls, &rt.primary, params)
-        .await
-        .map(|c| (c, false))
+    let first = backend::connect(name, &rt.config, &rt.tls, &rt.primary, params).await;
+    match first {
+        Err(e) if e.is_out_of_slots() && rt.idle.held() > 0 => {
+            // The server's (or the role's) connection slots are full, some
+            // with this proxy's idle backends: they give way to a client.
+            tracing::info!(
+                region = name,
+                "connection slots full: closing idle pooled backends"
+            );
+            rt.idle.clear().await;
+            let mut last = Err(e);
+            for _ in 0..10 {
+                // A closed backend frees its slot when its process exits.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                last = backend::connect(name, &rt.config, &rt.tls, &rt.primary, params).await;
+                if !last.as_ref().is_err_and(|e| e.is_out_of_slots()) {
+                    break;
+                }
+            }
+            last.map(|c| (c, false))
+        }
+        other => other.map(|c| (c, false)),
+    }
 }
 
 fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>, origin: Option<Origin>) -> Backend {
