@@ -250,3 +250,139 @@ async fn reset(stream: &mut Stream) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the proxy's end as a [`Stream`], the server's raw.
+    async fn pair() -> (Stream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (
+            Stream::Plain(client.expect("connect")),
+            server.expect("accept").0,
+        )
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Runs a reset against a server that answers with `answer`.
+    async fn reset_answered_with(answer: Vec<u8>) -> Result<(), String> {
+        let (mut stream, mut server) = pair().await;
+        let serve = async move {
+            let mut query = [0u8; 17];
+            server.read_exact(&mut query).await.expect("query");
+            assert_eq!(&query, b"Q\0\0\0\x10DISCARD ALL\0");
+            server.write_all(&answer).await.expect("answer");
+            server
+        };
+        let (result, _server) = tokio::join!(reset(&mut stream), serve);
+        result
+    }
+
+    #[tokio::test]
+    async fn a_reset_takes_only_the_plain_answer_ending_idle() {
+        let done = message(b'C', b"DISCARD ALL\0");
+        let status = message(b'S', b"TimeZone\0UTC\0");
+        let idle = message(b'Z', b"I");
+        let ok = [status.clone(), done.clone(), idle.clone()].concat();
+        assert_eq!(reset_answered_with(ok).await, Ok(()));
+
+        let in_txn = [done.clone(), message(b'Z', b"T")].concat();
+        assert!(reset_answered_with(in_txn).await.is_err());
+        let failed = [message(b'E', b"SERROR\0C25001\0Mno\0\0"), idle.clone()].concat();
+        assert!(reset_answered_with(failed).await.is_err());
+        let notification = [
+            message(b'A', b"\0\0\0\x01chan\0\0"),
+            done.clone(),
+            idle.clone(),
+        ]
+        .concat();
+        assert!(reset_answered_with(notification).await.is_err());
+        let trailing = [done, idle.clone(), idle].concat();
+        assert!(reset_answered_with(trailing).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_socket_is_one_with_nothing_to_read() {
+        let (stream, mut server) = pair().await;
+        assert!(is_quiet(&stream));
+        server.write_all(b"N").await.expect("write");
+        // Loopback delivers at once; allow the scheduler a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!is_quiet(&stream), "a byte waiting");
+
+        let (stream, server) = pair().await;
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!is_quiet(&stream), "closed by the server");
+    }
+
+    #[tokio::test]
+    async fn the_pool_hands_out_only_matching_live_sessions() {
+        let pool = IdlePool::new(2, Duration::from_secs(60));
+        let origin = |host_index, name: &str| Origin {
+            host_index,
+            addr: "127.0.0.1:1".into(),
+            cancel: CancelTarget {
+                host: "127.0.0.1".into(),
+                port: 1,
+                pid: 1,
+                secret: 2,
+            },
+            server_params: vec![("TimeZone".into(), "UTC".into())],
+            startup: vec![("application_name".into(), name.into())],
+        };
+        let mut servers = Vec::new();
+        for (host, name) in [(0, "a"), (1, "a"), (0, "b")] {
+            let (stream, server) = pair().await;
+            servers.push(server);
+            pool.idle.lock().expect("lock").push(Idle {
+                stream,
+                origin: origin(host, name),
+                since: Instant::now(),
+            });
+        }
+        let wanted = [("application_name".to_string(), "a".to_string())];
+        let conn = pool.take("eu", 0, &wanted).expect("host 0, a");
+        assert_eq!((conn.host_index, conn.status), (0, b'I'));
+        assert_eq!(conn.params, vec![("TimeZone".into(), "UTC".into())]);
+        assert!(pool.take("eu", 0, &wanted).is_none(), "taken already");
+        // The server of (host 1, a) goes away: skipped and dropped.
+        drop(servers.remove(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.take("eu", 1, &wanted).is_none());
+        assert_eq!(pool.held(), 1, "only (host 0, b) is left");
+        pool.clear().await;
+        assert_eq!(pool.held(), 0);
+    }
+
+    #[test]
+    fn out_of_slots_is_sqlstate_53300_either_way() {
+        let refused = |code: &str| super::super::ConnectError::Refused {
+            region: "eu".into(),
+            error_response: BytesMut::from(
+                &message(b'E', format!("SFATAL\0C{code}\0Mtoo many\0\0").as_bytes())[..],
+            ),
+        };
+        assert!(refused("53300").is_out_of_slots());
+        assert!(!refused("28P01").is_out_of_slots());
+        let unavailable = |reason: &str| super::super::ConnectError::Unavailable {
+            region: "eu".into(),
+            reason: reason.into(),
+            failed_hosts: vec![0],
+        };
+        assert!(
+            unavailable("h:1: sorry, too many clients already (SQLSTATE 53300)").is_out_of_slots()
+        );
+        assert!(!unavailable("h:1: connection refused").is_out_of_slots());
+    }
+}
