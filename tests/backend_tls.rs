@@ -199,7 +199,46 @@ async fn require_encrypts_the_backend_session() {
             row.get::<_, bool>(0),
             "the backend session is not encrypted"
         );
+
+        // The TLS backend goes to the idle pool (ADR 21) and serves the
+        // next client, still encrypted.
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let mut watching = proxy_pg_config(&proxy, Some("eu"));
+        watching.application_name("watching");
+        let observer = connect(&watching).await.expect("observer");
         drop(client);
+        let pooled = support::wait_until(10, || async {
+            observer
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity \
+                     WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
+                    &[&pid],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .is_some()
+        })
+        .await;
+        assert!(pooled, "the TLS backend was not pooled");
+        let next = proxy_client(&proxy, "eu").await;
+        let row = next
+            .query_one(
+                "SELECT pg_backend_pid(), ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("reused session");
+        assert_eq!(
+            row.get::<_, i32>(0),
+            pid,
+            "the pooled TLS backend was reused"
+        );
+        assert!(row.get::<_, bool>(1), "still encrypted");
+        drop((next, observer));
         proxy.shutdown().await;
     })
     .await;
