@@ -29,7 +29,9 @@
 # and is stopped and removed on exit. Compare the ratios of one run; the
 # absolute numbers depend on the machine and its neighbours. Also printed:
 # each proxy's CPU time (user + system, from /proc) per transaction, the
-# figure least disturbed by neighbours.
+# figure least disturbed by neighbours, and the whole machine's busy CPU
+# time per transaction (/proc/stat): the two together show whether a gap
+# is the proxy's own work or what it makes Postgres and pgbench do.
 set -euo pipefail
 
 DURATION=${DURATION:-15}
@@ -73,7 +75,7 @@ bench_start_regionguard regionguard "$RG_PORT"
 TARGETS=(direct pgbouncer regionguard)
 declare -A PORT_OF=([direct]=$PG_PORT [pgbouncer]=$BOUNCER_PORT [regionguard]=$RG_PORT)
 declare -A LABEL=([direct]="direct" [pgbouncer]="PgBouncer" [regionguard]="RegionGuard")
-declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM TPS_ROUND
+declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM TPS_ROUND BUSY_TICKS BUSY_TX
 FAILED=0
 declare -A PID_OF=([regionguard]=${RG_PID_OF[regionguard]} [pgbouncer]=$(cat "$WORK/pgbouncer.pid"))
 
@@ -113,8 +115,11 @@ for mode in $MODES; do
                 key="$mode/$clients/$t"
                 pid=${PID_OF[$t]:-}
                 cpu0=0; [[ -n "$pid" ]] && cpu0=$(proc_cpu_ticks "$pid")
+                busy0=$(machine_busy_ticks)
                 if res=$(run_pgbench "$t" "$mode" "$clients" "$DURATION"); then
                     read -r tps lat tx <<<"$res"
+                    BUSY_TICKS[$key]=$(( ${BUSY_TICKS[$key]:-0} + $(machine_busy_ticks) - busy0 ))
+                    BUSY_TX[$key]=$(( ${BUSY_TX[$key]:-0} + tx ))
                     if [[ -n "$pid" ]]; then
                         CPU_TICKS[$key]=$(( ${CPU_TICKS[$key]:-0} + $(proc_cpu_ticks "$pid") - cpu0 ))
                         TX_SUM[$key]=$(( ${TX_SUM[$key]:-0} + tx ))
@@ -151,17 +156,21 @@ round_ratios() { # mode clients target other
         | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.2f %.2f %.2f\n", m, v[1], v[NR] }'
 }
 
-# Proxy CPU (user + system) per transaction, in microseconds.
-cpu_per_tx() { # key
-    if [[ -n "${TX_SUM[$1]:-}" && "${TX_SUM[$1]}" -gt 0 ]]; then
-        awk -v t="${CPU_TICKS[$1]}" -v n="${TX_SUM[$1]}" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz / n * 1e6}'
+# CPU ticks per transaction in microseconds, or "–" without transactions.
+ticks_per_tx() { # ticks transactions
+    if [[ -n "${2:-}" && "$2" -gt 0 ]]; then
+        awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.1f", t / hz / n * 1e6}'
     else
         echo "–"
     fi
 }
-MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | rounds ÷ PgBouncer | ÷ direct | proxy CPU µs/tx |
-|---|---:|---|---:|---:|---:|---:|---:|---:|"
-printf '\n%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "rounds" "÷direct" "CPU µs/tx"
+# Proxy CPU (user + system) per transaction.
+cpu_per_tx() { ticks_per_tx "${CPU_TICKS[$1]:-0}" "${TX_SUM[$1]:-}"; }
+# The whole machine's CPU per transaction (proxy, Postgres, pgbench, all else).
+busy_per_tx() { ticks_per_tx "${BUSY_TICKS[$1]:-0}" "${BUSY_TX[$1]:-}"; }
+MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | rounds ÷ PgBouncer | ÷ direct | proxy CPU µs/tx | machine CPU µs/tx |
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+printf '\n%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "rounds" "÷direct" "CPU µs/tx" "machine µs"
 for mode in $MODES; do
     for clients in $CLIENTS; do
         declare -A TPS=()
@@ -186,11 +195,12 @@ for mode in $MODES; do
             spread="$lo–$hi"
             [[ $lo == n/a ]] && spread="n/a"
             cpu=$(cpu_per_tx "$key")
-            printf '%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$spread" "$vd" "$cpu"
+            busy=$(busy_per_tx "$key")
+            printf '%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$spread" "$vd" "$cpu" "$busy"
             if [[ $t == regionguard ]]; then
-                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | $spread | **$vd** | $cpu |"
+                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | $spread | **$vd** | $cpu | $busy |"
             else
-                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $spread | $vd | $cpu |"
+                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $spread | $vd | $cpu | $busy |"
             fi
         done
         unset TPS

@@ -403,6 +403,13 @@ proc_cpu_ticks() { # pid
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# CPU time (user, nice, system, irq, softirq) of the whole machine so far,
+# all CPUs, in clock ticks: with a proxy's own time it shows where the rest
+# of a transaction's CPU went (Postgres, pgbench).
+machine_busy_ticks() {
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat
+}
+
 # --- arithmetic ------------------------------------------------------------------
 
 add() { awk -v a="${1:-0}" -v b="$2" 'BEGIN {print a + b}'; }
