@@ -19,20 +19,6 @@ async fn backend_pid(client: &Client) -> i32 {
         .get(0)
 }
 
-/// Whether `pid` sits idle in `region` after the proxy's reset: what a
-/// pooled backend looks like from Postgres.
-async fn pooled(direct: &Client, pid: i32) -> bool {
-    direct
-        .query_opt(
-            "SELECT 1 FROM pg_stat_activity \
-             WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
-            &[&pid],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .is_some()
-}
-
 async fn gone(direct: &Client, pid: i32) -> bool {
     direct
         .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
@@ -43,7 +29,7 @@ async fn gone(direct: &Client, pid: i32) -> bool {
 
 async fn wait_pooled(direct: &Client, pid: i32) {
     assert!(
-        support::wait_until(10, || pooled(direct, pid)).await,
+        support::wait_until(10, || support::is_pooled(direct, pid)).await,
         "backend {pid} was not pooled"
     );
 }
@@ -53,6 +39,14 @@ async fn wait_gone(direct: &Client, pid: i32, what: &str) {
         support::wait_until(10, || gone(direct, pid)).await,
         "backend {pid} still open: {what}"
     );
+}
+
+async fn show(client: &Client, setting: &str) -> String {
+    client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .expect("show")
+        .get(0)
 }
 
 async fn count(client: &Client, sql: &str) -> i64 {
@@ -66,18 +60,10 @@ async fn the_next_client_gets_the_backend_reset_to_a_fresh_login() {
     config.metrics.address = Some("127.0.0.1:0".into());
     let proxy = start_proxy(config).await;
     let direct = regions.client("eu").await;
-    let show = |name: &'static str| {
-        let direct = &direct;
-        async move {
-            let v: String = direct
-                .query_one(&format!("SHOW {name}"), &[])
-                .await
-                .expect("show")
-                .get(0);
-            v
-        }
-    };
-    let (default_zone, default_path) = (show("TimeZone").await, show("search_path").await);
+    let (default_zone, default_path) = (
+        show(&direct, "TimeZone").await,
+        show(&direct, "search_path").await,
+    );
 
     let first = proxy_client(&proxy, "eu").await;
     let pid = backend_pid(&first).await;
@@ -100,24 +86,9 @@ async fn the_next_client_gets_the_backend_reset_to_a_fresh_login() {
         pid,
         "the idle backend served the next client"
     );
-    let zone: String = second
-        .query_one("SHOW TimeZone", &[])
-        .await
-        .expect("show")
-        .get(0);
-    assert_eq!(zone, default_zone);
-    let timeout: String = second
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
-    assert_eq!(timeout, "0");
-    let path: String = second
-        .query_one("SHOW search_path", &[])
-        .await
-        .expect("show")
-        .get(0);
-    assert_eq!(path, default_path);
+    assert_eq!(show(&second, "TimeZone").await, default_zone);
+    assert_eq!(show(&second, "statement_timeout").await, "0");
+    assert_eq!(show(&second, "search_path").await, default_path);
     for (what, sql) in [
         (
             "temp tables",

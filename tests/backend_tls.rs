@@ -211,18 +211,7 @@ async fn require_encrypts_the_backend_session() {
         watching.application_name("watching");
         let observer = connect(&watching).await.expect("observer");
         drop(client);
-        let pooled = support::wait_until(10, || async {
-            observer
-                .query_opt(
-                    "SELECT 1 FROM pg_stat_activity \
-                     WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
-                    &[&pid],
-                )
-                .await
-                .expect("pg_stat_activity")
-                .is_some()
-        })
-        .await;
+        let pooled = support::wait_until(10, || support::is_pooled(&observer, pid)).await;
         assert!(pooled, "the TLS backend was not pooled");
         let next = proxy_client(&proxy, "eu").await;
         let row = next

@@ -104,6 +104,21 @@ struct Pair {
 }
 
 impl Pair {
+    /// A proxy trusting its clients in front of fresh test regions, a
+    /// session through it and a direct one to `eu`; the regions and the
+    /// proxy are returned to live as long as the pair.
+    async fn start() -> (TestRegions, regionguard::server::Proxy, Pair) {
+        let regions = TestRegions::start().await;
+        let mut config = regions.proxy_config();
+        config.auth.method = AuthMethod::Trust;
+        let proxy = start_proxy(config).await;
+        let pair = Pair {
+            proxy: trusted_session(proxy.local_addr()).await,
+            direct: direct_session(regions.port("eu")).await,
+        };
+        (regions, proxy, pair)
+    }
+
     /// Sends `bytes` (holding `batches` Syncs) to both and checks that the
     /// answers match message for message.
     async fn same(&mut self, bytes: &[u8], batches: usize, what: &str) -> Vec<(u8, Vec<u8>)> {
@@ -127,14 +142,7 @@ impl Pair {
 async fn repeated_batches_answer_as_postgres_does() {
     let before = repeats(BATCH);
     within(60, "repeated batches", async {
-        let regions = TestRegions::start().await;
-        let mut config = regions.proxy_config();
-        config.auth.method = AuthMethod::Trust;
-        let proxy = start_proxy(config).await;
-        let mut pair = Pair {
-            proxy: trusted_session(proxy.local_addr()).await,
-            direct: direct_session(regions.port("eu")).await,
-        };
+        let (_regions, _proxy, mut pair) = Pair::start().await;
 
         // The unnamed statement prepared anew for every execution, values
         // of every length.
@@ -240,14 +248,7 @@ fn query(sql: &str) -> Vec<u8> {
 async fn repeated_queries_answer_as_postgres_does() {
     let before = repeats(QUERY);
     within(60, "repeated queries", async {
-        let regions = TestRegions::start().await;
-        let mut config = regions.proxy_config();
-        config.auth.method = AuthMethod::Trust;
-        let proxy = start_proxy(config).await;
-        let mut pair = Pair {
-            proxy: trusted_session(proxy.local_addr()).await,
-            direct: direct_session(regions.port("eu")).await,
-        };
+        let (_regions, _proxy, mut pair) = Pair::start().await;
 
         // Numbers of every length, as pgbench -M simple sends them.
         for i in 0..30u32 {

@@ -466,6 +466,21 @@ pub fn expect_sqlstate<T: std::fmt::Debug>(
     }
 }
 
+/// Whether backend `pid` sits idle after the proxy's `DISCARD ALL`, as
+/// `observer` (any session on its server) sees in `pg_stat_activity`: what
+/// a backend in the idle pool looks like from Postgres (ADR 21).
+pub async fn is_pooled(observer: &Client, pid: i32) -> bool {
+    observer
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity \
+             WHERE pid = $1 AND state = 'idle' AND query = 'DISCARD ALL'",
+            &[&pid],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .is_some()
+}
+
 /// Polls `check` every 100 ms until it returns true or `secs` pass.
 pub async fn wait_until<F, Fut>(secs: u64, mut check: F) -> bool
 where
