@@ -21,12 +21,13 @@
 #   KEEP=1     keep the temp directory (callgrind files, logs)
 #
 # Method: each proxy runs under callgrind in front of one throwaway cluster
-# (pgbench -i -s 1); RegionGuard passes through to one region. For each mode, one pgbench client runs 300
-# transactions, then another runs TX; callgrind's counter is dumped before
-# and after each run, and the second run's count minus the first's,
-# divided by TX - 300, is the steady-state cost of one transaction:
-# connecting, authenticating and opening the backend session cost the same
-# in both runs and cancel out. The whole process is counted (tokio, the allocator,
+# (pgbench -i -s 1); RegionGuard passes through to one region. For each
+# mode, a first pgbench client leaves a backend in the proxy's pool, then
+# one runs 300 transactions and another TX; callgrind's counter is dumped
+# before and after each of these two runs, and the second run's count minus
+# the first's, divided by TX - 300, is the steady-state cost of one
+# transaction: connecting, authenticating and taking the pooled backend
+# cost the same in both runs and cancel out. The whole process is counted (tokio, the allocator,
 # libc), user space only.
 set -euo pipefail
 
@@ -105,6 +106,11 @@ measure() { # target (regionguard|base|pgbouncer) mode -> instructions per trans
     pid=$!
     RG_PIDS+=("$pid")
     wait_for "$target under callgrind" 120 psql_at "$port" "SELECT 1"
+    # A first session leaves its backend in the proxy's pool (RegionGuard's
+    # idle backend pool, PgBouncer's server pool), so both counted runs
+    # below start on a pooled backend and the backend login cancels out.
+    "$PGBENCH" -n -S -M "$mode" -c 1 -j 1 -t 10 -h 127.0.0.1 -p "$port" \
+        -U "$PGUSER_NAME" "$PGDB" >"$WORK/pgbench.prime.log" 2>&1 || die "pgbench ($target, $mode, priming) failed"
     c0=$(counted "$as" "$pid") || die "callgrind_control could not reach $target ($pid)"
     "$PGBENCH" -n -S -M "$mode" -c 1 -j 1 -t "$WARM_TX" -h 127.0.0.1 -p "$port" \
         -U "$PGUSER_NAME" "$PGDB" >"$WORK/pgbench.warm.log" 2>&1 || die "pgbench ($target, $mode, warm-up) failed"
