@@ -29,9 +29,10 @@
 # and is stopped and removed on exit. Compare the ratios of one run; the
 # absolute numbers depend on the machine and its neighbours. Also printed:
 # each proxy's CPU time (user + system, from /proc) per transaction, the
-# figure least disturbed by neighbours, and the whole machine's busy CPU
-# time per transaction (/proc/stat): the two together show whether a gap
-# is the proxy's own work or what it makes Postgres and pgbench do.
+# figure least disturbed by neighbours, Postgres's CPU time per transaction
+# (all its processes, exited backends included) and the whole machine's
+# busy CPU time per transaction (/proc/stat): together they show whether a
+# gap is the proxy's own work or what it makes Postgres and pgbench do.
 set -euo pipefail
 
 DURATION=${DURATION:-15}
@@ -75,7 +76,7 @@ bench_start_regionguard regionguard "$RG_PORT"
 TARGETS=(direct pgbouncer regionguard)
 declare -A PORT_OF=([direct]=$PG_PORT [pgbouncer]=$BOUNCER_PORT [regionguard]=$RG_PORT)
 declare -A LABEL=([direct]="direct" [pgbouncer]="PgBouncer" [regionguard]="RegionGuard")
-declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM TPS_ROUND BUSY_TICKS BUSY_TX
+declare -A TPS_SUM LAT_SUM RUNS CPU_TICKS TX_SUM TPS_ROUND BUSY_TICKS BUSY_TX PG_TICKS
 FAILED=0
 declare -A PID_OF=([regionguard]=${RG_PID_OF[regionguard]} [pgbouncer]=$(cat "$WORK/pgbouncer.pid"))
 
@@ -116,9 +117,11 @@ for mode in $MODES; do
                 pid=${PID_OF[$t]:-}
                 cpu0=0; [[ -n "$pid" ]] && cpu0=$(proc_cpu_ticks "$pid")
                 busy0=$(machine_busy_ticks)
+                pg0=$(postgres_cpu_ticks)
                 if res=$(run_pgbench "$t" "$mode" "$clients" "$DURATION"); then
                     read -r tps lat tx <<<"$res"
                     BUSY_TICKS[$key]=$(( ${BUSY_TICKS[$key]:-0} + $(machine_busy_ticks) - busy0 ))
+                    PG_TICKS[$key]=$(( ${PG_TICKS[$key]:-0} + $(postgres_cpu_ticks) - pg0 ))
                     BUSY_TX[$key]=$(( ${BUSY_TX[$key]:-0} + tx ))
                     if [[ -n "$pid" ]]; then
                         CPU_TICKS[$key]=$(( ${CPU_TICKS[$key]:-0} + $(proc_cpu_ticks "$pid") - cpu0 ))
@@ -168,9 +171,11 @@ ticks_per_tx() { # ticks transactions
 cpu_per_tx() { ticks_per_tx "${CPU_TICKS[$1]:-0}" "${TX_SUM[$1]:-}"; }
 # The whole machine's CPU per transaction (proxy, Postgres, pgbench, all else).
 busy_per_tx() { ticks_per_tx "${BUSY_TICKS[$1]:-0}" "${BUSY_TX[$1]:-}"; }
-MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | rounds ÷ PgBouncer | ÷ direct | proxy CPU µs/tx | machine CPU µs/tx |
-|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-printf '\n%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "rounds" "÷direct" "CPU µs/tx" "machine µs"
+# Postgres's CPU per transaction (all its processes).
+pg_per_tx() { ticks_per_tx "${PG_TICKS[$1]:-0}" "${BUSY_TX[$1]:-}"; }
+MD="| mode | clients | target | TPS | avg latency (ms) | ÷ PgBouncer | rounds ÷ PgBouncer | ÷ direct | proxy CPU µs/tx | Postgres CPU µs/tx | machine CPU µs/tx |
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+printf '\n%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s %12s\n' mode clients target TPS "latency ms" "÷PgBouncer" "rounds" "÷direct" "CPU µs/tx" "Postgres µs" "machine µs"
 for mode in $MODES; do
     for clients in $CLIENTS; do
         declare -A TPS=()
@@ -196,11 +201,12 @@ for mode in $MODES; do
             [[ $lo == n/a ]] && spread="n/a"
             cpu=$(cpu_per_tx "$key")
             busy=$(busy_per_tx "$key")
-            printf '%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$spread" "$vd" "$cpu" "$busy"
+            pgc=$(pg_per_tx "$key")
+            printf '%-9s %7s  %-16s %11s %12s %12s %12s %9s %12s %12s %12s\n' "$mode" "$clients" "${LABEL[$t]}" "$tps" "$lat" "$vb" "$spread" "$vd" "$cpu" "$pgc" "$busy"
             if [[ $t == regionguard ]]; then
-                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | $spread | **$vd** | $cpu | $busy |"
+                MD+=$'\n'"| $mode | $clients | **${LABEL[$t]}** | **$tps** | $lat | **$vb** | $spread | **$vd** | $cpu | $pgc | $busy |"
             else
-                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $spread | $vd | $cpu | $busy |"
+                MD+=$'\n'"| $mode | $clients | ${LABEL[$t]} | $tps | $lat | $vb | $spread | $vd | $cpu | $pgc | $busy |"
             fi
         done
         unset TPS

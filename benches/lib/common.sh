@@ -410,6 +410,24 @@ machine_busy_ticks() {
     awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat
 }
 
+# CPU time (user + system) of the bench cluster's Postgres so far, in clock
+# ticks: the postmaster's own, the backends and workers running now, and
+# (the postmaster's cutime/cstime; backends have no children of their own,
+# so theirs are 0) those that have exited, so a difference
+# over a run counts backends that connected or disconnected during it. A
+# backend that exits between the listing and the read is skipped (its time
+# shows in the postmaster's at the next call), never an error.
+postgres_cpu_ticks() {
+    local pm child
+    pm=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null) || { echo 0; return 0; }
+    {
+        cat "/proc/$pm/stat" 2>/dev/null || true
+        for child in $(ps --ppid "$pm" -o pid= 2>/dev/null || true); do
+            cat "/proc/$child/stat" 2>/dev/null || true
+        done
+    } | awk '{s += $14 + $15 + $16 + $17} END {print s + 0}'
+}
+
 # --- arithmetic ------------------------------------------------------------------
 
 add() { awk -v a="${1:-0}" -v b="$2" 'BEGIN {print a + b}'; }
