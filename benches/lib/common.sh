@@ -413,19 +413,24 @@ machine_busy_ticks() {
 # CPU time (user + system) of the bench cluster's Postgres so far, in clock
 # ticks: the postmaster's own, the backends and workers running now, and
 # (the postmaster's cutime/cstime; backends have no children of their own,
-# so theirs are 0) those that have exited, so a difference
-# over a run counts backends that connected or disconnected during it. A
-# backend that exits between the listing and the read is skipped (its time
-# shows in the postmaster's at the next call), never an error.
+# so theirs are 0) those that have exited, so a difference over a run
+# counts backends that connected or disconnected during it. A backend
+# reaped while its siblings are read would be missed (no longer listed,
+# not yet read in the postmaster's cutime), so the read is repeated until
+# the postmaster's counts are the same before and after it.
 postgres_cpu_ticks() {
-    local pm child
+    local pm before after live child
     pm=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null) || { echo 0; return 0; }
-    {
-        cat "/proc/$pm/stat" 2>/dev/null || true
-        for child in $(ps --ppid "$pm" -o pid= 2>/dev/null || true); do
-            cat "/proc/$child/stat" 2>/dev/null || true
-        done
-    } | awk '{s += $14 + $15 + $16 + $17} END {print s + 0}'
+    for _ in $(seq 50); do
+        before=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat" 2>/dev/null) || { echo 0; return 0; }
+        live=$(for child in $(ps --ppid "$pm" -o pid= 2>/dev/null || true); do
+                   cat "/proc/$child/stat" 2>/dev/null || true
+               done | awk '{s += $14 + $15} END {print s + 0}')
+        after=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat" 2>/dev/null) || { echo 0; return 0; }
+        [[ $before == "$after" ]] && break
+        sleep 0.05
+    done
+    echo $(( after + live ))
 }
 
 # --- arithmetic ------------------------------------------------------------------
