@@ -161,11 +161,18 @@ bench_workdir() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 TAKEN_PORTS=""
+# Ports are picked below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768–60999 by default): a port in it can
+# be the local end of some connection (a previous run's pgbench, say), which
+# a connect test does not see but which makes the listener's bind fail.
+PORT_LOW=20000
+PORT_HIGH=$(awk '{print $1 - 1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32767)
+(( PORT_HIGH > PORT_LOW + 1000 )) || PORT_HIGH=$(( PORT_LOW + 12000 ))
 # Prints a free port not yet handed out; use bench_ports, which records it.
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
+        p=$(( PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW) ))
         if ! port_in_use "$p" && [[ " $TAKEN_PORTS " != *" $p "* ]]; then
             echo "$p"
             return
