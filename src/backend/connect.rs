@@ -71,26 +71,13 @@ impl ConnectError {
         match self {
             ConnectError::Unavailable { reason, .. } => reason.contains("(SQLSTATE 53300)"),
             ConnectError::Refused { error_response, .. } => {
-                error_code(error_response).as_deref() == Some("53300")
+                error_response
+                    .get(crate::protocol::framing::HEADER_LEN..)
+                    .and_then(crate::protocol::error::error_code)
+                    == Some(b"53300")
             }
         }
     }
-}
-
-/// The SQLSTATE of a raw ErrorResponse message.
-fn error_code(raw: &[u8]) -> Option<String> {
-    let mut pos = crate::protocol::framing::HEADER_LEN;
-    while let Some(&field) = raw.get(pos) {
-        if field == 0 {
-            break;
-        }
-        pos += 1;
-        let value = crate::protocol::framing::read_cstr(raw, &mut pos)?;
-        if field == b'C' {
-            return Some(String::from_utf8_lossy(value).into_owned());
-        }
-    }
-    None
 }
 
 /// TLS settings of a region, built once at start.

@@ -3,9 +3,10 @@
 //! session opened. A session that never had metrics pays one `None` check
 //! per call.
 
-use super::labels::{error_code, sqlstate_class, StatementKind};
+use super::labels::{sqlstate_class, StatementKind};
 use super::series::RegionSeries;
 use super::slow::SlowLog;
+use crate::protocol::error::error_code;
 use bytes::Bytes;
 use prometheus::{IntCounterVec, IntGauge};
 use std::sync::Arc;

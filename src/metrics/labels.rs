@@ -259,20 +259,6 @@ pub fn sqlstate_class(code: &[u8]) -> Option<[u8; 2]> {
     }
 }
 
-/// The SQLSTATE of an ErrorResponse body (field `C`).
-pub fn error_code(body: &[u8]) -> Option<&[u8]> {
-    let mut pos = 0;
-    while pos < body.len() && body[pos] != 0 {
-        let field = body[pos];
-        pos += 1;
-        let value = crate::protocol::framing::read_cstr(body, &mut pos)?;
-        if field == b'C' {
-            return Some(value);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +283,7 @@ mod tests {
 
     #[test]
     fn error_codes_and_classes_are_read_from_the_body() {
+        use crate::protocol::error::error_code;
         let body = b"SERROR\0VERROR\0C23505\0Mduplicate key\0\0";
         assert_eq!(error_code(body), Some(&b"23505"[..]));
         assert_eq!(sqlstate_class(b"23505"), Some(*b"23"));

@@ -122,6 +122,23 @@ pub mod sqlstate {
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 
+/// The SQLSTATE of an ErrorResponse body (field `C`): what the proxy reads
+/// of a backend's errors (metrics by class, a full server at login).
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut pos = 0;
+    while let Some(&field) = body.get(pos) {
+        if field == 0 {
+            break;
+        }
+        pos += 1;
+        let value = crate::protocol::framing::read_cstr(body, &mut pos)?;
+        if field == b'C' {
+            return Some(value);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
