@@ -20,6 +20,9 @@
 #              built with `cargo build --release` when needed)
 #   RG_THREADS RegionGuard's listen.threads (default 1, as PgBouncer runs
 #              one thread; 0 = RegionGuard's own default, one per CPU)
+#   RG_POOL_MODE  RegionGuard's backend_pool.mode (default: RegionGuard's
+#              default, session; "transaction" pools backends between
+#              transactions, at most 20 busy, as PgBouncer here)
 #   RELAY=1    also measure benches/byte_relay.rs: bytes copied between
 #              client and Postgres on tokio's current-thread runtime, nothing
 #              inspected — the floor under any relay built on tokio

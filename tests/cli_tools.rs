@@ -170,6 +170,48 @@ fn pgbench_summary(stdout: &str) -> (u64, u64, u64) {
     )
 }
 
+/// Transaction-mode pooling (ADR 22) under pgbench: six clients share two
+/// backends; simple and extended queries hand the backend back after each
+/// transaction, prepared (named) statements keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_through_transaction_pooling_without_failures() {
+    let regions = TestRegions::start().await;
+    let mut config = regions.proxy_config();
+    config.backend_pool.mode = regionguard::config::PoolMode::Transaction;
+    config.backend_pool.max_active_per_region = 2;
+    let proxy = start_proxy(config).await;
+    let mut init = tool("/usr/bin/pgbench", &proxy, "eu");
+    init.args(["-i", "-s", "1", "-q"]);
+    ok(&run(init, 180, "pgbench -i").await, "pgbench -i");
+    for (mode, clients, script) in [
+        ("simple", "6", "-S"),
+        ("extended", "6", "-S"),
+        ("simple", "6", "-N"),
+        ("prepared", "2", "-S"),
+    ] {
+        let mut cmd = tool("/usr/bin/pgbench", &proxy, "eu");
+        cmd.args([
+            "-n", "-M", mode, "-c", clients, "-j", "2", "-t", "100", script,
+        ]);
+        let out = run(cmd, 180, "pgbench").await;
+        let stdout = ok(&out, &format!("pgbench {script} -M {mode}"));
+        let want = 100 * clients.parse::<u64>().expect("count");
+        assert_eq!(
+            pgbench_summary(&stdout),
+            (want, want, 0),
+            "{script} -M {mode}:\n{stdout}"
+        );
+    }
+    let direct = regions.client("eu").await;
+    let history: i64 = direct
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(history, 600, "every -N transaction committed once");
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_all_query_modes_without_failures() {
     let regions = TestRegions::start().await;

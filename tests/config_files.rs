@@ -37,6 +37,9 @@ fn check_config_names_the_bad_key_and_fails() {
         ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\", password = \"${RG_TEST_UNSET_VAR}\" }]\n", "RG_TEST_UNSET_VAR"),
         ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\" }]\n[auth]\nusers = [{ name = \"app\", verifier = \"md5abc\" }]\n", "auth.users[0].verifier"),
         ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\" }]\n", "auth.users"),
+        ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\" }]\n[auth]\nmethod = \"trust\"\n[backend_pool]\nmode = \"transaction\"\nmax_idle_per_region = 0\n", "backend_pool.max_idle_per_region"),
+        ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\" }]\n[auth]\nmethod = \"trust\"\n[backend_pool]\nmode = \"transaction\"\nmax_active_per_region = 0\n", "backend_pool.max_active_per_region"),
+        ("default_region = \"eu\"\n[regions.eu]\nzone = \"eu\"\nhosts = [{ host = \"h\", dbname = \"d\", user = \"u\" }]\n[auth]\nmethod = \"trust\"\n[backend_pool]\nmode = \"statement\"\n", "backend_pool.mode"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.toml"));

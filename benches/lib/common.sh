@@ -289,7 +289,9 @@ bench_start_pgbouncer() {
 
 # Prints the start of a RegionGuard config listening on the given port, with
 # PGUSER_NAME/PASSWORD as its only (SCRAM) user and, when RG_THREADS is set,
-# that many relaying threads; the caller appends regions, tenancy and so on.
+# that many relaying threads; with RG_POOL_MODE=transaction, backends pooled
+# between transactions, at most 20 busy per region (PgBouncer's pool size
+# here); the caller appends regions, tenancy and so on.
 bench_rg_config_head() { # port default_region
     local verifier
     verifier=$(printf '%s\n' "$PASSWORD" | "$RG_BIN" hash-password)
@@ -304,7 +306,11 @@ ${RG_THREADS:+threads = $RG_THREADS}
 
 [logging]
 level = "warn"
-
+${RG_POOL_MODE:+
+[backend_pool]
+mode = \"$RG_POOL_MODE\"
+max_active_per_region = 20
+}
 [[auth.users]]
 name = "$PGUSER_NAME"
 verifier = "$verifier"

@@ -136,6 +136,14 @@ impl IdlePool {
                 return close(stream).await;
             }
         }
+        self.put(stream, origin);
+    }
+
+    /// Keeps `stream` as it is, without a reset: a backend session that a
+    /// client session in transaction mode leaves between transactions,
+    /// idle, having kept no session state in it (ADR 22). The oldest goes
+    /// when the pool is full.
+    pub fn put(&self, stream: Stream, origin: Origin) {
         let evicted = match self.idle.lock() {
             Ok(mut idle) => {
                 idle.push(Idle {
@@ -149,7 +157,7 @@ impl IdlePool {
             Err(_) => Vec::new(),
         };
         for s in evicted {
-            close(s.stream).await;
+            tokio::spawn(close(s.stream));
         }
     }
 

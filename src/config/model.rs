@@ -101,6 +101,16 @@ pub struct BackendPool {
     pub max_idle_per_region: usize,
     /// An idle backend session unused this long is closed.
     pub idle_timeout_secs: u64,
+    /// When a backend session goes back to the pool: when its client
+    /// session ends (`session`), or, for sessions that keep no state in
+    /// it, after every transaction (`transaction`, ADR 22).
+    pub mode: PoolMode,
+    /// Transaction mode: backend sessions of a region serving clients at
+    /// once; a client needing one more waits for one to come back.
+    pub max_active_per_region: usize,
+    /// Transaction mode: how long a statement waits for a backend session
+    /// before it is refused.
+    pub acquire_timeout_secs: u64,
 }
 
 impl Default for BackendPool {
@@ -108,8 +118,24 @@ impl Default for BackendPool {
         BackendPool {
             max_idle_per_region: 16,
             idle_timeout_secs: 60,
+            mode: PoolMode::Session,
+            max_active_per_region: 20,
+            acquire_timeout_secs: 30,
         }
     }
+}
+
+/// When a backend session is handed back to the region's pool (ADR 22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// When the client session ends: one backend session per connected
+    /// client session and region.
+    #[default]
+    Session,
+    /// After each transaction of a client session that keeps no session
+    /// state in Postgres; sessions that do keep their backend.
+    Transaction,
 }
 
 /// Whether clients may, must or cannot use TLS.

@@ -1,6 +1,6 @@
 //! Semantic checks the type system cannot express. Each error names the key.
 
-use super::{AuthMethod, ClientTlsMode, Config, ConfigError};
+use super::{AuthMethod, BackendPool, ClientTlsMode, Config, ConfigError, PoolMode};
 use std::net::SocketAddr;
 
 pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
@@ -35,6 +35,7 @@ pub(crate) fn validate(c: &Config) -> Result<(), ConfigError> {
             "must be at least 1 (set backend_pool.max_idle_per_region = 0 to keep no idle backends)",
         ));
     }
+    validate_transaction_pool(&c.backend_pool)?;
     if let Some(addr) = &c.metrics.address {
         parse_addr("metrics.address", addr)?;
     }
@@ -357,6 +358,33 @@ fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+/// Transaction mode hands backends back to the idle pool after each
+/// transaction, so it needs the pool, a bound on busy backends and a wait.
+fn validate_transaction_pool(p: &BackendPool) -> Result<(), ConfigError> {
+    if p.mode != PoolMode::Transaction {
+        return Ok(());
+    }
+    if p.max_idle_per_region == 0 {
+        return Err(ConfigError::invalid(
+            "backend_pool.max_idle_per_region",
+            "must be at least 1 with mode = \"transaction\" (backends go back to the idle pool after each transaction)",
+        ));
+    }
+    if p.max_active_per_region == 0 {
+        return Err(ConfigError::invalid(
+            "backend_pool.max_active_per_region",
+            "must be at least 1 with mode = \"transaction\"",
+        ));
+    }
+    if p.acquire_timeout_secs == 0 {
+        return Err(ConfigError::invalid(
+            "backend_pool.acquire_timeout_secs",
+            "must be at least 1 with mode = \"transaction\"",
+        ));
+    }
+    Ok(())
 }
 
 /// Per-region key ages must name configured regions (a typo would leave a

@@ -2,7 +2,7 @@
 //! opened lazily with the client's startup parameters and the session state
 //! replayed, written in coalesced batches.
 
-use super::expect::{BackendShared, Expect};
+use super::expect::{BackendShared, Expect, Parked};
 use super::handback::Handback;
 use super::plan_queue::PlanSender;
 use super::region_map::RegionMap;
@@ -17,10 +17,12 @@ use postgres_protocol::message::frontend;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One backend session as the request side sees it.
 pub struct Backend {
-    writer: WriteHalf,
+    /// `None` while parked between transactions (transaction mode).
+    writer: Option<WriteHalf>,
     pub shared: Arc<BackendShared>,
     /// Batches sent so far (Query, Sync, FunctionCall, injected ones too):
     /// the index of the batch being written now.
@@ -34,6 +36,9 @@ pub struct Backend {
     /// What the session was opened as, for the idle pool; `None` for a
     /// standby's, which is never pooled.
     origin: Option<Origin>,
+    /// Transaction mode: the region's permit for a backend serving a
+    /// client, held while this session has it.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Backend {
@@ -78,7 +83,10 @@ impl Backend {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.writer.write_all(&self.out).await;
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(std::io::Error::other("backend parked while in use"));
+        };
+        let r = writer.write_all(&self.out).await;
         self.shared.stats.sent(self.out.len());
         self.out.clear();
         r
@@ -97,6 +105,8 @@ pub struct Backends {
     cancel_pid: i32,
     /// Where backends go when the client says goodbye.
     handback: Arc<Handback>,
+    /// Some backends are parked (transaction mode, ADR 22).
+    parked: bool,
 }
 
 impl Backends {
@@ -107,6 +117,7 @@ impl Backends {
             replay: Vec::new(),
             cancel_pid,
             handback,
+            parked: false,
         }
     }
 
@@ -117,9 +128,66 @@ impl Backends {
         writer: WriteHalf,
         shared: Arc<BackendShared>,
         origin: Origin,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
-        self.map
-            .insert(region, new_backend(writer, shared, Some(origin)));
+        let mut b = new_backend(writer, shared, Some(origin));
+        b.permit = permit;
+        self.map.insert(region, b);
+    }
+
+    /// Whether no session state waits to be replayed on backends opened
+    /// later (no SET, LISTEN, PREPARE… since the last reset).
+    pub fn no_replay(&self) -> bool {
+        self.replay.is_empty()
+    }
+
+    /// Transaction mode (ADR 22), between transactions: parks the write
+    /// half of every backend that holds a permit and has nothing queued,
+    /// and asks the response side to pool it once its answers are relayed.
+    pub fn park(&mut self, expect: &PlanSender) {
+        for (region, b) in self.map.iter_mut() {
+            if b.permit.is_none() || !b.out.is_empty() || !b.deferred.is_empty() || b.is_dead() {
+                continue;
+            }
+            let (Some(writer), Some(origin), Some(permit)) =
+                (b.writer.take(), b.origin.take(), b.permit.take())
+            else {
+                continue;
+            };
+            b.shared.park(Parked {
+                sent: b.batches,
+                writer,
+                origin,
+                permit,
+            });
+            self.parked = true;
+            let _ = expect.send(Expect::Detach {
+                region: region.clone(),
+            });
+        }
+    }
+
+    /// Takes back the parked backends the response side did not pool, and
+    /// forgets the ones it did: the next statement for their region
+    /// acquires one again.
+    pub fn reclaim(&mut self) {
+        if !std::mem::take(&mut self.parked) {
+            return;
+        }
+        self.map.retain(|_, b| {
+            if b.writer.is_some() {
+                return true;
+            }
+            match b.shared.unpark() {
+                Some(p) => {
+                    b.writer = Some(p.writer);
+                    b.origin = Some(p.origin);
+                    b.permit = Some(p.permit);
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Backend)> {
@@ -182,6 +250,10 @@ impl Backends {
             )
         })?;
         let standby = backend::standby::is_standby(region);
+        let permit = match (&rt.active, standby) {
+            (Some(active), false) => Some(acquire(name, active, shared).await?),
+            _ => None,
+        };
         let connected = if standby {
             backend::connect_standby(name, &rt.config, &rt.tls, &rt.primary, &self.params)
                 .await
@@ -223,6 +295,7 @@ impl Backends {
             shared: bshared.clone(),
         });
         let mut b = new_backend(writer, bshared, origin);
+        b.permit = permit;
         if standby {
             // One query each: a standby refuses some session state (LISTEN),
             // and one refusal must not undo the settings after it.
@@ -284,11 +357,12 @@ impl Backends {
         frontend::terminate(&mut t);
         for (region, mut b) in self.map.drain() {
             let written = b.flush().await.is_ok();
-            match b.origin.take() {
-                Some(origin) if settled && written && !b.is_dead() => {
-                    self.handback.writer(region, b.writer, origin, b.batches);
+            match (b.origin.take(), b.writer.take()) {
+                (Some(origin), Some(writer)) if settled && written && !b.is_dead() => {
+                    self.handback.writer(region, writer, origin, b.batches);
                 }
-                _ => {
+                (_, writer) => {
+                    b.writer = writer;
                     b.push(&t);
                     let _ = b.flush().await;
                 }
@@ -334,14 +408,47 @@ pub async fn primary_session(
     }
 }
 
+/// Transaction mode: a permit for one more backend of `region` serving a
+/// client, waiting up to `backend_pool.acquire_timeout_secs` for one to
+/// come back.
+pub async fn acquire(
+    region: &str,
+    active: &Arc<Semaphore>,
+    shared: &Shared,
+) -> Result<OwnedSemaphorePermit, PgError> {
+    if let Ok(p) = active.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    let pool = &shared.config.backend_pool;
+    let wait = std::time::Duration::from_secs(pool.acquire_timeout_secs);
+    shared.metrics.acquire_waited(region, false);
+    match tokio::time::timeout(wait, active.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err({
+            shared.metrics.acquire_waited(region, true);
+            PgError::error(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "region {region}: all {} backend sessions stayed busy for {} s",
+                pool.max_active_per_region, pool.acquire_timeout_secs
+            ),
+        )
+            .with_hint(
+                "raise backend_pool.max_active_per_region (within the region's max_connections) or shorten transactions; sessions that keep session state (SET, LISTEN, named prepared statements, temporary tables, advisory locks) hold their backend while connected",
+            )
+        }),
+    }
+}
+
 fn new_backend(writer: WriteHalf, shared: Arc<BackendShared>, origin: Option<Origin>) -> Backend {
     Backend {
-        writer,
+        writer: Some(writer),
         shared,
         batches: 0,
         out: BytesMut::with_capacity(16 * 1024),
         deferred: BytesMut::new(),
         prepared: HashSet::default(),
         origin,
+        permit: None,
     }
 }

@@ -9,11 +9,13 @@
 use super::copy_out::CopyOutRun;
 use super::encrypt::StatementKeys;
 use super::NameHasher;
-use crate::net::ReadHalf;
+use crate::backend::pool::Origin;
+use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::PgError;
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One entry of the response plan.
 pub enum Expect {
@@ -49,6 +51,12 @@ pub enum Expect {
         regions: Vec<(Arc<str>, usize)>,
         reply: tokio::sync::oneshot::Sender<Vec<Collected>>,
     },
+    /// Transaction mode (ADR 22): the request side is done with
+    /// `region`'s backend for now and parked its write half in the
+    /// backend's [`BackendShared`]. Once every answer before this entry
+    /// is relayed, a backend left idle and clean goes back to the region's
+    /// pool; otherwise the request side takes it back at its next read.
+    Detach { region: Arc<str> },
     /// Messages the proxy answers itself.
     Local(BytesMut),
     /// Writing to `region`'s backend failed: end the session with the
@@ -68,6 +76,7 @@ impl Expect {
             Expect::CopySync { .. } => "copy-sync",
             Expect::Discard { .. } => "discard",
             Expect::Collect { .. } => "collect",
+            Expect::Detach { .. } => "detach",
             Expect::Local(_) => "local",
             Expect::Lost { .. } => "lost",
             Expect::End(_) => "end",
@@ -103,6 +112,23 @@ pub struct BackendShared {
     pub dead: std::sync::atomic::AtomicBool,
     /// Metrics and slow-statement log of this backend session.
     pub stats: crate::metrics::BackendStats,
+    /// Transaction mode: what the request side left for the response side
+    /// to pool the backend with (see [`Expect::Detach`]).
+    parked: Mutex<Option<Parked>>,
+}
+
+/// The request side's part of a backend session, parked between
+/// transactions (transaction mode, ADR 22): whichever side takes it first
+/// owns the backend — the response side to pool it, the request side to
+/// go on using it.
+pub struct Parked {
+    /// Batches sent to the backend before it was parked: the response side
+    /// pools it only once as many have been answered.
+    pub sent: u64,
+    pub writer: WriteHalf,
+    pub origin: Origin,
+    /// The region's permit for a backend serving a client.
+    pub permit: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -143,6 +169,28 @@ impl BackendShared {
             stats,
             ..Default::default()
         }
+    }
+
+    /// Leaves the request side's part for [`Expect::Detach`].
+    pub fn park(&self, parked: Parked) {
+        if let Ok(mut p) = self.parked.lock() {
+            *p = Some(parked);
+        }
+    }
+
+    /// Takes the parked part back, unless the other side took it.
+    pub fn unpark(&self) -> Option<Parked> {
+        self.parked.lock().ok()?.take()
+    }
+
+    /// Takes the parked part to pool the backend, if every batch sent
+    /// before it was parked has been answered (`answered` of them are).
+    pub fn unpark_answered(&self, answered: u64) -> Option<Parked> {
+        let mut parked = self.parked.lock().ok()?;
+        if parked.as_ref()?.sent != answered {
+            return None;
+        }
+        parked.take()
     }
 
     fn queues(&self) -> Option<MutexGuard<'_, Queues>> {

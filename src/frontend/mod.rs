@@ -112,6 +112,23 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let Some(region) = shared.region(&setup.region) else {
         return;
     };
+    let permit = match &region.active {
+        Some(active) => match backends::acquire(&setup.region, active, &shared).await {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::info!(code = err.code, message = %err.message, "session refused");
+                shared
+                    .metrics
+                    .client_refused(ClientRefusal::from_sqlstate(err.code));
+                let err = PgError {
+                    severity: crate::protocol::error::Severity::Fatal,
+                    ..err
+                };
+                return refuse(stream, &err.to_bytes()).await;
+            }
+        },
+        None => None,
+    };
     let (conn, reused) =
         match backends::primary_session(&setup.region, region, &setup.backend_params).await {
             Ok(c) => c,
@@ -157,6 +174,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         Some((name, _)) => name.clone(),
         None => Arc::from(setup.region.as_str()),
     };
+    let between_transactions =
+        shared.config.backend_pool.mode == crate::config::PoolMode::Transaction;
     let (expect_tx, expect_rx) = plan_queue::plan_queue();
     let (gone_tx, gone_rx) = tokio::sync::watch::channel(false);
     let stats = shared.metrics.backend_connected(
@@ -177,7 +196,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     });
     let handback = Arc::new(handback::Handback::default());
     let mut backends = backends::Backends::new(setup.backend_params, pid, handback.clone());
-    backends.adopt(region.clone(), backend_wr, bshared, origin);
+    backends.adopt(region.clone(), backend_wr, bshared, origin, permit);
     let tenant = requests::TenantSetting {
         startup: setup.tenant,
         ..Default::default()
@@ -203,7 +222,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         crypto,
     )
     .counting_sent(shared.metrics.client_sent_counter())
-    .handing_back(handback.clone());
+    .handing_back(handback.clone())
+    .pooling_between_transactions(between_transactions.then(|| (shared.clone(), pid)));
     let req = requests.run(client_rd);
     let resp = responses.run(expect_rx);
     tokio::pin!(req, resp);

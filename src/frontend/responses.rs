@@ -9,14 +9,14 @@
 use super::copy_out::CopyOut;
 use super::decrypt::{self, RowPlan};
 use super::encrypt::StatementKeys;
-use super::expect::{BackendShared, Collected, Expect, RowUse};
+use super::expect::{BackendShared, Collected, Expect, Parked, RowUse};
 use super::handback::Handback;
 use super::plan_queue::{Empty, PlanReceiver};
 use super::region_map::RegionMap;
 use super::woken::Woken;
 use crate::backend::standby;
 use crate::metrics::crypto::Op;
-use crate::net::{ReadHalf, WriteHalf};
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::protocol::error::{sqlstate, PgError};
 use crate::protocol::framing::{self, read_cstr, Frame};
 use crate::server::state::{Phase, Shared};
@@ -111,6 +111,9 @@ pub struct Responses {
     collecting: bool,
     /// Where backends go when the client says goodbye (ADR 21).
     handback: Option<Arc<Handback>>,
+    /// Transaction mode (ADR 22): the regions' pools, and the client's
+    /// cancel key whose targets a pooled backend leaves.
+    between: Option<(Arc<Shared>, i32)>,
 }
 
 /// What the answer path needs to decrypt.
@@ -357,6 +360,7 @@ impl Responses {
             crypto,
             collecting: false,
             handback: None,
+            between: None,
         }
     }
 
@@ -367,6 +371,12 @@ impl Responses {
             handback: Some(bin),
             ..self
         }
+    }
+
+    /// Pools backends between transactions (transaction mode): `pid` is
+    /// the client's cancel key.
+    pub fn pooling_between_transactions(self, between: Option<(Arc<Shared>, i32)>) -> Self {
+        Responses { between, ..self }
     }
 
     /// Counts the bytes written to the client.
@@ -445,6 +455,10 @@ impl Responses {
                     return end;
                 }
                 Expect::Lost { region, reason } => Err(self.lost(&region, &reason).await),
+                Expect::Detach { region } => {
+                    self.detach(&region);
+                    Ok(())
+                }
                 Expect::Collect { regions, reply } => match self.collect(regions).await {
                     Ok(collected) => {
                         let _ = reply.send(collected);
@@ -495,6 +509,51 @@ impl Responses {
                 bin.reader(region, r.rd, r.done);
             }
         }
+    }
+
+    /// Transaction mode (ADR 22): the request side parked `region`'s
+    /// backend. If every batch sent before that has been answered, the
+    /// backend is idle outside a transaction with nothing unread, and the
+    /// request side has not taken it back (nor parked it again with more
+    /// sent), it goes back to the region's pool as it is
+    /// (the session kept no state in it), its permit is returned and the
+    /// client's cancel key no longer reaches it.
+    fn detach(&mut self, region: &Arc<str>) {
+        let Some((shared, pid)) = &self.between else {
+            return;
+        };
+        let clean = self.readers.get(region).is_some_and(|r| {
+            r.status == b'I' && !r.copy_active && !r.fatal_seen && !r.parked && r.buf.is_empty()
+        });
+        if !clean {
+            return;
+        }
+        let Some(parked) = self
+            .readers
+            .get(region)
+            .and_then(|r| r.shared.unpark_answered(r.done))
+        else {
+            return;
+        };
+        let Some(reader) = self.readers.remove(region) else {
+            return;
+        };
+        let Parked {
+            writer,
+            origin,
+            permit,
+            ..
+        } = parked;
+        if let Some(mut entry) = shared.cancel.get_mut(pid) {
+            entry.targets.retain(|t| *t != origin.cancel);
+        }
+        if let (Some(stream), Some(rt)) =
+            (Stream::unsplit(reader.rd, writer), shared.region(region))
+        {
+            rt.idle.put(stream, origin);
+        }
+        // After the put: a session waiting for the permit finds it pooled.
+        drop(permit);
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {

@@ -156,6 +156,18 @@ impl Metrics {
         }
     }
 
+    /// Transaction mode: a statement for `region` waits for a backend
+    /// (`timed_out`: and was refused).
+    pub fn acquire_waited(&self, region: &str, timed_out: bool) {
+        if let Some(r) = self.series.as_ref().and_then(|s| s.region(region)) {
+            if timed_out {
+                r.acquire_timeouts.inc();
+            } else {
+                r.acquire_waits.inc();
+            }
+        }
+    }
+
     /// Sets each region's idle pooled backend count.
     pub fn idle_backends(&self, shared: &crate::server::state::Shared) {
         let Some(s) = self.series.as_ref() else {

@@ -43,6 +43,10 @@ pub struct RegionSeries {
     pub idle: IntGauge,
     /// Statements and batches sent to a hot standby (`read_from_standbys`).
     pub standby_reads: IntCounter,
+    /// Transaction mode: statements that waited for a backend, and those
+    /// refused after `acquire_timeout_secs`.
+    pub acquire_waits: IntCounter,
+    pub acquire_timeouts: IntCounter,
     pub up: IntGauge,
     pub hosts: Vec<HostSeries>,
     pub crypto: CryptoSeries,
@@ -256,6 +260,18 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
         "Times the region's primary moved to another of its hosts",
         &["region"],
     )?;
+    let acquire_waits = counter_vec(
+        reg,
+        "regionguard_backend_acquire_waits_total",
+        "Statements that waited for a busy region's backend to come back (backend_pool.mode = transaction)",
+        &["region"],
+    )?;
+    let acquire_timeouts = counter_vec(
+        reg,
+        "regionguard_backend_acquire_timeouts_total",
+        "Statements refused after waiting acquire_timeout_secs for a backend (backend_pool.mode = transaction)",
+        &["region"],
+    )?;
     let standby_reads = counter_vec(
         reg,
         "regionguard_standby_reads_total",
@@ -382,6 +398,8 @@ fn region_series(reg: &Registry, config: &Config) -> R<Vec<Arc<RegionSeries>>> {
             failovers: failovers.get_metric_with_label_values(&[n])?,
             idle: idle.get_metric_with_label_values(&[n])?,
             standby_reads: standby_reads.get_metric_with_label_values(&[n])?,
+            acquire_waits: acquire_waits.get_metric_with_label_values(&[n])?,
+            acquire_timeouts: acquire_timeouts.get_metric_with_label_values(&[n])?,
             up: region_up.get_metric_with_label_values(&[n])?,
             hosts,
             crypto: CryptoSeries {

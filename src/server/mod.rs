@@ -80,6 +80,20 @@ async fn refresh_catalogs(shared: std::sync::Weak<Shared>) {
     }
 }
 
+/// How many idle backend sessions a region's pool keeps. In transaction
+/// mode every busy backend comes back to the pool between transactions:
+/// a pool smaller than `max_active_per_region` would close backends that
+/// the next transactions open again (a fork and a login each), so it keeps
+/// at least that many.
+fn idle_capacity(pool: &crate::config::BackendPool) -> usize {
+    match pool.mode {
+        crate::config::PoolMode::Session => pool.max_idle_per_region,
+        crate::config::PoolMode::Transaction => {
+            pool.max_idle_per_region.max(pool.max_active_per_region)
+        }
+    }
+}
+
 /// Closes idle pooled backend sessions past `backend_pool.idle_timeout_secs`
 /// (or closed by their server) twice per timeout, at most every 10 s.
 async fn sweep_idle_backends(shared: std::sync::Weak<Shared>, timeout: Duration) {
@@ -157,9 +171,15 @@ impl Proxy {
                         .read_from_standbys
                         .then(|| crate::backend::standby::Standbys::new(name)),
                     idle: crate::backend::pool::IdlePool::new(
-                        config.backend_pool.max_idle_per_region,
+                        idle_capacity(&config.backend_pool),
                         std::time::Duration::from_secs(config.backend_pool.idle_timeout_secs),
                     ),
+                    active: (config.backend_pool.mode == crate::config::PoolMode::Transaction)
+                        .then(|| {
+                            Arc::new(tokio::sync::Semaphore::new(
+                                config.backend_pool.max_active_per_region,
+                            ))
+                        }),
                 },
             );
         }

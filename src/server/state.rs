@@ -39,6 +39,9 @@ pub struct RegionRuntime {
     /// Backend sessions of the region's primary kept for the next client
     /// session (`backend_pool`).
     pub idle: crate::backend::pool::IdlePool,
+    /// Transaction mode (`backend_pool.mode`): one permit per backend
+    /// session serving a client (`max_active_per_region`).
+    pub active: Option<Arc<Semaphore>>,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.

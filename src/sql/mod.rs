@@ -20,6 +20,7 @@ mod crypto_plan;
 mod ddl;
 mod lexer;
 pub mod normalize;
+mod pooling;
 mod predicates;
 mod session;
 mod standby;
@@ -38,6 +39,7 @@ pub use crypto_plan::{
     ValueSource,
 };
 pub use ddl::{ddl_forms, DdlForm};
+pub use pooling::keeps_session_state;
 pub use standby::{sets_config, standby_safe};
 pub use tenancy::{Discovered, Tenancy, ViewInfo};
 

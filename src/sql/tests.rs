@@ -1315,3 +1315,40 @@ fn table_statements_are_read_as_select_star() {
         StatementKind::Unparsed { .. }
     ));
 }
+
+#[test]
+fn statements_that_leave_session_state_keep_the_backend() {
+    let keeps = |sql: &str| keeps_session_state(sql, &analyze(sql, &tenancy()).statements);
+    for sql in [
+        "SET statement_timeout = '5s'",
+        "SET LOCAL work_mem = '64MB'",
+        "RESET ALL",
+        "LISTEN jobs",
+        "PREPARE q AS SELECT 1",
+        "CREATE TEMP TABLE scratch (x int)",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT PG_TRY_ADVISORY_LOCK(1, 2)",
+        "SELECT set_config('search_path', 'app', false)",
+        "SELECT currval('ids')",
+        "SELECT lastval()",
+        "LOAD 'auto_explain'",
+        "SELECT 1; SET search_path = app",
+        "this is not sql",
+    ] {
+        assert!(keeps(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT * FROM customers WHERE tenant_id = 'acme'",
+        "INSERT INTO countries VALUES (1)",
+        "BEGIN",
+        "COMMIT",
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT nextval('ids')",
+        "SET regionguard.tenant = 'acme'",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "SELECT 1",
+    ] {
+        assert!(!keeps(sql), "{sql}");
+    }
+}

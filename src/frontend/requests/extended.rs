@@ -130,6 +130,11 @@ impl Requests {
                 .analysis
                 .get_or_analyze(p.query, &self.shared.tenancy()),
         };
+        if !name.is_empty() {
+            // Its name would clash with another session's on a shared backend.
+            self.keeps_state |= self.between_transactions;
+        }
+        self.note_session_state(p.query, &analysis.statements);
         let local = self.batch_is_local() && self.is_local_statement(&analysis);
         let placed = if local {
             None
@@ -1333,6 +1338,8 @@ impl Requests {
     }
 
     pub(super) async fn function_call(&mut self, msg: &Bytes) -> Result<(), Quit> {
+        // Large-object and other server functions may keep session state.
+        self.keeps_state |= self.between_transactions;
         let region = self.neutral_region(&self.tenant);
         self.backend(&region).await?;
         self.pin_held(&region).await?;

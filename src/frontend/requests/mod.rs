@@ -257,6 +257,12 @@ pub struct Requests {
     /// Query did on the statement scan alone: the read's batch or query
     /// may be recorded for repeats.
     took_neutral_lane: bool,
+    /// Transaction mode (`backend_pool.mode`, ADR 22): backends go back to
+    /// their regions' pools between transactions…
+    between_transactions: bool,
+    /// …until the session leaves state in them (`sql::keeps_session_state`,
+    /// a named prepared statement, a FunctionCall): then it keeps them.
+    keeps_state: bool,
 }
 
 /// Ends the pump: the response side learns why through the queue.
@@ -273,6 +279,8 @@ impl Requests {
         format: Arc<std::sync::Mutex<SessionFormat>>,
     ) -> Self {
         let max_message = shared.config.listen.max_message_bytes;
+        let shared_mode_is_transaction =
+            shared.config.backend_pool.mode == crate::config::PoolMode::Transaction;
         let standby_reads = shared.regions.values().any(|r| r.standbys.is_some());
         Requests {
             shared,
@@ -297,6 +305,8 @@ impl Requests {
             batch_in_read: false,
             repeat: None,
             took_neutral_lane: false,
+            between_transactions: shared_mode_is_transaction,
+            keeps_state: false,
         }
     }
 
@@ -327,9 +337,37 @@ impl Requests {
         }
     }
 
+    /// Transaction mode (ADR 22): between transactions of a session that
+    /// keeps no state in its backends, they go back to their regions'
+    /// pools (see [`Backends::park`]).
+    fn park_between_transactions(&mut self) {
+        if self.between_transactions
+            && !self.keeps_state
+            && self.txn == Txn::Idle
+            && self.copy_in.is_none()
+            && self.batch.is_fresh()
+            && self.cursors.is_empty()
+            && self.backends.no_replay()
+        {
+            self.backends.park(&self.expect);
+        }
+    }
+
+    /// Notes that `text` may leave state in the backend session (see
+    /// [`Self::keeps_state`]).
+    fn note_session_state(&mut self, text: &str, plans: &[crate::sql::StatementPlan]) {
+        if self.between_transactions
+            && !self.keeps_state
+            && crate::sql::keeps_session_state(text, plans)
+        {
+            self.keeps_state = true;
+        }
+    }
+
     pub async fn run(mut self, mut client: ReadHalf) {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut frames: Vec<Frame> = Vec::with_capacity(64);
+        self.park_between_transactions();
         loop {
             let need = match framing::needed(&buf, self.max_message) {
                 Ok(n) => n,
@@ -345,6 +383,7 @@ impl Requests {
                 Ok(0) | Err(_) => return self.gone().await,
                 Ok(n) => self.shared.metrics.client_received(n),
             }
+            self.backends.reclaim();
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
             if !self.replay(&frames, &chunk) {
@@ -380,6 +419,7 @@ impl Requests {
                 self.fatal(frame_error(e));
                 return drain(client).await;
             }
+            self.park_between_transactions();
         }
     }
 
@@ -494,6 +534,7 @@ impl Requests {
             .shared
             .analysis
             .get_or_analyze(sql, &self.shared.tenancy());
+        self.note_session_state(sql, &analysis.statements);
         if analysis.statements.is_empty() {
             let mut out = BytesMut::new();
             messages::empty_query(&mut out);
