@@ -29,8 +29,10 @@ pub struct BackendConn {
     /// `host:port`, for errors and logs.
     pub addr: String,
     pub cancel: CancelTarget,
-    /// ParameterStatus values the server reported, in order.
-    pub params: Vec<(String, String)>,
+    /// ParameterStatus values the server reported, in order (shared with
+    /// the pool's record of the session: cloned per transaction in
+    /// transaction mode).
+    pub params: Arc<[(String, String)]>,
     /// Transaction status of the first ReadyForQuery.
     pub status: u8,
     /// Which of the region's hosts (index in the config) serves the session.
@@ -40,6 +42,9 @@ pub struct BackendConn {
     pub failed_hosts: Vec<usize>,
     /// This session's host became the region's primary: a failover.
     pub failed_over: bool,
+    /// Buffers of a pooled session's last user, to reuse (transaction
+    /// mode hands sessions over per transaction; see `pool::Buffers`).
+    pub buffers: Option<crate::backend::pool::Buffers>,
 }
 
 /// Why no backend session could be opened.
@@ -385,11 +390,12 @@ async fn connect_host(
                         pid,
                         secret,
                     },
-                    params: params_out,
+                    params: params_out.into(),
                     status: body.status(),
                     host_index: 0,
                     failed_hosts: Vec::new(),
                     failed_over: false,
+                    buffers: None,
                 });
             }
             _ => {

@@ -13,9 +13,9 @@
 
 use super::connect::{BackendConn, CancelTarget};
 use crate::net::{Stream, WriteHalf};
-use crate::protocol::framing;
+use crate::protocol::framing::{self, Frame};
 use bytes::{Buf, BytesMut};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -35,27 +35,40 @@ pub struct Origin {
     pub cancel: CancelTarget,
     /// ParameterStatus values the server reported at login (a reset
     /// brings them back).
-    pub server_params: Vec<(String, String)>,
+    pub server_params: Arc<[(String, String)]>,
     /// The startup parameters it was opened with (besides user and database).
-    pub startup: Vec<(String, String)>,
+    pub startup: Arc<[(String, String)]>,
 }
 
 impl Origin {
-    pub fn of(conn: &BackendConn, startup: &[(String, String)]) -> Self {
+    pub fn of(conn: &BackendConn, startup: &Arc<[(String, String)]>) -> Self {
         Origin {
             host_index: conn.host_index,
             addr: conn.addr.clone(),
             cancel: conn.cancel.clone(),
             server_params: conn.params.clone(),
-            startup: startup.to_vec(),
+            startup: startup.clone(),
         }
     }
+}
+
+/// The proxy's buffers for a backend session, kept with it in the pool
+/// between transactions (transaction mode): the next session that takes
+/// it reuses them instead of allocating (and freeing) them per
+/// transaction.
+pub struct Buffers {
+    /// The response side's read buffer and frame list, empty.
+    pub read: BytesMut,
+    pub frames: Vec<Frame>,
+    /// The request side's write buffer, empty.
+    pub write: BytesMut,
 }
 
 struct Idle {
     stream: Stream,
     origin: Origin,
     since: Instant,
+    buffers: Option<Buffers>,
 }
 
 /// One region's idle backend sessions, newest last.
@@ -98,7 +111,7 @@ impl IdlePool {
         };
         while let Some(i) = idle
             .iter()
-            .rposition(|s| s.origin.host_index == host_index && s.origin.startup == startup)
+            .rposition(|s| s.origin.host_index == host_index && *s.origin.startup == *startup)
         {
             let s = idle.remove(i);
             if s.since.elapsed() >= self.timeout || !is_quiet(&s.stream) {
@@ -114,6 +127,7 @@ impl IdlePool {
                 host_index,
                 failed_hosts: Vec::new(),
                 failed_over: false,
+                buffers: s.buffers,
             });
         }
         None
@@ -136,20 +150,21 @@ impl IdlePool {
                 return close(stream).await;
             }
         }
-        self.put(stream, origin);
+        self.put(stream, origin, None);
     }
 
     /// Keeps `stream` as it is, without a reset: a backend session that a
     /// client session in transaction mode leaves between transactions,
     /// idle, having kept no session state in it (ADR 22). The oldest goes
     /// when the pool is full.
-    pub fn put(&self, stream: Stream, origin: Origin) {
+    pub fn put(&self, stream: Stream, origin: Origin, buffers: Option<Buffers>) {
         let evicted = match self.idle.lock() {
             Ok(mut idle) => {
                 idle.push(Idle {
                     stream,
                     origin,
                     since: Instant::now(),
+                    buffers,
                 });
                 let over = idle.len().saturating_sub(self.max);
                 idle.drain(..over).collect::<Vec<_>>()
@@ -346,8 +361,8 @@ mod tests {
                 pid: 1,
                 secret: 2,
             },
-            server_params: vec![("TimeZone".into(), "UTC".into())],
-            startup: vec![("application_name".into(), name.into())],
+            server_params: vec![("TimeZone".into(), "UTC".into())].into(),
+            startup: vec![("application_name".into(), name.into())].into(),
         };
         let mut servers = Vec::new();
         for (host, name) in [(0, "a"), (1, "a"), (0, "b")] {
@@ -357,12 +372,13 @@ mod tests {
                 stream,
                 origin: origin(host, name),
                 since: Instant::now(),
+                buffers: None,
             });
         }
         let wanted = [("application_name".to_string(), "a".to_string())];
         let conn = pool.take("eu", 0, &wanted).expect("host 0, a");
         assert_eq!((conn.host_index, conn.status), (0, b'I'));
-        assert_eq!(conn.params, vec![("TimeZone".into(), "UTC".into())]);
+        assert_eq!(conn.params[..], [("TimeZone".into(), "UTC".into())]);
         assert!(pool.take("eu", 0, &wanted).is_none(), "taken already");
         // The server of (host 1, a) goes away: skipped and dropped.
         drop(servers.remove(1));

@@ -97,7 +97,7 @@ impl Backend {
 pub struct Backends {
     map: RegionMap<Backend>,
     /// Startup parameters every backend session is opened with.
-    params: Vec<(String, String)>,
+    params: Arc<[(String, String)]>,
     /// Session-state statements (SET, PREPARE, LISTEN…) to replay on a
     /// backend opened later, so every region sees the same session.
     replay: Vec<String>,
@@ -110,7 +110,7 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(params: Vec<(String, String)>, cancel_pid: i32, handback: Arc<Handback>) -> Self {
+    pub fn new(params: Arc<[(String, String)]>, cancel_pid: i32, handback: Arc<Handback>) -> Self {
         Backends {
             map: RegionMap::default(),
             params,
@@ -157,6 +157,7 @@ impl Backends {
             b.shared.park(Parked {
                 sent: b.batches,
                 writer,
+                out: std::mem::take(&mut b.out),
                 origin,
                 permit,
             });
@@ -181,6 +182,7 @@ impl Backends {
             match b.shared.unpark() {
                 Some(p) => {
                     b.writer = Some(p.writer);
+                    b.out = p.out;
                     b.origin = Some(p.origin);
                     b.permit = Some(p.permit);
                     true
@@ -288,13 +290,21 @@ impl Backends {
         let origin = (!standby).then(|| Origin::of(&conn, &self.params));
         let (reader, writer) = conn.stream.split();
         let bshared = Arc::new(BackendShared::new(stats));
+        let (read_buffers, out) = match conn.buffers {
+            Some(b) => (Some((b.read, b.frames)), Some(b.write)),
+            None => (None, None),
+        };
         let _ = expect.send(Expect::Attach {
             region: region.clone(),
             addr: conn.addr.clone(),
             reader,
             shared: bshared.clone(),
+            buffers: read_buffers,
         });
         let mut b = new_backend(writer, bshared, origin);
+        if let Some(out) = out {
+            b.out = out;
+        }
         b.permit = permit;
         if standby {
             // One query each: a standby refuses some session state (LISTEN),

@@ -12,6 +12,7 @@ use super::NameHasher;
 use crate::backend::pool::Origin;
 use crate::net::{ReadHalf, WriteHalf};
 use crate::protocol::error::PgError;
+use crate::protocol::framing::Frame;
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +26,8 @@ pub enum Expect {
         addr: String,
         reader: ReadHalf,
         shared: Arc<BackendShared>,
+        /// A pooled session's read buffer and frame list, to reuse.
+        buffers: Option<(BytesMut, Vec<Frame>)>,
     },
     /// Relay `region`'s responses up to and including its next ReadyForQuery.
     /// `query`: the batch is a simple Query whose statements name classified
@@ -126,6 +129,8 @@ pub struct Parked {
     /// pools it only once as many have been answered.
     pub sent: u64,
     pub writer: WriteHalf,
+    /// The request side's write buffer (empty), pooled with the backend.
+    pub out: BytesMut,
     pub origin: Origin,
     /// The region's permit for a backend serving a client.
     pub permit: OwnedSemaphorePermit,

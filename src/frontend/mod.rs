@@ -151,7 +151,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
 
     let (pid, secret) = register_cancel(&shared, conn.cancel.clone());
     let mut out = BytesMut::with_capacity(512);
-    for (name, value) in &conn.params {
+    for (name, value) in conn.params.iter() {
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, pid, secret);
@@ -160,7 +160,7 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
     let mut format = SessionFormat::default();
     // extra_float_digits and bytea_output are never reported back in
     // ParameterStatus: take them from what the client asked for.
-    for (name, value) in setup.backend_params.iter().chain(&conn.params) {
+    for (name, value) in setup.backend_params.iter().chain(conn.params.iter()) {
         let _ = format.set(name, value);
     }
     let format = Arc::new(std::sync::Mutex::new(format));
@@ -185,7 +185,8 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         conn.failed_over,
         reused,
     );
-    let origin = backend::pool::Origin::of(&conn, &setup.backend_params);
+    let startup: Arc<[(String, String)]> = setup.backend_params.into();
+    let origin = backend::pool::Origin::of(&conn, &startup);
     let (backend_rd, backend_wr) = conn.stream.split();
     let bshared = Arc::new(expect::BackendShared::new(stats));
     let _ = expect_tx.send(expect::Expect::Attach {
@@ -193,9 +194,10 @@ async fn start_session(auth: Authenticated, shared: Arc<Shared>) {
         addr: conn.addr.clone(),
         reader: backend_rd,
         shared: bshared.clone(),
+        buffers: None,
     });
     let handback = Arc::new(handback::Handback::default());
-    let mut backends = backends::Backends::new(setup.backend_params, pid, handback.clone());
+    let mut backends = backends::Backends::new(startup, pid, handback.clone());
     backends.adopt(region.clone(), backend_wr, bshared, origin, permit);
     let tenant = requests::TenantSetting {
         startup: setup.tenant,

@@ -14,6 +14,7 @@ use super::handback::Handback;
 use super::plan_queue::{Empty, PlanReceiver};
 use super::region_map::RegionMap;
 use super::woken::Woken;
+use crate::backend::pool::Buffers;
 use crate::backend::standby;
 use crate::metrics::crypto::Op;
 use crate::net::{ReadHalf, Stream, WriteHalf};
@@ -412,13 +413,17 @@ impl Responses {
                     addr,
                     reader,
                     shared,
+                    buffers,
                 } => {
+                    let (buf, frames) = buffers.unwrap_or_else(|| {
+                        (BytesMut::with_capacity(READ_CHUNK), Vec::with_capacity(64))
+                    });
                     self.readers.insert(
                         region,
                         Reader {
                             rd: reader,
-                            buf: BytesMut::with_capacity(READ_CHUNK),
-                            frames: Vec::with_capacity(64),
+                            buf,
+                            frames,
                             shared,
                             done: 0,
                             addr,
@@ -540,6 +545,7 @@ impl Responses {
         };
         let Parked {
             writer,
+            out,
             origin,
             permit,
             ..
@@ -550,7 +556,14 @@ impl Responses {
         if let (Some(stream), Some(rt)) =
             (Stream::unsplit(reader.rd, writer), shared.region(region))
         {
-            rt.idle.put(stream, origin);
+            let mut frames = reader.frames;
+            frames.clear();
+            let buffers = Buffers {
+                read: reader.buf,
+                frames,
+                write: out,
+            };
+            rt.idle.put(stream, origin, Some(buffers));
         }
         // After the put: a session waiting for the permit finds it pooled.
         drop(permit);
