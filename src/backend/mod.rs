@@ -1,5 +1,6 @@
 //! Connections to the regions' Postgres servers.
 
+pub mod active;
 mod connect;
 pub mod control;
 pub mod pool;

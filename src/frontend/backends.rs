@@ -7,6 +7,7 @@ use super::handback::Handback;
 use super::plan_queue::PlanSender;
 use super::region_map::RegionMap;
 use super::NameHasher;
+use crate::backend::active::ActiveBackends;
 use crate::backend::pool::Origin;
 use crate::backend::{self, BackendConn, ConnectError};
 use crate::net::WriteHalf;
@@ -17,7 +18,7 @@ use postgres_protocol::message::frontend;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One backend session as the request side sees it.
 pub struct Backend {
@@ -369,7 +370,9 @@ impl Backends {
             let written = b.flush().await.is_ok();
             match (b.origin.take(), b.writer.take()) {
                 (Some(origin), Some(writer)) if settled && written && !b.is_dead() => {
-                    self.handback.writer(region, writer, origin, b.batches);
+                    let permit = b.permit.take();
+                    self.handback
+                        .writer(region, writer, origin, b.batches, permit);
                 }
                 (_, writer) => {
                     b.writer = writer;
@@ -423,18 +426,16 @@ pub async fn primary_session(
 /// come back.
 pub async fn acquire(
     region: &str,
-    active: &Arc<Semaphore>,
+    active: &ActiveBackends,
     shared: &Shared,
 ) -> Result<OwnedSemaphorePermit, PgError> {
-    if let Ok(p) = active.clone().try_acquire_owned() {
-        return Ok(p);
-    }
     let pool = &shared.config.backend_pool;
     let wait = std::time::Duration::from_secs(pool.acquire_timeout_secs);
-    shared.metrics.acquire_waited(region, false);
-    match tokio::time::timeout(wait, active.clone().acquire_owned()).await {
-        Ok(Ok(p)) => Ok(p),
-        _ => Err({
+    let counted = || shared.metrics.acquire_waited(region, false);
+    let taken = active.take(&shared.backend_wanted, wait, counted).await;
+    match taken {
+        Some(p) => Ok(p),
+        None => Err({
             shared.metrics.acquire_waited(region, true);
             PgError::error(
             sqlstate::TOO_MANY_CONNECTIONS,

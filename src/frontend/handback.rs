@@ -9,6 +9,7 @@ use crate::backend::pool::Origin;
 use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::server::state::Shared;
 use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedSemaphorePermit;
 
 struct Writer {
     region: Arc<str>,
@@ -16,6 +17,10 @@ struct Writer {
     origin: Origin,
     /// Batches sent to the backend.
     sent: u64,
+    /// Transaction mode: the region's permit, returned once the backend
+    /// is back in the pool (or closed), so nobody opens a new backend
+    /// while this one is being reset.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Reader {
@@ -32,13 +37,21 @@ pub struct Handback {
 }
 
 impl Handback {
-    pub fn writer(&self, region: Arc<str>, half: WriteHalf, origin: Origin, sent: u64) {
+    pub fn writer(
+        &self,
+        region: Arc<str>,
+        half: WriteHalf,
+        origin: Origin,
+        sent: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         if let Ok(mut w) = self.writers.lock() {
             w.push(Writer {
                 region,
                 half,
                 origin,
                 sent,
+                permit,
             });
         }
     }
@@ -86,6 +99,7 @@ impl Handback {
             } else {
                 crate::backend::pool::close(stream).await;
             }
+            drop(w.permit);
         }
         shared.metrics.idle_backends(shared);
     }

@@ -115,6 +115,9 @@ pub struct Responses {
     /// Transaction mode (ADR 22): the regions' pools, and the client's
     /// cancel key whose targets a pooled backend leaves.
     between: Option<(Arc<Shared>, i32)>,
+    /// Transaction mode: regions whose parked backend this session keeps
+    /// while no statement waits for one there.
+    kept: Vec<Arc<str>>,
 }
 
 /// What the answer path needs to decrypt.
@@ -362,6 +365,7 @@ impl Responses {
             collecting: false,
             handback: None,
             between: None,
+            kept: Vec::new(),
         }
     }
 
@@ -461,7 +465,7 @@ impl Responses {
                 }
                 Expect::Lost { region, reason } => Err(self.lost(&region, &reason).await),
                 Expect::Detach { region } => {
-                    self.detach(&region);
+                    self.detach(&region, false);
                     Ok(())
                 }
                 Expect::Collect { regions, reply } => match self.collect(regions).await {
@@ -523,10 +527,27 @@ impl Responses {
     /// sent), it goes back to the region's pool as it is
     /// (the session kept no state in it), its permit is returned and the
     /// client's cancel key no longer reaches it.
-    fn detach(&mut self, region: &Arc<str>) {
+    ///
+    /// While no statement waits for one of the region's backends, and
+    /// unless `wanted`, the session keeps it instead (`kept`): the request
+    /// side takes it back at its next read, and the session hands it over
+    /// when a statement starts waiting ([`Self::hand_over_wanted`]).
+    fn detach(&mut self, region: &Arc<str>, wanted: bool) {
         let Some((shared, pid)) = &self.between else {
             return;
         };
+        let waited_for = || {
+            shared
+                .region(region)
+                .and_then(|rt| rt.active.as_ref())
+                .is_some_and(|a| a.wanted())
+        };
+        if !wanted && !waited_for() {
+            if !self.kept.contains(region) {
+                self.kept.push(region.clone());
+            }
+            return;
+        }
         let clean = self.readers.get(region).is_some_and(|r| {
             r.status == b'I' && !r.copy_active && !r.fatal_seen && !r.parked && r.buf.is_empty()
         });
@@ -569,6 +590,25 @@ impl Responses {
         drop(permit);
     }
 
+    /// Hands over the kept backends of regions where a statement waits.
+    fn hand_over_wanted(&mut self, shared: &Shared) {
+        let wanted: Vec<Arc<str>> = self
+            .kept
+            .iter()
+            .filter(|r| {
+                shared
+                    .region(r)
+                    .and_then(|rt| rt.active.as_ref())
+                    .is_some_and(|a| a.wanted())
+            })
+            .cloned()
+            .collect();
+        for region in wanted {
+            self.kept.retain(|k| *k != region);
+            self.detach(&region, true);
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         if self.out.is_empty() || self.collecting {
             return Ok(());
@@ -587,6 +627,19 @@ impl Responses {
         if phase == Phase::Closing || (phase == Phase::Draining && self.status == b'I') {
             return Err(self.shutting_down().await);
         }
+        // Transaction mode, with a backend kept between transactions:
+        // listen for statements waiting for one (listening first, so a
+        // wait that starts during the check is not missed), and hand over
+        // what is wanted now.
+        let shared = match (&self.between, self.kept.is_empty()) {
+            (Some((shared, _)), false) => Some(shared.clone()),
+            _ => None,
+        };
+        let wanted = shared.as_ref().map(|s| s.backend_wanted.notified());
+        if let Some(s) = &shared {
+            self.hand_over_wanted(s);
+        }
+        let listening = wanted.is_some() && !self.kept.is_empty();
         tokio::select! {
             biased;
             item = queued(rx) => match item {
@@ -599,6 +652,7 @@ impl Responses {
                 }
                 Ok(None)
             }
+            _ = async { if let Some(w) = wanted { w.await } }, if listening => Ok(None),
             (region, read) = read_any(&mut self.readers) => {
                 self.unsolicited(region, read).await?;
                 Ok(None)

@@ -176,9 +176,9 @@ impl Proxy {
                     ),
                     active: (config.backend_pool.mode == crate::config::PoolMode::Transaction)
                         .then(|| {
-                            Arc::new(tokio::sync::Semaphore::new(
+                            crate::backend::active::ActiveBackends::new(
                                 config.backend_pool.max_active_per_region,
-                            ))
+                            )
                         }),
                 },
             );
@@ -232,6 +232,7 @@ impl Proxy {
             reload_lock: tokio::sync::Mutex::new(()),
             rules_epoch: std::sync::atomic::AtomicU64::new(0),
             rules_install: std::sync::Mutex::new(()),
+            backend_wanted: tokio::sync::Notify::new(),
         });
         check_catalogs(&shared).await?;
         // In the background: a region that is down must not delay the start.

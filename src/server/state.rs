@@ -41,7 +41,7 @@ pub struct RegionRuntime {
     pub idle: crate::backend::pool::IdlePool,
     /// Transaction mode (`backend_pool.mode`): one permit per backend
     /// session serving a client (`max_active_per_region`).
-    pub active: Option<Arc<Semaphore>>,
+    pub active: Option<crate::backend::active::ActiveBackends>,
 }
 
 /// One client's cancel key and the backend sessions a cancel must reach.
@@ -84,6 +84,10 @@ pub struct Shared {
     /// The audit log (`admin.audit_log`): admin commands and key events,
     /// including the ones the proxy takes on its own (rotation by age).
     pub audit: Option<Arc<crate::admin::audit::AuditLog>>,
+    /// Transaction mode: woken when a statement waits for a region's
+    /// backend, so sessions between transactions hand theirs back
+    /// (`backend::active`).
+    pub backend_wanted: tokio::sync::Notify,
     /// Serialises config reloads (`server::reload`).
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Bumped by each reload that changes tenancy or classified columns:

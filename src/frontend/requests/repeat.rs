@@ -265,10 +265,7 @@ impl Requests {
     pub(super) fn repeat_candidate(&mut self, frames: &[Frame], chunk: &[u8]) -> Option<Txn> {
         self.repeat = None;
         self.took_neutral_lane = false;
-        // A session that hands its backend back after the read (transaction
-        // mode) never finds it there for a repeat: recording is wasted.
         let recordable = !self.standby_reads
-            && !(self.between_transactions && !self.keeps_state)
             && self.copy_in.is_none()
             && !self.catalog_stale
             && self.batch.is_fresh()
