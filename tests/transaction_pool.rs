@@ -304,3 +304,37 @@ async fn a_client_keeps_its_backend_until_another_waits_for_one() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_lost_between_transactions_is_replaced_without_an_error() {
+    let regions = TestRegions::start().await;
+    let proxy = start_proxy(transaction_mode(&regions, 2, 30)).await;
+    let client = proxy_client(&proxy, "eu").await;
+    let first = pid(&client).await;
+    let direct = regions.client("eu").await;
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&first])
+        .await
+        .expect("terminate the kept backend");
+    assert!(
+        support::wait_until(10, || async {
+            direct
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&first])
+                .await
+                .expect("pg_stat_activity")
+                .is_none()
+        })
+        .await,
+        "backend {first} ended"
+    );
+    // The proxy sees the end while the client is idle (a statement sent in
+    // the same instant would find the connection broken, as in session
+    // mode).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session kept no state there: its next statement runs on another
+    // backend instead of failing.
+    let second = within(10, "next statement", pid(&client)).await;
+    assert_ne!(second, first);
+    assert_eq!(one(&client, "SELECT 5").await, "5");
+    proxy.shutdown().await;
+}

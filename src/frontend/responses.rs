@@ -667,8 +667,10 @@ impl Responses {
     ) -> Result<(), SessionEnd> {
         // An idle backend of a session that has others can die (its server
         // restarted) without taking the session down: it is dropped, and the
-        // region reopened (or refused with 08006) when next needed.
-        let spare = self.readers.len() > 1;
+        // region reopened (or refused with 08006) when next needed. So can
+        // one kept between transactions in transaction mode: the session
+        // keeps no state in it.
+        let spare = self.readers.len() > 1 || self.kept.contains(&region);
         let Some(reader) = self.readers.get_mut(&region) else {
             return Ok(());
         };
@@ -681,6 +683,7 @@ impl Responses {
                     .dead
                     .store(true, std::sync::atomic::Ordering::Release);
                 self.readers.remove(&region);
+                self.kept.retain(|k| *k != region);
                 return Ok(());
             }
             Ok(0) => return Err(self.lost(&region, "server closed the connection").await),
