@@ -338,3 +338,51 @@ async fn a_backend_lost_between_transactions_is_replaced_without_an_error() {
     assert_eq!(one(&client, "SELECT 5").await, "5");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_rows_stay_in_their_regions_while_backends_are_shared() {
+    let regions = TestRegions::start().await;
+    regions.create_routing_schema().await;
+    let mut config =
+        regions.routing_config(&[("acme", "eu"), ("globex", "us"), ("initech", "apac")]);
+    config.backend_pool.mode = PoolMode::Transaction;
+    config.backend_pool.max_active_per_region = 1;
+    let proxy = start_proxy(config).await;
+
+    // Four clients, each writing for every tenant in turn, one backend per
+    // region: the backends change hands between transactions.
+    let tenants = ["acme", "globex", "initech"];
+    let mut tasks = Vec::new();
+    for c in 0..4i64 {
+        let client = support::tenant_client(&proxy, None).await;
+        tasks.push(tokio::spawn(async move {
+            for n in 0..9i64 {
+                let tenant = tenants[(n as usize + c as usize) % 3];
+                let id = c * 100 + n;
+                client
+                    .batch_execute(&format!(
+                        "SET regionguard.tenant = '{tenant}'; \
+                         INSERT INTO customers (tenant_id, id, email) VALUES ('{tenant}', {id}, 'x@y')"
+                    ))
+                    .await
+                    .expect("insert");
+                let rows = client
+                    .simple_query(&format!(
+                        "SELECT id FROM customers WHERE tenant_id = '{tenant}' AND id = {id}"
+                    ))
+                    .await
+                    .expect("read back");
+                assert_eq!(support::row_count(&rows), 1, "{tenant} {id} read back");
+            }
+        }));
+    }
+    for t in tasks {
+        within(120, "tenant clients", t).await.expect("client task");
+    }
+    for (tenant, region) in [("acme", "eu"), ("globex", "us"), ("initech", "apac")] {
+        let rows = regions.rows_in(region, "customers").await;
+        assert_eq!(rows.len(), 12, "{region}: {rows:?}");
+        assert!(rows.iter().all(|(t, _)| t == tenant), "{region}: {rows:?}");
+    }
+    proxy.shutdown().await;
+}
