@@ -386,3 +386,34 @@ async fn tenants_rows_stay_in_their_regions_while_backends_are_shared() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_statement_takes_a_backend_again_or_is_refused_like_any_other() {
+    let regions = TestRegions::start().await;
+    let proxy = start_proxy(transaction_mode(&regions, 1, 1)).await;
+    let repeater = proxy_client(&proxy, "eu").await;
+    // The same statement again and again: the proxy sends its repeats in
+    // one step (ADR 20).
+    for _ in 0..3 {
+        assert_eq!(one(&repeater, "SELECT 41 + 1").await, "42");
+    }
+    // Another client needs the only backend and keeps it in a transaction.
+    let holder = proxy_client(&proxy, "eu").await;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open a transaction");
+    let err = within(10, "refused", repeater.simple_query("SELECT 41 + 1"))
+        .await
+        .expect_err("no backend free");
+    assert_eq!(support::sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    // The backend came back: the repeat takes it and runs.
+    for _ in 0..3 {
+        assert_eq!(
+            within(10, "repeat", one(&repeater, "SELECT 41 + 1")).await,
+            "42"
+        );
+    }
+    proxy.shutdown().await;
+}

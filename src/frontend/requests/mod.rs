@@ -386,7 +386,9 @@ impl Requests {
             self.backends.reclaim();
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
-            if !self.replay(&frames, &chunk) {
+            if !self.replay_between_transactions(&frames, &chunk).await
+                && !self.replay(&frames, &chunk)
+            {
                 let candidate = self.repeat_candidate(&frames, &chunk);
                 for (i, f) in frames.iter().enumerate() {
                     if self.standby_reads && f.tag == b'B' {
@@ -421,6 +423,30 @@ impl Requests {
             }
             self.park_between_transactions();
         }
+    }
+
+    /// Transaction mode (ADR 22): a read that repeats the recorded batch
+    /// or query in a region whose backend the session handed over takes a
+    /// backend there first, so the repeat path can send it. `true` when
+    /// the read was answered instead: no backend came (every batch or
+    /// query in it gets the refusal, as the general path would answer).
+    async fn replay_between_transactions(&mut self, frames: &[Frame], chunk: &Bytes) -> bool {
+        if !self.between_transactions {
+            return false;
+        }
+        let Some((region, answers)) = self.repeat_needs_backend(frames, chunk) else {
+            return false;
+        };
+        let Err(e) = self.open(&region).await else {
+            return false;
+        };
+        let mut out = BytesMut::new();
+        for _ in 0..answers {
+            e.encode(&mut out);
+            messages::ready_for_query(&mut out, self.status());
+        }
+        self.local(out);
+        true
     }
 
     fn fatal(&self, err: PgError) {

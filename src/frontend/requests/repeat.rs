@@ -171,12 +171,28 @@ impl Sender<'_> {
             && epoch == self.shared.rules_epoch.load(Ordering::Acquire)
     }
 
+    /// Whether every batch of the read is a repeat of `r`, still placed as
+    /// it was.
+    fn batches_fit(&self, r: &BatchRepeat, frames: &[Frame], chunk: &[u8]) -> bool {
+        !frames.is_empty()
+            && frames.len() % r.len == 0
+            && self.current(r.generation, r.epoch)
+            && frames.chunks(r.len).all(|batch| r.matches(batch, chunk))
+    }
+
+    /// Whether every message of the read is a repeat of the simple query
+    /// `q`, still placed as it was.
+    fn queries_fit(&self, q: &QueryRepeat, frames: &[Frame], chunk: &[u8]) -> bool {
+        let shared = self.shared;
+        !frames.is_empty()
+            && self.current(q.generation, q.epoch)
+            && frames
+                .iter()
+                .all(|f| f.tag == b'Q' && q.matches(f.body(chunk), || shared.tenancy()))
+    }
+
     fn batches(&mut self, r: &BatchRepeat, frames: &[Frame], chunk: &Bytes) -> bool {
-        if frames.is_empty()
-            || frames.len() % r.len != 0
-            || !self.current(r.generation, r.epoch)
-            || !frames.chunks(r.len).all(|batch| r.matches(batch, chunk))
-        {
+        if !self.batches_fit(r, frames, chunk) {
             return false;
         }
         let Some(b) = self.backends.live(&r.region) else {
@@ -212,13 +228,7 @@ impl Sender<'_> {
     }
 
     fn queries(&mut self, q: &QueryRepeat, frames: &[Frame], chunk: &Bytes) -> bool {
-        let shared = self.shared;
-        if frames.is_empty()
-            || !self.current(q.generation, q.epoch)
-            || !frames
-                .iter()
-                .all(|f| f.tag == b'Q' && q.matches(f.body(chunk), || shared.tenancy()))
-        {
+        if !self.queries_fit(q, frames, chunk) {
             return false;
         }
         let Some(b) = self.backends.live(&q.region) else {
@@ -256,6 +266,38 @@ impl Requests {
             Some(Recorded::Batch(r)) => sender.batches(r, frames, chunk),
             Some(Recorded::Query(q)) => sender.queries(q, frames, chunk),
         }
+    }
+
+    /// Transaction mode (ADR 22): when the read repeats the recorded batch
+    /// or query but the session handed its backend in that region over
+    /// since, and the record does not rely on what that backend had
+    /// prepared (the batch parses its statement, or it is a simple query),
+    /// the region to take a backend in so the repeat can go ahead, and how
+    /// many answers the read asks for.
+    pub(super) fn repeat_needs_backend(
+        &mut self,
+        frames: &[Frame],
+        chunk: &[u8],
+    ) -> Option<(Arc<str>, usize)> {
+        let sender = Sender {
+            shared: &self.shared,
+            backends: &mut self.backends,
+            expect: &self.expect,
+        };
+        let (region, answers) = match &self.repeat {
+            Some(Recorded::Batch(r)) if r.parses && sender.batches_fit(r, frames, chunk) => {
+                (&r.region, frames.len() / r.len)
+            }
+            Some(Recorded::Query(q)) if sender.queries_fit(q, frames, chunk) => {
+                (&q.region, frames.len())
+            }
+            _ => return None,
+        };
+        sender
+            .backends
+            .live(region)
+            .is_none()
+            .then(|| (region.clone(), answers))
     }
 
     /// Before the general path handles a read: the transaction state to
