@@ -417,3 +417,38 @@ async fn a_repeated_statement_takes_a_backend_again_or_is_refused_like_any_other
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_state_loses_its_connection_with_its_backend() {
+    let regions = TestRegions::start().await;
+    let proxy = start_proxy(transaction_mode(&regions, 2, 30)).await;
+    let client = proxy_client(&proxy, "eu").await;
+    // Kept between transactions first, then given state it relies on.
+    assert_eq!(one(&client, "SELECT 1").await, "1");
+    client
+        .batch_execute("CREATE TEMP TABLE mine (x int)")
+        .await
+        .expect("temp table");
+    let backend = pid(&client).await;
+    let direct = regions.client("eu").await;
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .expect("terminate");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Not a silent new backend without the temp table: the session ends
+    // as its backend did.
+    let err = within(
+        10,
+        "after the loss",
+        client.simple_query("SELECT * FROM mine"),
+    )
+    .await
+    .expect_err("the session's backend is gone");
+    let code = support::sqlstate(&err);
+    assert!(
+        code.as_deref() == Some("08006") || err.is_closed(),
+        "a connection error, not {err:?}"
+    );
+    proxy.shutdown().await;
+}

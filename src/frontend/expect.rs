@@ -183,6 +183,11 @@ impl BackendShared {
         }
     }
 
+    /// Whether the request side's part is parked (not taken back).
+    pub fn is_parked(&self) -> bool {
+        self.parked.lock().is_ok_and(|p| p.is_some())
+    }
+
     /// Takes the parked part back, unless the other side took it.
     pub fn unpark(&self) -> Option<Parked> {
         self.parked.lock().ok()?.take()

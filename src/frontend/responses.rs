@@ -668,12 +668,14 @@ impl Responses {
         // An idle backend of a session that has others can die (its server
         // restarted) without taking the session down: it is dropped, and the
         // region reopened (or refused with 08006) when next needed. So can
-        // one kept between transactions in transaction mode: the session
-        // keeps no state in it.
-        let spare = self.readers.len() > 1 || self.kept.contains(&region);
+        // one kept between transactions in transaction mode, still parked:
+        // the session keeps no state in it.
+        let others = self.readers.len() > 1;
+        let kept = self.kept.contains(&region);
         let Some(reader) = self.readers.get_mut(&region) else {
             return Ok(());
         };
+        let spare = others || (kept && reader.shared.is_parked());
         let expendable = spare && reader.status == b'I';
         match read {
             Ok(0) | Err(_) if expendable => {
