@@ -43,6 +43,25 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Takes back what was parked (transaction mode), unless the response
+    /// side took it to pool the backend: `false` then, and this entry is
+    /// stale. `true` for a backend that was not parked.
+    fn unpark(&mut self) -> bool {
+        if self.writer.is_some() {
+            return true;
+        }
+        match self.shared.unpark() {
+            Some(p) => {
+                self.writer = Some(p.writer);
+                self.out = p.out;
+                self.origin = Some(p.origin);
+                self.permit = Some(p.permit);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Queues bytes for this backend; written at the next flush.
     pub fn push(&mut self, bytes: &[u8]) {
         if !self.deferred.is_empty() {
@@ -106,7 +125,7 @@ pub struct Backends {
     cancel_pid: i32,
     /// Where backends go when the client says goodbye.
     handback: Arc<Handback>,
-    /// Some backends are parked (transaction mode, ADR 22).
+    /// Some backends may be parked (transaction mode, ADR 22).
     parked: bool,
 }
 
@@ -172,39 +191,38 @@ impl Backends {
     /// Takes back the parked backends the response side did not pool, and
     /// forgets the ones it did: the next statement for their region
     /// acquires one again.
-    pub fn reclaim(&mut self) {
+    fn reclaim(&mut self) {
         if !std::mem::take(&mut self.parked) {
             return;
         }
-        self.map.retain(|_, b| {
-            if b.writer.is_some() {
-                return true;
-            }
-            match b.shared.unpark() {
-                Some(p) => {
-                    b.writer = Some(p.writer);
-                    b.out = p.out;
-                    b.origin = Some(p.origin);
-                    b.permit = Some(p.permit);
-                    true
-                }
-                None => false,
-            }
-        });
+        self.map.retain(|_, b| b.unpark());
     }
 
+    /// [`Self::reclaim`] for `region` alone: a session takes back only the
+    /// backends its statements use, so while it waits for a backend in one
+    /// region, the ones it parked elsewhere can go to other sessions.
+    fn reclaim_one(&mut self, region: &str) {
+        if self.parked && self.map.get_mut(region).is_some_and(|b| !b.unpark()) {
+            self.map.remove(region);
+        }
+    }
+
+    /// Every backend of the session (parked ones taken back first).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Backend)> {
+        self.reclaim();
         self.map.iter_mut()
     }
 
     /// The backend of `region` if the session already has one.
     pub fn existing(&mut self, region: &str) -> Option<&mut Backend> {
+        self.reclaim_one(region);
         self.map.get_mut(region)
     }
 
     /// The backend of `region` if the session has one that is not known to
     /// be dead: what [`Backends::get`] returns without opening one.
     pub fn live(&mut self, region: &str) -> Option<&mut Backend> {
+        self.reclaim_one(region);
         self.map.get_mut(region).filter(|b| !b.is_dead())
     }
 
@@ -227,6 +245,7 @@ impl Backends {
         shared: &Shared,
         expect: &PlanSender,
     ) -> Result<&mut Backend, PgError> {
+        self.reclaim_one(region);
         if self.map.get(region).is_some_and(|b| b.is_dead()) {
             self.map.remove(region);
         }
@@ -364,6 +383,7 @@ impl Backends {
     /// each primary backend's write half is left for the idle pool once
     /// what was queued for it is written; the others get Terminate.
     pub async fn hand_back(&mut self, settled: bool) {
+        self.reclaim();
         let mut t = BytesMut::new();
         frontend::terminate(&mut t);
         for (region, mut b) in self.map.drain() {

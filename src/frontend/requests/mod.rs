@@ -383,7 +383,6 @@ impl Requests {
                 Ok(0) | Err(_) => return self.gone().await,
                 Ok(n) => self.shared.metrics.client_received(n),
             }
-            self.backends.reclaim();
             let (used, bad) = framing::scan_until_error(&buf, self.max_message, &mut frames);
             let chunk = buf.split_to(used).freeze();
             if !self.replay_between_transactions(&frames, &chunk).await
