@@ -213,6 +213,22 @@ impl Backends {
         self.map.iter_mut()
     }
 
+    /// Forgets statement `name` on every backend: it is prepared anew or
+    /// closed. Parked backends stay parked (transaction mode): their
+    /// bookkeeping is the session's, not the writer's.
+    pub fn forget_statement(&mut self, name: &str) {
+        for (_, b) in self.map.iter_mut() {
+            b.prepared.remove(name);
+            b.shared.forget_statement(name);
+        }
+    }
+
+    /// The type a server inferred for parameter `n` (1-based) of statement
+    /// `name` on any of the session's backends, parked ones included.
+    pub fn inferred_param_type(&self, name: &str, n: usize) -> Option<u32> {
+        self.map.values().find_map(|b| b.shared.param_type(name, n))
+    }
+
     /// The backend of `region` if the session already has one.
     pub fn existing(&mut self, region: &str) -> Option<&mut Backend> {
         self.reclaim_one(region);

@@ -69,6 +69,10 @@ impl<V> RegionMap<V> {
         self.entries.iter_mut().map(|(k, v)| (&*k, v))
     }
 
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
     /// Empties the map, yielding its entries.
     pub fn drain(&mut self) -> impl Iterator<Item = (Arc<str>, V)> + '_ {
         self.entries.drain(..)

@@ -118,10 +118,7 @@ impl Requests {
                 return self.send_or_hold(msg.clone(), Some(name), None).await;
             }
         }
-        for (_, b) in self.backends.iter_mut() {
-            b.prepared.remove(&name);
-            b.shared.forget_statement(&name);
-        }
+        self.backends.forget_statement(&name);
         let p = frontend_msg::parse(body).map_err(|e| self.malformed(e))?;
         let analysis = match reused {
             Some((analysis, _)) => analysis,
@@ -502,11 +499,8 @@ impl Requests {
             .collect();
         for (i, t) in types.iter_mut().enumerate() {
             if *t == 0 {
-                for (_, b) in self.backends.iter_mut() {
-                    if let Some(inferred) = b.shared.param_type(name, i + 1) {
-                        *t = inferred;
-                        break;
-                    }
+                if let Some(inferred) = self.backends.inferred_param_type(name, i + 1) {
+                    *t = inferred;
                 }
             }
         }
@@ -1251,10 +1245,7 @@ impl Requests {
         self.statements.remove(&name);
         if self.batch.fan.is_some() {
             // It goes to every region with the batch.
-            for (_, b) in self.backends.iter_mut() {
-                b.shared.forget_statement(&name);
-                b.prepared.remove(&name);
-            }
+            self.backends.forget_statement(&name);
             return self.send_or_hold(msg.clone(), None, None).await;
         }
         let target = self.batch.region.clone();
